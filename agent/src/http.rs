@@ -1,0 +1,41 @@
+//! The agent's HTTP side: `/health` (used by `agent check`) and `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+
+use crate::Context;
+
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(ctx)
+}
+
+/// 200 while the agent runs, whether or not a registry is reachable: the agent keeps
+/// its services running through registry outages, so it is healthy then too.
+async fn health(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    axum::Json(json!({
+        "status": "ok",
+        "node": ctx.config.node,
+        "pid": std::process::id(),
+        "registry": if ctx.connected.load(Ordering::Relaxed) { "connected" } else { "disconnected" },
+    }))
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.metrics.encode_with(&ctx.board.all()),
+    )
+}

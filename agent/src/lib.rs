@@ -1,0 +1,176 @@
+//! The Corral agent: joins the registry and runs this host's services.
+//!
+//! Layout:
+//! * [`run`] — the daemon: data dir, pid file, HTTP side, the registry session.
+//! * [`session`] + [`backoff`] — dialing the locator's registries, joining, heartbeats,
+//!   receiving the desired state and sending instance status.
+//! * [`reconcile`] — makes the host match the desired state, one runner per instance.
+//! * [`instance`] — an instance's state machine, its runner, its processes.
+//! * [`status`] — the latest instance statuses and pending events, for the session.
+//! * [`logs`] — size-based rotation of service logs.
+//! * [`identity`] — the node's secret identity in the data dir.
+//! * [`facts`] — host facts and load reports from sysinfo.
+//! * [`config`] — defaults, config file, environment and flags.
+//! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
+//! * [`logging`] — tracing set-up shared with the registry binary.
+//! * [`check`] — `agent check` and the run record it reads; [`notify`] — sd_notify.
+
+pub mod backoff;
+pub mod check;
+pub mod config;
+pub mod datadir;
+pub mod facts;
+pub mod http;
+pub mod identity;
+pub mod instance;
+pub mod logging;
+pub mod logs;
+pub mod metrics;
+pub mod notify;
+pub mod package;
+pub mod reconcile;
+pub mod session;
+pub mod status;
+pub mod tls;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use corral_proto::v1::DesiredState;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::AgentConfig;
+
+/// What the agent's tasks share.
+pub struct Context {
+    pub config: AgentConfig,
+    pub metrics: metrics::Metrics,
+    /// Whether a registry session is open right now.
+    pub connected: AtomicBool,
+    pub board: Arc<status::Board>,
+    /// The latest desired state from the registry, for the reconciler.
+    pub desired: watch::Sender<Option<DesiredState>>,
+    /// The channel of the open registry session, for package downloads.
+    pub channel: watch::Sender<Option<tonic::transport::Channel>>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("registry {registry} refused this agent: {message}")]
+    Refused { registry: String, message: String },
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl AgentError {
+    /// Exit code for `main`: 2 when the agent was refused or its input is bad.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Refused { .. }
+            | AgentError::DataDir(datadir::DataDirError::Locked { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled or the registry refuses it.
+pub async fn run(
+    config: AgentConfig,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let data_dir = datadir::DataDir::open(&config.data_dir)?;
+    // Written once the data dir is ours: how `agent check` reaches and restarts us.
+    check::RunRecord::current(http.local_addr().unwrap_or(config.http)).write(&config.data_dir)?;
+    info!(
+        node = %config.node,
+        advertise_ip = %config.advertise_ip,
+        data_dir = %config.data_dir.display(),
+        http = %http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        "agent starting"
+    );
+    let instances_dir = config.data_dir.join("instances");
+    let board = Arc::new(status::Board::default());
+    // Start from the last desired state kept on disk: services stay as they were told
+    // even when no registry answers.
+    let (desired_tx, desired_rx) = watch::channel(reconcile::load_desired(&config.data_dir));
+    let (channel_tx, channel_rx) = watch::channel(None);
+    let runner_shared = Arc::new(instance::runner::Shared {
+        node: config.node.clone(),
+        node_ip: config.advertise_ip.to_string(),
+        instances_dir: instances_dir.clone(),
+        board: board.clone(),
+        allow_root: config.allow_root,
+        installer: package::install::Installer {
+            data_dir: config.data_dir.clone(),
+            node: config.node.clone(),
+            limits: package::Limits {
+                max_unpacked_bytes: config.max_unpacked_size,
+                max_entries: config.max_package_entries,
+            },
+            keep_releases: config.keep_releases,
+            channel: channel_rx,
+        },
+    });
+    let reconciler = tokio::spawn(
+        reconcile::Reconciler::new(runner_shared, config.data_dir.clone()).run(
+            desired_rx,
+            shutdown.clone(),
+            config.stop_services_on_exit,
+        ),
+    );
+    let rotation = tokio::spawn(logs::rotate_forever(
+        instances_dir,
+        config.log_max_size,
+        config.log_keep,
+        shutdown.clone(),
+    ));
+    let ctx = Arc::new(Context {
+        config,
+        metrics: metrics::Metrics::new(),
+        connected: AtomicBool::new(false),
+        board,
+        desired: desired_tx,
+        channel: channel_tx,
+    });
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(
+        axum::serve(http, http::router(ctx.clone()))
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .into_future(),
+    );
+    // The HTTP side is bound and the run loop starts: tell systemd (READY=1, watchdog
+    // pings, STOPPING=1 once `shutdown` is cancelled).
+    let notifier =
+        tokio::spawn(notify::Notifier::from_env().run(std::future::ready(()), shutdown.clone()));
+    let result = session::run(ctx.clone(), shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = reconciler.await;
+    let _ = rotation.await;
+    let _ = notifier.await;
+    let http_result = http_task.await;
+    data_dir.release();
+    result?;
+    match http_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(AgentError::Http(e)),
+        Err(e) => Err(AgentError::Http(std::io::Error::other(e))),
+    }
+}

@@ -1,0 +1,193 @@
+//! `agent`: parses flags, sets up tracing and signals, and calls [`corral_agent::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use corral_agent::config::{AgentConfig, Overrides};
+use corral_agent::logging::{LogFormat, init_tracing};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "The Corral agent: joins the registry and runs this host's services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log format.
+    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the registry and serve this host until stopped.
+    Run(Box<RunArgs>),
+    /// For cron or a systemd timer: exit 0 if the local agent answers on its /health;
+    /// otherwise start it again (as it was started) and exit 1.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The agent's data dir, where `agent run` records how to reach and restart it.
+    #[arg(long, env = "CORRAL_DATA_DIR", default_value = corral_agent::config::defaults::DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Config file [default: /etc/corral/agent.toml, if present].
+    #[arg(long, env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Registry addresses, comma-separated, tried in turn.
+    #[arg(long, env = "CORRAL_LOCATOR")]
+    locator: Option<String>,
+    /// Node name [default: the host name].
+    #[arg(long, env = "CORRAL_NODE")]
+    node: Option<String>,
+    /// The IP other hosts reach this node's services on [default: the IP that routes to the registry].
+    #[arg(long, env = "CORRAL_ADVERTISE_IP")]
+    advertise_ip: Option<String>,
+    /// Where the agent keeps its identity, packages and instances [default: /var/lib/corral].
+    #[arg(long, env = "CORRAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address for /health and /metrics [default: 127.0.0.1:17892].
+    #[arg(long, env = "CORRAL_HTTP")]
+    http: Option<String>,
+    /// Stop every service when the agent exits (default: leave them running for the next agent to adopt).
+    #[arg(long, env = "CORRAL_STOP_SERVICES_ON_EXIT")]
+    stop_services_on_exit: bool,
+    /// The registry's join token, needed for this node's first join.
+    #[arg(long, env = "CORRAL_JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// Let services run as root (by default a service needs `user = "..."` when the agent is root).
+    #[arg(long, env = "CORRAL_ALLOW_ROOT")]
+    allow_root: bool,
+    /// CA (PEM) that signed the registry's certificate, for https:// locators.
+    #[arg(long, env = "CORRAL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This agent's client certificate (PEM), for registries that require mutual TLS.
+    #[arg(long, env = "CORRAL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This agent's client key (PEM).
+    #[arg(long, env = "CORRAL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose, cli.log_format);
+    match cli.command {
+        Command::Run(args) => run(*args),
+        Command::Check(args) => check(args),
+    }
+}
+
+/// `agent check`: 0 when the agent answered, 1 when it did not (whether or not it
+/// answers again now), 2 when there is no run record to go by.
+fn check(args: CheckArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agent check: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(corral_agent::check::check(&args.data_dir)) {
+        Ok(verdict @ corral_agent::check::Verdict::Healthy { .. }) => {
+            println!("agent check: {verdict}");
+            ExitCode::from(verdict.exit_code())
+        }
+        Ok(verdict) => {
+            eprintln!("agent check: {verdict}");
+            ExitCode::from(verdict.exit_code())
+        }
+        Err(e) => {
+            eprintln!("agent check: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `agent run`: resolves the config, binds the HTTP side and runs the agent.
+fn run(args: RunArgs) -> ExitCode {
+    let config = match AgentConfig::resolve(Overrides {
+        config: args.config,
+        locator: args.locator,
+        node: args.node,
+        advertise_ip: args.advertise_ip,
+        data_dir: args.data_dir,
+        http: args.http,
+        stop_services_on_exit: args.stop_services_on_exit,
+        join_token: args.join_token,
+        allow_root: args.allow_root,
+        tls: corral_agent::tls::ClientTls {
+            ca: args.tls_ca,
+            cert: args.tls_cert,
+            key: args.tls_key,
+        },
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let http = match tokio::net::TcpListener::bind(config.http).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("agent: cannot listen on {} for HTTP: {e}", config.http);
+                return ExitCode::from(2);
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match corral_agent::run(config, http, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(cause = %e, "agent stopped");
+                eprintln!("agent: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        }
+    })
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,184 @@
+//! Prometheus metrics of the agent, served on `/metrics`: the registry session, and this
+//! node's instances by state and restarts by server, computed from the status board at
+//! scrape time.
+
+use std::collections::BTreeMap;
+
+use corral_proto::v1::InstanceStatus;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::instance::state::State;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+/// `server` is `app.server`: servers are defined by operators, so their number is bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub server: String,
+}
+
+/// Every instance state, reported with 0 when no instance is in it, so a dashboard sees
+/// 0 rather than nothing.
+const STATES: [State; 8] = [
+    State::Starting,
+    State::Running,
+    State::Stopping,
+    State::Stopped,
+    State::Exited,
+    State::Backoff,
+    State::CrashLooping,
+    State::Failed,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Held while the gauges computed at scrape time are replaced and encoded, so two
+    /// concurrent scrapes never see each other's half-replaced families.
+    scrape: std::sync::Mutex<()>,
+    /// This node's instances, by state.
+    pub instances: Family<StateLabels, Gauge>,
+    /// Restarts of each server's instance on this node.
+    pub restarts: Family<ServerLabels, Gauge>,
+    /// 1 while a session with a registry is open.
+    pub connected: Gauge,
+    /// Sessions opened since start.
+    pub sessions: Counter,
+    pub heartbeats: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("corral_agent");
+        let connected = Gauge::default();
+        let sessions = Counter::default();
+        let heartbeats = Counter::default();
+        let instances = Family::<StateLabels, Gauge>::default();
+        let restarts = Family::<ServerLabels, Gauge>::default();
+        registry.register(
+            "connected",
+            "1 while a registry session is open",
+            connected.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Registry sessions opened since start",
+            sessions.clone(),
+        );
+        registry.register(
+            "heartbeats",
+            "Heartbeats sent since start",
+            heartbeats.clone(),
+        );
+        registry.register(
+            "instances",
+            "Instances on this node, by state",
+            instances.clone(),
+        );
+        registry.register(
+            "instance_restarts",
+            "Restarts of each server's (app.server) instance on this node",
+            restarts.clone(),
+        );
+        Metrics {
+            registry,
+            scrape: std::sync::Mutex::new(()),
+            instances,
+            restarts,
+            connected,
+            sessions,
+            heartbeats,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Sets the instance gauges from the current statuses, then encodes everything.
+    pub fn encode_with(&self, statuses: &[InstanceStatus]) -> String {
+        let mut states = BTreeMap::<&str, i64>::new();
+        for state in STATES {
+            states.insert(state.as_str(), 0);
+        }
+        let mut restarts = BTreeMap::<String, i64>::new();
+        for s in statuses {
+            *states.entry(s.state.as_str()).or_default() += 1;
+            let sum = restarts
+                .entry(format!("{}.{}", s.app, s.server))
+                .or_default();
+            *sum = sum.saturating_add(i64::try_from(s.restarts).unwrap_or(i64::MAX));
+        }
+        // The lock guards no data of its own, so a panic elsewhere cannot leave it torn.
+        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        // Cleared first, so a removed instance's server and states go away.
+        self.instances.clear();
+        for (state, n) in states {
+            self.instances
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(n);
+        }
+        self.restarts.clear();
+        for (server, n) in restarts {
+            self.restarts.get_or_create(&ServerLabels { server }).set(n);
+        }
+        self.encode()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(server: &str, state: &str, restarts: u64) -> InstanceStatus {
+        InstanceStatus {
+            app: "demo".into(),
+            server: server.into(),
+            state: state.into(),
+            restarts,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn instance_families_follow_the_statuses() {
+        let metrics = Metrics::new();
+        let text = metrics.encode_with(&[
+            status("echo", "running", 2),
+            status("gone", "backoff", 7),
+            status("other", "running", 0),
+        ]);
+        for line in [
+            "corral_agent_instances{state=\"running\"} 2",
+            "corral_agent_instances{state=\"backoff\"} 1",
+            "corral_agent_instances{state=\"crash-looping\"} 0",
+            "corral_agent_instance_restarts{server=\"demo.echo\"} 2",
+            "corral_agent_instance_restarts{server=\"demo.gone\"} 7",
+            "corral_agent_connected 0",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        // A removed instance leaves the next scrape.
+        let text = metrics.encode_with(&[status("echo", "running", 3)]);
+        assert!(!text.contains("demo.gone"), "{text}");
+        assert!(text.contains("corral_agent_instances{state=\"backoff\"} 0"));
+        assert!(text.contains("corral_agent_instance_restarts{server=\"demo.echo\"} 3"));
+    }
+}

@@ -1,0 +1,261 @@
+//! The agent's side of the session: find a registry that answers, join, heartbeat, and
+//! come back after any failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_proto::PROTOCOL_VERSION;
+use corral_proto::v1::agent_client::AgentClient;
+use corral_proto::v1::agent_message::Body as AgentBody;
+use corral_proto::v1::registry_message::Body as RegistryBody;
+use corral_proto::v1::{AgentMessage, Heartbeat, Hello};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Endpoint, Uri};
+use tonic::{Code, Status};
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::facts::Sampler;
+use crate::identity::{self, Identity};
+use crate::{AgentError, Context};
+
+/// How long the registry has to answer a Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a session attempt ended.
+enum Outcome {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The session was established and later lost; reconnect at once.
+    Lost(String),
+    /// No session could be established with this registry; try the next one.
+    Failed(String),
+}
+
+/// Statuses that mean "this agent may not join", which retrying cannot fix.
+fn is_refusal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::FailedPrecondition
+            | Code::InvalidArgument
+            | Code::Unauthenticated
+            | Code::PermissionDenied
+    )
+}
+
+/// Keeps a session open with one of the locator's registries until shutdown.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let config = &ctx.config;
+    let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    let mut sampler = Sampler::new(&config.data_dir);
+    let mut index = 0;
+    loop {
+        let uri = config.locators[index].clone();
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => Outcome::Shutdown,
+            o = session(&ctx, &uri, &mut sampler, &shutdown) => o?,
+        };
+        ctx.connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.connected.set(0);
+        ctx.channel.send_replace(None);
+        match outcome {
+            Outcome::Shutdown => return Ok(()),
+            Outcome::Lost(why) => {
+                warn!(registry = %uri, cause = %why, "session lost; reconnecting");
+                backoff.reset();
+            }
+            Outcome::Failed(why) => {
+                index = (index + 1) % config.locators.len();
+                let delay = backoff.next_delay();
+                warn!(registry = %uri, cause = %why, retry_in = ?delay, "registry unavailable");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn hello(ctx: &Context, sampler: &Sampler) -> Result<Hello, AgentError> {
+    let stored = identity::load(&ctx.config.data_dir)?;
+    let identity = match stored {
+        Some(id) if id.node == ctx.config.node => id.secret,
+        Some(id) => {
+            warn!(stored = %id.node, node = %ctx.config.node, "the stored identity is for another node name; joining as a new node");
+            String::new()
+        }
+        None => String::new(),
+    };
+    Ok(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        node: ctx.config.node.clone(),
+        identity,
+        advertise_ip: ctx.config.advertise_ip.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        facts: Some(sampler.facts()),
+        join_token: ctx.config.join_token.clone().unwrap_or_default(),
+    })
+}
+
+/// One session with one registry.
+async fn session(
+    ctx: &Context,
+    uri: &Uri,
+    sampler: &mut Sampler,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, AgentError> {
+    let config = &ctx.config;
+    let mut endpoint = Endpoint::from(uri.clone());
+    if ctx.config.tls.is_set() || uri.scheme_str() == Some("https") {
+        let tls = ctx
+            .config
+            .tls
+            .config()
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+        endpoint = match endpoint.tls_config(tls) {
+            Ok(e) => e,
+            Err(e) => return Ok(Outcome::Failed(format!("TLS: {e}"))),
+        };
+    }
+    let channel = match endpoint
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return Ok(Outcome::Failed(format!("connect: {e}"))),
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let first = AgentMessage {
+        body: Some(AgentBody::Hello(hello(ctx, sampler)?)),
+    };
+    // The channel is new and empty; this cannot fail.
+    let _ = tx.try_send(first);
+    let mut client = AgentClient::new(channel.clone());
+    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) if is_refusal(&status) => {
+            return Err(AgentError::Refused {
+                registry: uri.to_string(),
+                message: status.message().to_string(),
+            });
+        }
+        Err(status) => return Ok(Outcome::Failed(format!("join: {}", status.message()))),
+    };
+    let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(corral_proto::v1::RegistryMessage {
+            body: Some(RegistryBody::Welcome(w)),
+        }))) => w,
+        Ok(Err(status)) if is_refusal(&status) => {
+            return Err(AgentError::Refused {
+                registry: uri.to_string(),
+                message: status.message().to_string(),
+            });
+        }
+        other => {
+            return Ok(Outcome::Failed(format!(
+                "no welcome from the registry: {other:?}"
+            )));
+        }
+    };
+    if !welcome.issued_identity.is_empty() {
+        identity::store(
+            &config.data_dir,
+            &Identity {
+                node: config.node.clone(),
+                secret: welcome.issued_identity.clone(),
+            },
+        )?;
+        info!(node = %config.node, "joined as a new node; identity stored");
+    }
+    ctx.connected
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    ctx.metrics.connected.set(1);
+    ctx.channel.send_replace(Some(channel));
+    ctx.metrics.sessions.inc();
+    info!(registry = %uri, node = %config.node, "session open");
+
+    let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Every status once (the registry may have missed changes), then each change.
+    let mut sent_seq = 0;
+    if !send_status(ctx, &tx, &mut sent_seq).await {
+        return Ok(Outcome::Lost("the request stream closed".into()));
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(Outcome::Shutdown),
+            () = ctx.board.changed.notified() => {
+                if !send_status(ctx, &tx, &mut sent_seq).await {
+                    return Ok(Outcome::Lost("the request stream closed".into()));
+                }
+            }
+            _ = tick.tick() => {
+                let beat = AgentMessage {
+                    body: Some(AgentBody::Heartbeat(Heartbeat { load: Some(sampler.load()) })),
+                };
+                if tx.send(beat).await.is_err() {
+                    return Ok(Outcome::Lost("the request stream closed".into()));
+                }
+                ctx.metrics.heartbeats.inc();
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(corral_proto::v1::RegistryMessage { body: Some(RegistryBody::Desired(desired)) })) => {
+                    ctx.desired.send_replace(Some(desired));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(Outcome::Lost("the registry closed the session".into())),
+                Err(status) if is_refusal(&status) => {
+                    return Err(AgentError::Refused {
+                        registry: uri.to_string(),
+                        message: status.message().to_string(),
+                    });
+                }
+                Err(status) => return Ok(Outcome::Lost(status.message().to_string())),
+            },
+        }
+    }
+}
+
+/// Sends the statuses changed since `sent_seq` and the pending events; false when the
+/// stream is gone (the events go back to the board for the next session).
+async fn send_status(ctx: &Context, tx: &mpsc::Sender<AgentMessage>, sent_seq: &mut u64) -> bool {
+    let (statuses, seq, events) = ctx.board.changes(*sent_seq);
+    let mut pending = events.into_iter();
+    while let Some(event) = pending.next() {
+        if tx
+            .send(AgentMessage {
+                body: Some(AgentBody::Event(event.clone())),
+            })
+            .await
+            .is_err()
+        {
+            let mut rest = vec![event];
+            rest.extend(pending);
+            ctx.board.requeue(rest);
+            return false;
+        }
+    }
+    for status in statuses {
+        if tx
+            .send(AgentMessage {
+                body: Some(AgentBody::Status(status)),
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    *sent_seq = seq;
+    true
+}

@@ -1,0 +1,23 @@
+//! Compiles every `.proto` under `proto/` with the pure-Rust `protox` compiler, so building
+//! Corral never needs a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/corral/v1/agent.proto",
+        "proto/corral/v1/admin.proto",
+        "proto/corral/v1/query.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    // The encoded descriptors are served by the registry's gRPC reflection service, so
+    // grpcurl and similar tools can list and call the API without the .proto files.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("corral_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! The Corral wire protocol: every `.proto` file lives in `proto/` and is compiled here.
+//!
+//! * `corral.v1.Agent` — the one long-lived session an agent opens with the registry.
+//! * `corral.v1.Admin` — the admin API the `registry` CLI talks to.
+
+/// The protocol version an agent announces in its first message. The registry refuses
+/// versions it does not speak with a message naming both.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+pub mod names;
+
+/// Every Corral `.proto` file as an encoded `FileDescriptorSet`, for the gRPC reflection
+/// service (grpcurl lists and calls the API with it, without the `.proto` files).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/corral_descriptor.bin"));
+
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
+    tonic::include_proto!("corral.v1");
+}

@@ -1,0 +1,100 @@
+//! Admin RPCs on instance events: list, and follow as they are recorded.
+
+use std::time::Duration;
+
+use corral_proto::v1::{Event, ListEventsRequest, ListEventsResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::{EventStream, split_server};
+use crate::server::Shared;
+use crate::store::EventRow;
+
+/// How often a follower looks for new events; the database is the only shared state,
+/// so this sees events recorded through any replica.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 10_000;
+
+fn to_proto(e: EventRow) -> Event {
+    Event {
+        id: e.id,
+        at_ms: e.at_ms,
+        server: format!("{}.{}", e.app, e.server),
+        node: e.node,
+        from: e.from,
+        to: e.to,
+        reason: e.reason,
+    }
+}
+
+fn filter(req: &ListEventsRequest) -> Result<Option<(String, String)>, Status> {
+    if req.server.is_empty() {
+        return Ok(None);
+    }
+    let (app, server) = split_server(&req.server)?;
+    Ok(Some((app.to_string(), server.to_string())))
+}
+
+fn limit(req: &ListEventsRequest) -> u32 {
+    match req.limit {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    }
+}
+
+pub async fn list(shared: &Shared, req: ListEventsRequest) -> Result<ListEventsResponse, Status> {
+    let server = filter(&req)?;
+    let server = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
+    let events = shared
+        .store
+        .list_events(server, req.after_id, limit(&req))
+        .await?;
+    Ok(ListEventsResponse {
+        events: events.into_iter().map(to_proto).collect(),
+    })
+}
+
+pub async fn follow(
+    shared: std::sync::Arc<Shared>,
+    req: ListEventsRequest,
+) -> Result<EventStream, Status> {
+    let server = filter(&req)?;
+    let first = {
+        let s = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
+        shared
+            .store
+            .list_events(s, req.after_id, limit(&req))
+            .await?
+    };
+    let (tx, rx) = mpsc::channel(64);
+    let task_shared = shared.clone();
+    shared.tracker.spawn(async move {
+        let shared = task_shared;
+        let mut last = req.after_id;
+        let mut batch = first;
+        loop {
+            for e in batch {
+                last = last.max(e.id);
+                if tx.send(Ok(to_proto(e))).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                () = tx.closed() => return,
+                () = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+            let s = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
+            batch = match shared.store.list_events(s, last, MAX_LIMIT).await {
+                Ok(b) => b,
+                Err(err) => {
+                    let _ = tx.send(Err(err.into())).await;
+                    return;
+                }
+            };
+        }
+    });
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}

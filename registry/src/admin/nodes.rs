@@ -1,0 +1,57 @@
+//! Admin RPCs on nodes.
+
+use corral_proto::v1::{
+    GetNodeRequest, ListNodesRequest, ListNodesResponse, LoadReport, Node, RemoveNodeRequest,
+    RemoveNodeResponse,
+};
+use tonic::Status;
+use tracing::info;
+
+use crate::server::Shared;
+use crate::store::{NodeRow, StoreError};
+
+pub fn node_to_proto(row: NodeRow) -> Node {
+    Node {
+        name: row.name,
+        state: row.state.as_str().to_string(),
+        address: row.address,
+        agent_version: row.agent_version,
+        hostname: row.hostname,
+        os: row.os,
+        kernel: row.kernel,
+        cpu_cores: u32::try_from(row.cpu_cores).unwrap_or(0),
+        memory_bytes: u64::try_from(row.memory_bytes).unwrap_or(0),
+        disk_bytes: u64::try_from(row.disk_bytes).unwrap_or(0),
+        load: row.load.map(|l| LoadReport {
+            cpu_percent: l.cpu_percent as f32,
+            load1: l.load1,
+            load5: l.load5,
+            load15: l.load15,
+            memory_used_bytes: u64::try_from(l.memory_used_bytes).unwrap_or(0),
+            disk_free_bytes: u64::try_from(l.disk_free_bytes).unwrap_or(0),
+        }),
+        last_seen_ms: row.last_seen_ms,
+        joined_at_ms: row.joined_at_ms,
+        connected_at_ms: row.connected_at_ms,
+    }
+}
+
+pub async fn list(shared: &Shared, _req: ListNodesRequest) -> Result<ListNodesResponse, Status> {
+    let nodes = shared.store.list_nodes().await?;
+    Ok(ListNodesResponse {
+        nodes: nodes.into_iter().map(node_to_proto).collect(),
+    })
+}
+
+pub async fn get(shared: &Shared, req: GetNodeRequest) -> Result<Node, Status> {
+    match shared.store.get_node(&req.name).await? {
+        Some(row) => Ok(node_to_proto(row)),
+        None => Err(StoreError::NodeNotFound(req.name).into()),
+    }
+}
+
+pub async fn remove(shared: &Shared, req: RemoveNodeRequest) -> Result<RemoveNodeResponse, Status> {
+    shared.store.remove_node(&req.name).await?;
+    info!(node = %req.name, "node removed");
+    Ok(RemoveNodeResponse {})
+}

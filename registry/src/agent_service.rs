@@ -1,0 +1,383 @@
+//! The `Agent.Session` RPC: one long-lived stream per joined agent.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_proto::v1::agent_message::Body as AgentBody;
+use corral_proto::v1::agent_server::Agent;
+use corral_proto::v1::registry_message::Body as RegistryBody;
+use corral_proto::v1::{
+    AgentMessage, ConfigFile, DesiredState, DownloadChunk, DownloadRequest, InstanceEvent,
+    InstanceSpec, InstanceStatus, LoadReport, PackageRef, RegistryMessage, Welcome,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::join;
+use crate::server::Shared;
+use crate::sessions::Opened;
+use crate::spec::render::{RenderContext, render};
+use crate::store::{EventRow, LoadRow, StatusReport, Store, StoreError, now_ms};
+
+/// How long a new session may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct AgentService {
+    pub shared: Arc<Shared>,
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<RegistryMessage, Status>> + Send>>;
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<DownloadChunk, Status>> + Send>>;
+
+fn load_row(load: &LoadReport) -> LoadRow {
+    LoadRow {
+        cpu_percent: f64::from(load.cpu_percent),
+        load1: load.load1,
+        load5: load.load5,
+        load15: load.load15,
+        memory_used_bytes: i64::try_from(load.memory_used_bytes).unwrap_or(i64::MAX),
+        disk_free_bytes: i64::try_from(load.disk_free_bytes).unwrap_or(i64::MAX),
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type SessionStream = SessionStream;
+    type DownloadStream = DownloadStream;
+
+    async fn download(
+        &self,
+        request: Request<DownloadRequest>,
+    ) -> Result<Response<DownloadStream>, Status> {
+        crate::download::download(self.shared.clone(), request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        require_client_cert(&self.shared, &request)?;
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded("no Hello within 10s of opening the session")
+            })??;
+        let Some(AgentMessage {
+            body: Some(AgentBody::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message of a session must be a Hello",
+            ));
+        };
+        let shared = &self.shared;
+        if let Err(status) = join::check_hello(&hello) {
+            warn!(%peer, node = %hello.node, cause = %status.message(), "refused agent");
+            return Err(status);
+        }
+        let now = now_ms();
+        let admitted = match join::admit(
+            &shared.store,
+            &hello,
+            shared.config.join_token.as_deref(),
+            now,
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(status) => {
+                warn!(%peer, node = %hello.node, cause = %status.message(), "refused agent");
+                return Err(status);
+            }
+        };
+        let opened = shared
+            .sessions
+            .open(&admitted.node, admitted.session_id, now);
+        info!(node = %admitted.node, %peer, session = admitted.session_id, "node up");
+        shared.discovery_changed().await;
+
+        let (tx, rx) = mpsc::channel(16);
+        let welcome = RegistryMessage {
+            body: Some(RegistryBody::Welcome(Welcome {
+                issued_identity: admitted.issued_identity.clone().unwrap_or_default(),
+                heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
+                registry_version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
+        };
+        // The channel is new and empty; this cannot fail.
+        let _ = tx.try_send(Ok(welcome));
+        let shared = shared.clone();
+        self.shared.tracker.spawn(async move {
+            run_session(shared, admitted, inbound, tx, opened).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Why a session ended, for the log.
+enum End {
+    Closed,
+    Broken(Status),
+    Silent,
+    Replaced,
+    Shutdown,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => write!(f, "the agent closed the session"),
+            End::Broken(status) => write!(f, "the connection broke: {}", status.message()),
+            End::Silent => write!(f, "no heartbeat within the node timeout"),
+            End::Replaced => write!(f, "a newer session of the same node replaced it"),
+            End::Shutdown => write!(f, "the registry is shutting down"),
+        }
+    }
+}
+
+/// With mutual TLS on, agents must present a certificate the client CA signed (TLS has
+/// checked it is valid; here we check there is one).
+fn require_client_cert<T>(shared: &Shared, request: &Request<T>) -> Result<(), Status> {
+    let mtls = shared
+        .config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.client_ca.is_some());
+    if mtls && request.peer_certs().is_none_or(|c| c.is_empty()) {
+        return Err(Status::unauthenticated(
+            "this registry requires agents to present a client certificate (mutual TLS): start the agent with --tls-cert and --tls-key",
+        ));
+    }
+    Ok(())
+}
+
+/// The node's full desired state, from the database: specs with this node's ports and
+/// releases, and config files rendered with the current discovery table.
+pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, StoreError> {
+    let store = &shared.store;
+    let assignments = store.node_assignments(node).await?;
+    let node_row = store.get_node(node).await?;
+    let (node_ip, data_dir) = node_row
+        .map(|n| (n.address, n.data_dir))
+        .unwrap_or_default();
+    let endpoints = shared.discovery.endpoint_strings();
+    let mut instances = Vec::with_capacity(assignments.len());
+    for a in assignments {
+        let ports = store
+            .instance_ports(&a.spec.app, &a.spec.server, node)
+            .await?;
+        let mut spec = a.spec.to_proto();
+        for adapter in &mut spec.adapters {
+            if let Some(p) = ports.get(&adapter.name) {
+                adapter.port = u32::from(*p);
+            }
+        }
+        spec.package = package_ref(store, &a.spec.app, &a.spec.server, &a.desired_version).await?;
+        let ctx = RenderContext {
+            app: a.spec.app.clone(),
+            server: a.spec.server.clone(),
+            node: node.to_string(),
+            node_ip: node_ip.clone(),
+            ports: ports.clone(),
+            version: a.desired_version.clone(),
+            instance_dir: format!("{data_dir}/instances/{}.{}", a.spec.app, a.spec.server),
+        };
+        let mut configs = Vec::with_capacity(a.spec.configs.len());
+        for c in &a.spec.configs {
+            // Templates were checked at apply time; one that fails now (say, on a value
+            // only this node has) is left out, with the reason in the registry log.
+            match render(&c.template, &ctx, &endpoints) {
+                Ok(content) => configs.push(ConfigFile {
+                    name: c.name.clone(),
+                    content,
+                    on_change: c.on_change.clone(),
+                }),
+                Err(e) => {
+                    warn!(node, server = %a.spec.name(), config = %c.name, cause = %e, "cannot render a config")
+                }
+            }
+        }
+        instances.push(InstanceSpec {
+            app: a.spec.app.clone(),
+            server: a.spec.server.clone(),
+            spec: Some(spec),
+            running: a.running,
+            restart_counter: u64::try_from(a.restart_counter).unwrap_or(0),
+            prefetch: package_ref(store, &a.spec.app, &a.spec.server, &a.prefetch_version).await?,
+            configs,
+        });
+    }
+    Ok(DesiredState { instances })
+}
+
+/// What an agent needs to fetch and verify a release; None for no version.
+async fn package_ref(
+    store: &Store,
+    app: &str,
+    server: &str,
+    version: &str,
+) -> Result<Option<PackageRef>, StoreError> {
+    if version.is_empty() {
+        return Ok(None);
+    }
+    let p = store
+        .get_package(app, server, version)
+        .await?
+        .ok_or_else(|| StoreError::PackageNotFound(format!("{app}.{server} {version}")))?;
+    Ok(Some(PackageRef {
+        version: p.version,
+        sha256: p.sha256,
+        size: u64::try_from(p.size).unwrap_or(0),
+    }))
+}
+
+/// Sends the node's desired state; false when the agent's stream is gone.
+async fn send_desired(
+    shared: &Shared,
+    node: &str,
+    tx: &mpsc::Sender<Result<RegistryMessage, Status>>,
+) -> bool {
+    match desired_state(shared, node).await {
+        Ok(desired) => {
+            let msg = RegistryMessage {
+                body: Some(RegistryBody::Desired(desired)),
+            };
+            tx.send(Ok(msg)).await.is_ok()
+        }
+        Err(err) => {
+            // The agent keeps what it has; the next change or session sends it again.
+            warn!(node, cause = %err, "could not read the desired state");
+            true
+        }
+    }
+}
+
+async fn record_status(shared: &Shared, node: &str, status: InstanceStatus) {
+    let report = StatusReport {
+        app: status.app,
+        server: status.server,
+        state: status.state,
+        pid: i64::from(status.pid),
+        restarts: i64::try_from(status.restarts).unwrap_or(i64::MAX),
+        started_at_ms: status.started_at_ms,
+        last_exit: status.last_exit,
+        last_error: status.last_error,
+        version: status.version,
+        install_version: status
+            .install
+            .as_ref()
+            .map(|i| i.version.clone())
+            .unwrap_or_default(),
+        install_state: status
+            .install
+            .as_ref()
+            .map(|i| i.state.clone())
+            .unwrap_or_default(),
+        install_percent: status.install.as_ref().map_or(0, |i| i64::from(i.percent)),
+        install_error: status.install.map(|i| i.error).unwrap_or_default(),
+        health: status.health,
+    };
+    match shared.store.report_status(node, &report, now_ms()).await {
+        Ok(true) => shared.discovery_changed().await,
+        Ok(false) => {
+            debug!(node, server = %format!("{}.{}", report.app, report.server), "status of an instance not assigned here")
+        }
+        Err(err) => warn!(node, cause = %err, "could not record an instance's state"),
+    }
+}
+
+/// Records an event under the session's node: an agent reports for its own node only.
+async fn record_event(shared: &Shared, node: &str, event: InstanceEvent) {
+    let row = EventRow {
+        id: 0,
+        at_ms: if event.at_ms > 0 {
+            event.at_ms
+        } else {
+            now_ms()
+        },
+        app: event.app,
+        server: event.server,
+        node: node.to_string(),
+        from: event.from,
+        to: event.to,
+        reason: event.reason,
+    };
+    if let Err(err) = shared.store.record_event(&row).await {
+        warn!(node, cause = %err, "could not record an event");
+    }
+}
+
+async fn run_session(
+    shared: Arc<Shared>,
+    admitted: join::Admitted,
+    mut inbound: Streaming<AgentMessage>,
+    tx: mpsc::Sender<Result<RegistryMessage, Status>>,
+    opened: Opened,
+) {
+    let node = admitted.node.as_str();
+    let id = admitted.session_id;
+    shared.metrics.sessions_open.inc();
+    let mut end = if send_desired(&shared, node, &tx).await {
+        None
+    } else {
+        Some(End::Closed)
+    };
+    while end.is_none() {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => end = Some(End::Shutdown),
+            () = opened.replaced.cancelled() => end = Some(End::Replaced),
+            () = opened.changed.notified() => {
+                if !send_desired(&shared, node, &tx).await {
+                    end = Some(End::Closed);
+                }
+            }
+            next = tokio::time::timeout(shared.config.node_timeout, inbound.message()) => {
+                match next {
+                    Err(_) => end = Some(End::Silent),
+                    Ok(Ok(None)) => end = Some(End::Closed),
+                    Ok(Err(status)) => end = Some(End::Broken(status)),
+                    Ok(Ok(Some(msg))) => match msg.body {
+                        Some(AgentBody::Heartbeat(hb)) => {
+                            shared.sessions.touch(node, id, now_ms(), hb.load.as_ref().map(load_row));
+                        }
+                        Some(AgentBody::Status(status)) => {
+                            shared.sessions.touch(node, id, now_ms(), None);
+                            record_status(&shared, node, status).await;
+                        }
+                        Some(AgentBody::Event(event)) => {
+                            shared.sessions.touch(node, id, now_ms(), None);
+                            record_event(&shared, node, event).await;
+                        }
+                        Some(AgentBody::Hello(_)) | None => {
+                            warn!(node, "ignoring an unexpected message in an open session");
+                        }
+                    },
+                }
+            }
+        }
+    }
+    let end = end.unwrap_or(End::Closed);
+    drop(tx);
+    shared.metrics.sessions_open.dec();
+    if shared.sessions.close(node, id) {
+        match shared.store.mark_node_down(node, id, now_ms()).await {
+            Ok(_) => {
+                info!(node, session = id, reason = %end, "node down");
+                shared.discovery_changed().await;
+            }
+            Err(err) => warn!(node, cause = %err, "could not mark node down"),
+        }
+    } else {
+        info!(node, session = id, reason = %end, "session replaced");
+    }
+}

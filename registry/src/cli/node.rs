@@ -1,0 +1,148 @@
+//! `registry node list|show|remove`.
+
+use clap::Subcommand;
+use corral_proto::v1::{GetNodeRequest, ListNodesRequest, Node, RemoveNodeRequest};
+use serde_json::{Value, json};
+
+use super::output::{ago_ms, bytes, print_table, time_ms};
+use super::{CliError, ClientArgs, Format, connect};
+use crate::store::now_ms;
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// List every node that has joined.
+    List,
+    /// Show one node.
+    Show { name: String },
+    /// Forget a node and revoke its identity (refused while the node is up).
+    Remove { name: String },
+}
+
+pub fn node_json(n: &Node) -> Value {
+    json!({
+        "name": n.name,
+        "state": n.state,
+        "address": n.address,
+        "agent_version": n.agent_version,
+        "hostname": n.hostname,
+        "os": n.os,
+        "kernel": n.kernel,
+        "cpu_cores": n.cpu_cores,
+        "memory_bytes": n.memory_bytes,
+        "disk_bytes": n.disk_bytes,
+        "load": n.load.as_ref().map(|l| json!({
+            "cpu_percent": l.cpu_percent,
+            "load1": l.load1,
+            "load5": l.load5,
+            "load15": l.load15,
+            "memory_used_bytes": l.memory_used_bytes,
+            "disk_free_bytes": l.disk_free_bytes,
+        })),
+        "last_seen": time_ms(n.last_seen_ms),
+        "last_seen_ms": n.last_seen_ms,
+        "joined_at": time_ms(n.joined_at_ms),
+        "connected_at": time_ms(n.connected_at_ms),
+        "connected_at_ms": n.connected_at_ms,
+    })
+}
+
+pub async fn run(cmd: NodeCommand, args: &ClientArgs) -> Result<(), CliError> {
+    let mut client = connect(args).await?;
+    match cmd {
+        NodeCommand::List => {
+            let nodes = client
+                .list_nodes(ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes;
+            if args.output == Format::Json {
+                let all: Vec<Value> = nodes.iter().map(node_json).collect();
+                println!("{}", Value::Array(all));
+                return Ok(());
+            }
+            let now = now_ms();
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        n.state.clone(),
+                        n.address.clone(),
+                        n.agent_version.clone(),
+                        n.cpu_cores.to_string(),
+                        bytes(n.memory_bytes),
+                        n.load
+                            .as_ref()
+                            .map_or_else(String::new, |l| format!("{:.2}", l.load1)),
+                        ago_ms(n.last_seen_ms, now),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "NAME",
+                    "STATE",
+                    "ADDRESS",
+                    "VERSION",
+                    "CPUS",
+                    "MEMORY",
+                    "LOAD",
+                    "LAST SEEN",
+                ],
+                &rows,
+            );
+        }
+        NodeCommand::Show { name } => {
+            let n = client.get_node(GetNodeRequest { name }).await?.into_inner();
+            if args.output == Format::Json {
+                println!("{}", node_json(&n));
+                return Ok(());
+            }
+            let now = now_ms();
+            let load = n.load.as_ref().map_or_else(
+                || "no report yet".to_string(),
+                |l| {
+                    format!(
+                        "cpu {:.1}%, load {:.2} {:.2} {:.2}, memory used {}, disk free {}",
+                        l.cpu_percent,
+                        l.load1,
+                        l.load5,
+                        l.load15,
+                        bytes(l.memory_used_bytes),
+                        bytes(l.disk_free_bytes)
+                    )
+                },
+            );
+            let rows = vec![
+                vec!["name".into(), n.name.clone()],
+                vec!["state".into(), n.state.clone()],
+                vec!["address".into(), n.address.clone()],
+                vec!["hostname".into(), n.hostname.clone()],
+                vec!["agent version".into(), n.agent_version.clone()],
+                vec!["os".into(), format!("{} (kernel {})", n.os, n.kernel)],
+                vec!["cpu cores".into(), n.cpu_cores.to_string()],
+                vec!["memory".into(), bytes(n.memory_bytes)],
+                vec!["disk".into(), bytes(n.disk_bytes)],
+                vec!["load".into(), load],
+                vec![
+                    "last seen".into(),
+                    format!(
+                        "{} ({})",
+                        time_ms(n.last_seen_ms),
+                        ago_ms(n.last_seen_ms, now)
+                    ),
+                ],
+                vec!["connected at".into(), time_ms(n.connected_at_ms)],
+                vec!["joined at".into(), time_ms(n.joined_at_ms)],
+            ];
+            print_table(&["FIELD", "VALUE"], &rows);
+        }
+        NodeCommand::Remove { name } => {
+            client
+                .remove_node(RemoveNodeRequest { name: name.clone() })
+                .await?;
+            println!("removed node {name}");
+        }
+    }
+    Ok(())
+}

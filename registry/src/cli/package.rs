@@ -1,0 +1,428 @@
+//! `registry package upload|list|remove`, `registry patch`, `registry rollback` and
+//! `registry rollout list|status`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use corral_proto::v1::upload_chunk::Body;
+use corral_proto::v1::{
+    GetRolloutRequest, ListPackagesRequest, ListRolloutsRequest, PackageInfo, RemovePackageRequest,
+    Rollout, StartRolloutRequest, UploadChunk, UploadHeader,
+};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::output::{bytes, print_table, time_ms};
+use super::{CliError, ClientArgs, Format, connect};
+
+/// Bytes per upload message.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+#[derive(Subcommand, Debug)]
+pub enum PackageCommand {
+    /// Upload a .tar.gz release of a server.
+    Upload {
+        file: PathBuf,
+        /// APP.SERVER
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List packages.
+    List {
+        /// Only this server's (APP.SERVER).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Remove a package (refused while an instance uses it).
+    Remove { server: String, version: String },
+}
+
+#[derive(Args, Debug)]
+pub struct PatchArgs {
+    /// APP.SERVER
+    pub server: String,
+    #[arg(long)]
+    pub version: String,
+    /// Only these nodes (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub node: Vec<String>,
+    /// Instances switched at once.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    /// How long each instance must run on the new release [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub min_healthy: Option<Duration>,
+    /// How long an instance may take to get there before the rollout fails [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub deadline: Option<Duration>,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// APP.SERVER
+    pub server: String,
+    /// The version to go back to [default: the previous one].
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Recent rollouts, newest first.
+    List {
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// One rollout with its instances.
+    Status { id: i64 },
+}
+
+fn package_json(p: &PackageInfo) -> Value {
+    json!({"server": p.server, "version": p.version, "sha256": p.sha256, "size": p.size, "note": p.note,
+           "entries": p.entries, "created_at": time_ms(p.created_at_ms), "used_by": p.used_by})
+}
+
+/// sha256 and size of a file, read in pieces.
+fn hash_file(path: &PathBuf) -> Result<(String, u64), CliError> {
+    let err = |source| CliError::File {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+pub async fn run(cmd: PackageCommand, args: &ClientArgs) -> Result<(), CliError> {
+    let mut client = connect(args).await?;
+    match cmd {
+        PackageCommand::Upload {
+            file,
+            server,
+            version,
+            note,
+        } => {
+            let (sha256, size) = hash_file(&file)?;
+            let bar = ProgressBar::new(size);
+            if args.output == Format::Table {
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar.set_message(format!("{server} {version}"));
+            } else {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let header = UploadChunk {
+                body: Some(Body::Header(UploadHeader {
+                    server,
+                    version,
+                    note,
+                    size,
+                    sha256,
+                })),
+            };
+            let _ = tx.send(header).await;
+            let reader_bar = bar.clone();
+            let path = file.clone();
+            // Read and send in pieces: the file is never held in memory whole.
+            let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let mut f = std::fs::File::open(&path)?;
+                loop {
+                    let mut buf = vec![0u8; UPLOAD_CHUNK];
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.truncate(n);
+                    reader_bar.inc(n as u64);
+                    if tx
+                        .blocking_send(UploadChunk {
+                            body: Some(Body::Data(buf)),
+                        })
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+            });
+            let result = client
+                .upload_package(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            let _ = reader.await;
+            bar.finish_and_clear();
+            let info = result?.into_inner();
+            if args.output == Format::Json {
+                println!("{}", package_json(&info));
+            } else {
+                println!(
+                    "uploaded {} {} ({}, {} entries, sha256 {})",
+                    info.server,
+                    info.version,
+                    bytes(info.size),
+                    info.entries,
+                    info.sha256
+                );
+            }
+        }
+        PackageCommand::List { server } => {
+            let list = client
+                .list_packages(ListPackagesRequest {
+                    server: server.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .packages;
+            if args.output == Format::Json {
+                println!("{}", Value::Array(list.iter().map(package_json).collect()));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.server.clone(),
+                        p.version.clone(),
+                        bytes(p.size),
+                        time_ms(p.created_at_ms),
+                        p.used_by.join(","),
+                        p.note.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["SERVER", "VERSION", "SIZE", "UPLOADED", "USED BY", "NOTE"],
+                &rows,
+            );
+        }
+        PackageCommand::Remove { server, version } => {
+            client
+                .remove_package(RemovePackageRequest {
+                    server: server.clone(),
+                    version: version.clone(),
+                })
+                .await?;
+            println!("removed {server} {version}");
+        }
+    }
+    Ok(())
+}
+
+fn rollout_json(r: &Rollout) -> Value {
+    json!({"id": r.id, "server": r.server, "to_version": r.to_version, "state": r.state, "error": r.error,
+           "batch": r.batch, "created_at": time_ms(r.created_at_ms), "updated_at": time_ms(r.updated_at_ms),
+           "instances": r.instances.iter().map(|i| json!({"node": i.node, "batch": i.batch, "from_version": i.from_version,
+               "phase": i.phase, "percent": i.percent, "error": i.error})).collect::<Vec<_>>()})
+}
+
+/// Follows a rollout to its end with a progress bar per instance; Err when it failed.
+async fn follow(client: &mut super::Client, id: i64, args: &ClientArgs) -> Result<(), CliError> {
+    let mut stream = client
+        .watch_rollout(GetRolloutRequest { id })
+        .await?
+        .into_inner();
+    let multi = MultiProgress::new();
+    if args.output == Format::Json {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:>24} [{bar:25}] {pos:>3}% {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let mut bars: Vec<(String, ProgressBar)> = Vec::new();
+    let mut last = None;
+    while let Some(r) = stream.message().await? {
+        for i in &r.instances {
+            let bar = match bars.iter().find(|(n, _)| n == &i.node) {
+                Some((_, b)) => b.clone(),
+                None => {
+                    let b = multi.add(
+                        ProgressBar::new(100)
+                            .with_style(style.clone())
+                            .with_prefix(format!("{} (batch {})", i.node, i.batch)),
+                    );
+                    bars.push((i.node.clone(), b.clone()));
+                    b
+                }
+            };
+            bar.set_position(u64::from(i.percent));
+            bar.set_message(if i.error.is_empty() {
+                i.phase.clone()
+            } else {
+                format!("{}: {}", i.phase, i.error)
+            });
+        }
+        let done = matches!(r.state.as_str(), "succeeded" | "failed" | "interrupted");
+        last = Some(r);
+        if done {
+            break;
+        }
+    }
+    for (_, b) in &bars {
+        b.finish();
+    }
+    let Some(r) = last else {
+        return Err(CliError::Failed(
+            "the rollout stream ended without news".into(),
+        ));
+    };
+    if args.output == Format::Json {
+        println!("{}", rollout_json(&r));
+    } else {
+        println!(
+            "rollout {} of {} to {}: {}",
+            r.id, r.server, r.to_version, r.state
+        );
+    }
+    match r.state.as_str() {
+        "succeeded" => Ok(()),
+        _ => Err(CliError::Failed(format!(
+            "rollout {} {}: {}",
+            r.id, r.state, r.error
+        ))),
+    }
+}
+
+pub async fn patch(a: PatchArgs, args: &ClientArgs) -> Result<(), CliError> {
+    let mut client = connect(args).await?;
+    let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+    let r = client
+        .start_rollout(StartRolloutRequest {
+            server: a.server,
+            version: a.version,
+            nodes: a.node,
+            batch: a.batch,
+            min_healthy_ms: ms(a.min_healthy),
+            deadline_ms: ms(a.deadline),
+            rollback: false,
+        })
+        .await?
+        .into_inner();
+    if args.output == Format::Table {
+        println!(
+            "rollout {}: {} to {} in batches of {}",
+            r.id, r.server, r.to_version, r.batch
+        );
+    }
+    follow(&mut client, r.id, args).await
+}
+
+pub async fn rollback(a: RollbackArgs, args: &ClientArgs) -> Result<(), CliError> {
+    let mut client = connect(args).await?;
+    let r = client
+        .start_rollout(StartRolloutRequest {
+            server: a.server,
+            version: a.to.unwrap_or_default(),
+            nodes: Vec::new(),
+            batch: a.batch,
+            min_healthy_ms: 0,
+            deadline_ms: 0,
+            rollback: true,
+        })
+        .await?
+        .into_inner();
+    if args.output == Format::Table {
+        println!(
+            "rollout {}: rolling {} back to {}",
+            r.id, r.server, r.to_version
+        );
+    }
+    follow(&mut client, r.id, args).await
+}
+
+pub async fn rollouts(cmd: RolloutCommand, args: &ClientArgs) -> Result<(), CliError> {
+    let mut client = connect(args).await?;
+    match cmd {
+        RolloutCommand::List { server } => {
+            let list = client
+                .list_rollouts(ListRolloutsRequest {
+                    server: server.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .rollouts;
+            if args.output == Format::Json {
+                println!("{}", Value::Array(list.iter().map(rollout_json).collect()));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.server.clone(),
+                        r.to_version.clone(),
+                        r.state.clone(),
+                        time_ms(r.created_at_ms),
+                        r.error.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ID", "SERVER", "VERSION", "STATE", "STARTED", "ERROR"],
+                &rows,
+            );
+        }
+        RolloutCommand::Status { id } => {
+            let r = client
+                .get_rollout(GetRolloutRequest { id })
+                .await?
+                .into_inner();
+            if args.output == Format::Json {
+                println!("{}", rollout_json(&r));
+                return Ok(());
+            }
+            println!(
+                "rollout {} of {} to {}: {}{}",
+                r.id,
+                r.server,
+                r.to_version,
+                r.state,
+                if r.error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.error)
+                }
+            );
+            let rows: Vec<Vec<String>> = r
+                .instances
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.node.clone(),
+                        i.batch.to_string(),
+                        i.from_version.clone(),
+                        i.phase.clone(),
+                        format!("{}%", i.percent),
+                        i.error.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["NODE", "BATCH", "FROM", "PHASE", "PROGRESS", "ERROR"],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}

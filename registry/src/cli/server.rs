@@ -1,0 +1,386 @@
+//! `registry apply`, `registry server ...` and `registry events`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use corral_proto::v1::{
+    ApplyRequest, ControlServerRequest, Event, ExpandRequest, FindRequest, InstanceInfo,
+    ListEventsRequest, ListServersRequest, ServerStatusRequest,
+};
+use serde_json::{Value, json};
+
+use super::output::{ago_ms, print_table, time_ms};
+use super::{CliError, ClientArgs, Format, connect};
+use crate::store::now_ms;
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The spec file (TOML, one server).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Print what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// List servers with their instances' states.
+    List,
+    /// The instances of a server with their actual state.
+    Status { server: String },
+    /// Start the instances (of one node with --node).
+    Start(Target),
+    /// Stop the instances: stop signal, then SIGKILL to the group after the timeout.
+    Stop(Target),
+    /// Restart the instances, exactly once each.
+    Restart(Target),
+    /// Stop and remove the instances (the server itself with its last instance).
+    Undeploy(Target),
+    /// Add instances on more nodes: ports allocated, configs rendered, in one
+    /// transaction; --preview only shows what would happen.
+    Expand(ExpandArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExpandArgs {
+    /// APP.SERVER
+    pub server: String,
+    /// The nodes to add (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub to: Vec<String>,
+    /// Copy this node's instance settings (release, running or stopped) instead of the spec's.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Show the plan and change nothing.
+    #[arg(long)]
+    pub preview: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct Target {
+    /// APP.SERVER
+    pub server: String,
+    /// Only this node's instance.
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Only this server's events (APP.SERVER).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Keep printing new events as they happen.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// How many past events to show.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+pub async fn apply(args: ApplyArgs, client_args: &ClientArgs) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(&args.file).map_err(|source| CliError::File {
+        path: args.file.clone(),
+        source,
+    })?;
+    let mut client = connect(client_args).await?;
+    let resp = client
+        .apply(ApplyRequest {
+            spec_toml: text,
+            dry_run: args.dry_run,
+            source: args.file.display().to_string(),
+        })
+        .await?
+        .into_inner();
+    if client_args.output == Format::Json {
+        println!(
+            "{}",
+            json!({"server": resp.server, "dry_run": resp.dry_run, "changes": resp.changes})
+        );
+        return Ok(());
+    }
+    let prefix = if resp.dry_run { "would " } else { "" };
+    if resp.changes.is_empty() {
+        println!("{}: no change", resp.server);
+    } else {
+        println!(
+            "{}{}:",
+            if resp.dry_run {
+                "dry run, nothing changed; "
+            } else {
+                ""
+            },
+            resp.server
+        );
+        for c in &resp.changes {
+            if c.starts_with("note:") {
+                println!("  {c}");
+            } else {
+                println!("  {prefix}{c}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn instance_json(i: &InstanceInfo) -> Value {
+    json!({
+        "node": i.node,
+        "node_state": i.node_state,
+        "desired": i.desired,
+        "state": i.state,
+        "pid": if i.pid == 0 { Value::Null } else { json!(i.pid) },
+        "restarts": i.restarts,
+        "started_at": time_ms(i.started_at_ms),
+        "started_at_ms": i.started_at_ms,
+        "last_exit": i.last_exit,
+        "last_error": i.last_error,
+        "version": i.version,
+        "healthy": match i.health.as_str() { "healthy" => json!(true), "unhealthy" => json!(false), _ => Value::Null },
+        "health": i.health,
+        "reported_at_ms": i.reported_at_ms,
+    })
+}
+
+fn event_json(e: &Event) -> Value {
+    json!({"id": e.id, "time": time_ms(e.at_ms), "at_ms": e.at_ms, "server": e.server, "node": e.node,
+           "from": e.from, "to": e.to, "reason": e.reason})
+}
+
+pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> {
+    let mut client = connect(args).await?;
+    let (action, target) = match cmd {
+        ServerCommand::List => {
+            let servers = client
+                .list_servers(ListServersRequest {})
+                .await?
+                .into_inner()
+                .servers;
+            if args.output == Format::Json {
+                let all: Vec<Value> = servers
+                    .iter()
+                    .map(|s| json!({"server": format!("{}.{}", s.app, s.server), "app": s.app, "name": s.server,
+                                    "nodes": s.nodes, "states": s.states, "updated_at": time_ms(s.updated_at_ms)}))
+                    .collect();
+                println!("{}", Value::Array(all));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = servers
+                .iter()
+                .map(|s| {
+                    let mut states: Vec<String> =
+                        s.states.iter().map(|(k, v)| format!("{v} {k}")).collect();
+                    states.sort();
+                    vec![
+                        format!("{}.{}", s.app, s.server),
+                        s.nodes.len().to_string(),
+                        states.join(", "),
+                        time_ms(s.updated_at_ms),
+                    ]
+                })
+                .collect();
+            print_table(&["SERVER", "INSTANCES", "STATES", "UPDATED"], &rows);
+            return Ok(());
+        }
+        ServerCommand::Status { server } => {
+            let resp = client
+                .server_status(ServerStatusRequest { server })
+                .await?
+                .into_inner();
+            if args.output == Format::Json {
+                println!(
+                    "{}",
+                    Value::Array(resp.instances.iter().map(instance_json).collect())
+                );
+                return Ok(());
+            }
+            let now = now_ms();
+            let rows: Vec<Vec<String>> = resp
+                .instances
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.node.clone(),
+                        if i.node_state == "up" {
+                            i.state.clone()
+                        } else {
+                            format!("{} (node {})", i.state, i.node_state)
+                        },
+                        i.desired.clone(),
+                        if i.pid == 0 {
+                            "-".into()
+                        } else {
+                            i.pid.to_string()
+                        },
+                        i.restarts.to_string(),
+                        if i.started_at_ms > 0 {
+                            ago_ms(i.started_at_ms, now)
+                        } else {
+                            "-".into()
+                        },
+                        i.last_exit.clone(),
+                        i.version.clone(),
+                        if i.health.is_empty() {
+                            "-".into()
+                        } else {
+                            i.health.clone()
+                        },
+                        i.last_error.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "NODE",
+                    "STATE",
+                    "DESIRED",
+                    "PID",
+                    "RESTARTS",
+                    "STARTED",
+                    "LAST EXIT",
+                    "VERSION",
+                    "LAST ERROR",
+                ],
+                &rows,
+            );
+            return Ok(());
+        }
+        ServerCommand::Expand(a) => return expand(&mut client, a, args).await,
+        ServerCommand::Start(t) => ("start", t),
+        ServerCommand::Stop(t) => ("stop", t),
+        ServerCommand::Restart(t) => ("restart", t),
+        ServerCommand::Undeploy(t) => ("undeploy", t),
+    };
+    let resp = client
+        .control_server(ControlServerRequest {
+            server: target.server.clone(),
+            action: action.to_string(),
+            node: target.node.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    if args.output == Format::Json {
+        println!(
+            "{}",
+            json!({"server": target.server, "action": action, "nodes": resp.nodes})
+        );
+    } else {
+        println!("{action} {} on {}", target.server, resp.nodes.join(", "));
+    }
+    Ok(())
+}
+
+pub async fn events(a: EventsArgs, args: &ClientArgs) -> Result<(), CliError> {
+    let mut client = connect(args).await?;
+    let req = ListEventsRequest {
+        server: a.server.unwrap_or_default(),
+        after_id: 0,
+        limit: a.limit,
+    };
+    let print = |e: &Event| {
+        if args.output == Format::Json {
+            println!("{}", event_json(e));
+        } else {
+            println!(
+                "{}  {}@{}  {} -> {}  {}",
+                time_ms(e.at_ms),
+                e.server,
+                e.node,
+                e.from,
+                e.to,
+                e.reason
+            );
+        }
+    };
+    if a.follow {
+        let mut stream = client.follow_events(req).await?.into_inner();
+        while let Some(e) = stream.message().await? {
+            print(&e);
+        }
+        return Ok(());
+    }
+    let events = client.list_events(req).await?.into_inner().events;
+    if args.output == Format::Json {
+        println!("{}", Value::Array(events.iter().map(event_json).collect()));
+    } else {
+        events.iter().for_each(print);
+    }
+    Ok(())
+}
+
+async fn expand(
+    client: &mut super::Client,
+    a: ExpandArgs,
+    args: &ClientArgs,
+) -> Result<(), CliError> {
+    let resp = client
+        .expand(ExpandRequest {
+            server: a.server.clone(),
+            nodes: a.to,
+            from: a.from.unwrap_or_default(),
+            preview: a.preview,
+        })
+        .await?
+        .into_inner();
+    if args.output == Format::Json {
+        let rows: Vec<Value> = resp
+            .rows
+            .iter()
+            .map(|r| json!({"node": r.node, "adapter": r.adapter, "bind": r.bind, "port": r.port, "exists": r.exists}))
+            .collect();
+        println!(
+            "{}",
+            json!({"server": a.server, "preview": a.preview, "rows": rows, "added": resp.added})
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = resp
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.node.clone(),
+                r.adapter.clone(),
+                r.bind.clone(),
+                if r.port == 0 {
+                    "-".into()
+                } else {
+                    r.port.to_string()
+                },
+                if r.exists { "yes".into() } else { "no".into() },
+            ]
+        })
+        .collect();
+    print_table(&["NODE", "ADAPTER", "BIND", "PORT", "ALREADY THERE"], &rows);
+    if a.preview {
+        println!("preview: nothing changed");
+    } else if resp.added.is_empty() {
+        println!("{}: no change (already on every node named)", a.server);
+    } else {
+        println!("expanded {} to {}", a.server, resp.added.join(", "));
+    }
+    Ok(())
+}
+
+/// `registry endpoints APP.SERVER.ADAPTER`
+pub async fn endpoints(name: String, args: &ClientArgs) -> Result<(), CliError> {
+    let mut query = super::connect_query(args).await?;
+    let resp = query.find(FindRequest { name }).await?.into_inner();
+    if args.output == Format::Json {
+        let all: Vec<Value> = resp
+            .endpoints
+            .iter()
+            .map(|e| json!({"node": e.node, "host": e.host, "port": e.port}))
+            .collect();
+        println!("{}", Value::Array(all));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = resp
+        .endpoints
+        .iter()
+        .map(|e| vec![e.node.clone(), e.host.clone(), e.port.to_string()])
+        .collect();
+    print_table(&["NODE", "HOST", "PORT"], &rows);
+    Ok(())
+}

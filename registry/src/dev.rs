@@ -1,0 +1,144 @@
+//! `registry dev`: a registry on an SQLite file and an agent for this host, in one
+//! process, for trying Corral out on one machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use corral_agent::AgentConfig;
+use corral_agent::config::{defaults as agent_defaults, parse_locator};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RegistryConfig, defaults};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(
+        "cannot listen on {addr} ({what}): {source}; is another registry running? pass --{flag} to choose another address"
+    )]
+    Listen {
+        what: &'static str,
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Agent(#[from] corral_agent::config::ConfigError),
+    #[error("registry: {0}")]
+    Registry(#[from] crate::server::RunError),
+    #[error("agent: {0}")]
+    AgentRun(#[from] corral_agent::AgentError),
+}
+
+impl DevError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DevError::Listen { .. } | DevError::Agent(_) => 2,
+            DevError::AgentRun(e) => e.exit_code(),
+            DevError::Registry(_) => 1,
+        }
+    }
+}
+
+pub struct DevOptions {
+    pub db: String,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub agent_http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub node: Option<String>,
+}
+
+async fn bind(
+    what: &'static str,
+    flag: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, DevError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DevError::Listen {
+            what,
+            flag,
+            addr,
+            source,
+        })
+}
+
+pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), DevError> {
+    let grpc = bind("gRPC", "listen", opts.listen).await?;
+    let http = bind("HTTP", "http", opts.http).await?;
+    let agent_http = bind("agent HTTP", "agent-http", opts.agent_http).await?;
+    let listen = grpc.local_addr().unwrap_or(opts.listen);
+    let node = opts.node.unwrap_or_else(corral_agent::facts::host_name);
+    corral_proto::names::check_node_name(&node)
+        .map_err(corral_agent::config::ConfigError::NodeName)?;
+    let agent_config = AgentConfig {
+        locators: parse_locator(&format!("http://{listen}"))?,
+        node: node.clone(),
+        advertise_ip: listen.ip(),
+        data_dir: opts.data_dir.clone(),
+        http: opts.agent_http,
+        reconnect_initial: agent_defaults::RECONNECT_INITIAL,
+        reconnect_max: agent_defaults::RECONNECT_MAX,
+        connect_timeout: agent_defaults::CONNECT_TIMEOUT,
+        // Dev mode is one command for one terminal: Ctrl-C stops everything it started.
+        stop_services_on_exit: true,
+        log_max_size: agent_defaults::LOG_MAX_SIZE,
+        log_keep: agent_defaults::LOG_KEEP,
+        keep_releases: agent_defaults::KEEP_RELEASES,
+        max_unpacked_size: agent_defaults::MAX_UNPACKED_SIZE,
+        max_package_entries: agent_defaults::MAX_PACKAGE_ENTRIES,
+        join_token: None,
+        // Trying Corral out on one's own machine: services run as whoever runs `dev`.
+        allow_root: true,
+        tls: corral_agent::tls::ClientTls::default(),
+    };
+    let registry_config = RegistryConfig {
+        listen,
+        http: opts.http,
+        db: opts.db.clone(),
+        heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
+        node_timeout: defaults::NODE_TIMEOUT,
+        flush_interval: defaults::FLUSH_INTERVAL,
+        event_retention: defaults::EVENT_RETENTION,
+        max_package_size: defaults::MAX_PACKAGE_SIZE,
+        package_limits: corral_agent::package::Limits::default(),
+        download_rate: None,
+        // One machine, loopback only: no tokens, and the banner says so.
+        admin_tokens: Vec::new(),
+        join_token: None,
+        public_discovery: true,
+        no_auth: false,
+        tls: None,
+        http_tls: None,
+    };
+    println!(
+        "Corral dev: a registry and an agent for this host (node {node:?}).\n\
+         \n  registry gRPC   http://{listen}\n  registry HTTP   http://{http}/health  http://{http}/metrics\
+         \n  agent HTTP      http://{agent}/health\n  database        {db}\n  agent data dir  {data}\n\
+         \nRuns without admin tokens: for trying Corral on one machine only.\
+         \nTry next, in another terminal:\n  registry node list\n  registry node show {node}\n\
+         \nCtrl-C stops both.",
+        http = opts.http,
+        agent = opts.agent_http,
+        db = crate::store::redact_url(&opts.db),
+        data = opts.data_dir.display(),
+    );
+    let registry = tokio::spawn(crate::server::run(
+        registry_config,
+        grpc,
+        http,
+        shutdown.clone(),
+    ));
+    // The agent retries until the registry has opened its database and answers.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let agent_result = corral_agent::run(agent_config, agent_http, shutdown.clone()).await;
+    shutdown.cancel();
+    let registry_result = registry
+        .await
+        .unwrap_or_else(|e| Err(crate::server::RunError::Http(std::io::Error::other(e))));
+    agent_result?;
+    registry_result?;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! The Corral registry: the fleet's desired state, the agents' sessions, the admin API.
+//!
+//! Layout:
+//! * [`server`] — `registry serve`: wires the gRPC services, HTTP and background loops.
+//! * [`agent_service`] + [`join`] + [`sessions`] — agent sessions: admission, identity,
+//!   heartbeats kept in memory and written in batches, liveness.
+//! * [`admin`] — the admin gRPC API; [`cli`] is its command-line client.
+//! * [`store`] — SQLite or MySQL through sqlx, with migrations under `migrations/`.
+//! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
+//! * [`discovery`] + [`query_service`] — the endpoint cache and `Query.Find`/`Watch`.
+//! * [`rollout`] — rolling patches; [`download`] — packages to agents.
+//! * [`dev`] — `registry dev`: a registry and an agent for this host in one process.
+//! * [`config`] — defaults, config file, validation.
+
+pub mod admin;
+pub mod agent_service;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod discovery;
+pub mod download;
+mod error;
+pub mod feed;
+pub mod http;
+pub mod http_tls;
+pub mod join;
+pub mod metrics;
+pub mod query_service;
+pub mod rollout;
+pub mod server;
+pub mod sessions;
+pub mod spec;
+pub mod store;
+pub mod tls;
+
+pub use server::run;

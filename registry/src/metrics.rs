@@ -1,0 +1,280 @@
+//! Prometheus metrics of the registry: nodes, instances and rollouts by state, restarts by
+//! server, open sessions, RPCs by method with latency histograms. Served as text on
+//! `/metrics`.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+/// `server` is `app.server`: servers are defined by operators, so their number is bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub server: String,
+}
+
+/// Node states, always reported (0 when none), so a dashboard sees 0 rather than nothing.
+const NODE_STATES: &[&str] = &["up", "down"];
+/// Instance states: `pending` until an agent reports, then the agent's states.
+const INSTANCE_STATES: &[&str] = &[
+    "pending",
+    "starting",
+    "running",
+    "stopping",
+    "stopped",
+    "exited",
+    "backoff",
+    "crash-looping",
+    "failed",
+];
+const ROLLOUT_STATES: &[&str] = &[
+    "running",
+    "rolling-back",
+    "succeeded",
+    "failed",
+    "interrupted",
+];
+
+/// Fleet-wide counts read from the database at scrape time; `None` where the query
+/// failed, which leaves that family as the last scrape saw it.
+#[derive(Debug, Default)]
+pub struct FleetCounts {
+    pub nodes: Option<Vec<(String, i64)>>,
+    pub instances: Option<Vec<(String, i64)>>,
+    pub restarts: Option<Vec<(String, i64)>>,
+    pub rollouts: Option<Vec<(String, i64)>>,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Held while gauges computed at scrape time are replaced and encoded, so two
+    /// concurrent scrapes never see each other's half-replaced families.
+    scrape: std::sync::Mutex<()>,
+    pub nodes: Family<StateLabels, Gauge>,
+    pub instances: Family<StateLabels, Gauge>,
+    /// Restarts summed over each server's instances.
+    pub restarts: Family<ServerLabels, Gauge>,
+    pub rollouts: Family<StateLabels, Gauge>,
+    pub sessions_open: Gauge,
+    pub rpcs: Family<MethodLabels, Counter>,
+    pub rpc_seconds: Family<MethodLabels, Histogram>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("corral_registry");
+        let nodes = Family::<StateLabels, Gauge>::default();
+        let instances = Family::<StateLabels, Gauge>::default();
+        let restarts = Family::<ServerLabels, Gauge>::default();
+        let rollouts = Family::<StateLabels, Gauge>::default();
+        let sessions_open = Gauge::default();
+        let rpcs = Family::<MethodLabels, Counter>::default();
+        let rpc_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "nodes",
+            "Nodes known to the registry, by state",
+            nodes.clone(),
+        );
+        registry.register(
+            "instances",
+            "Instances of the whole fleet, by state",
+            instances.clone(),
+        );
+        registry.register(
+            "instance_restarts",
+            "Restarts of each server (app.server), summed over its instances",
+            restarts.clone(),
+        );
+        registry.register("rollouts", "Rollouts, by state", rollouts.clone());
+        registry.register(
+            "sessions_open",
+            "Agent sessions open on this replica",
+            sessions_open.clone(),
+        );
+        registry.register("rpcs", "gRPC calls received, by method", rpcs.clone());
+        registry.register(
+            "rpc_duration_seconds",
+            "Time to answer a gRPC call (to the response headers for streams), by method",
+            rpc_seconds.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            scrape: std::sync::Mutex::new(()),
+            nodes,
+            instances,
+            restarts,
+            rollouts,
+            sessions_open,
+            rpcs,
+            rpc_seconds,
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Sets the fleet-wide gauges from `counts`, then encodes everything.
+    pub fn encode_fleet(&self, counts: &FleetCounts) -> String {
+        // The lock guards no data of its own, so a panic elsewhere cannot leave it torn.
+        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = &counts.nodes {
+            replace(&self.nodes, NODE_STATES, c, |state| StateLabels { state });
+        }
+        if let Some(c) = &counts.instances {
+            replace(&self.instances, INSTANCE_STATES, c, |state| StateLabels {
+                state,
+            });
+        }
+        if let Some(c) = &counts.restarts {
+            replace(&self.restarts, &[], c, |server| ServerLabels { server });
+        }
+        if let Some(c) = &counts.rollouts {
+            replace(&self.rollouts, ROLLOUT_STATES, c, |state| StateLabels {
+                state,
+            });
+        }
+        self.encode()
+    }
+}
+
+/// Replaces every value of a gauge family: the labels in `always` show 0 when `counts`
+/// lacks them, and labels gone from `counts` (an undeployed server) disappear.
+fn replace<L>(
+    family: &Family<L, Gauge>,
+    always: &[&str],
+    counts: &[(String, i64)],
+    labels: impl Fn(String) -> L,
+) where
+    L: Clone + std::hash::Hash + Eq,
+{
+    family.clear();
+    for label in always {
+        family.get_or_create(&labels((*label).to_string())).set(0);
+    }
+    for (label, n) in counts {
+        family.get_or_create(&labels(label.clone())).set(*n);
+    }
+}
+
+/// A tower layer that counts and times every gRPC call by its method path.
+#[derive(Clone)]
+pub struct RpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RpcMetricsService<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // Only known services get a label of their own, so a client cannot grow the
+        // metric families without bound by calling made-up paths.
+        let path = req.uri().path();
+        let method = if path.starts_with("/corral.v1.") || path.starts_with("/grpc.") {
+            path.to_string()
+        } else {
+            "other".to_string()
+        };
+        let labels = MethodLabels { method };
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let out = fut.await;
+            metrics.rpcs.get_or_create(&labels).inc();
+            metrics
+                .rpc_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            out
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(pairs: &[(&str, i64)]) -> Option<Vec<(String, i64)>> {
+        Some(pairs.iter().map(|(l, n)| (l.to_string(), *n)).collect())
+    }
+
+    #[test]
+    fn fleet_families_are_encoded_and_replaced() {
+        let metrics = Metrics::new();
+        let text = metrics.encode_fleet(&FleetCounts {
+            nodes: counts(&[("up", 2)]),
+            instances: counts(&[("running", 3), ("backoff", 1)]),
+            restarts: counts(&[("demo.echo", 4), ("demo.gone", 1)]),
+            rollouts: counts(&[("succeeded", 1)]),
+        });
+        for line in [
+            "corral_registry_nodes{state=\"up\"} 2",
+            "corral_registry_nodes{state=\"down\"} 0",
+            "corral_registry_instances{state=\"running\"} 3",
+            "corral_registry_instances{state=\"backoff\"} 1",
+            "corral_registry_instances{state=\"failed\"} 0",
+            "corral_registry_instance_restarts{server=\"demo.echo\"} 4",
+            "corral_registry_rollouts{state=\"succeeded\"} 1",
+            "corral_registry_rollouts{state=\"running\"} 0",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        // The next scrape replaces the values: an undeployed server's line goes, and a
+        // family whose query failed keeps what it had.
+        let text = metrics.encode_fleet(&FleetCounts {
+            restarts: counts(&[("demo.echo", 5)]),
+            ..FleetCounts::default()
+        });
+        assert!(text.contains("corral_registry_instance_restarts{server=\"demo.echo\"} 5"));
+        assert!(!text.contains("demo.gone"), "{text}");
+        assert!(text.contains("corral_registry_instances{state=\"running\"} 3"));
+    }
+}

@@ -1,0 +1,163 @@
+//! The agent sessions open on this replica, kept in memory.
+//!
+//! Heartbeats only touch this table; a background task writes last-seen times and load
+//! reports to the database in one batch per flush interval, so a heartbeat never costs a
+//! database write of its own. State changes (up, down) are written at once by the session.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{HeartbeatRow, LoadRow};
+
+struct Live {
+    session_id: i64,
+    /// Cancelled when a newer session of the same node replaces this one.
+    replaced: CancellationToken,
+    last_seen_ms: i64,
+    load: Option<LoadRow>,
+    /// Whether a heartbeat arrived since the last flush.
+    dirty: bool,
+    /// Woken when the node's desired state changed; the session then sends it again.
+    changed: Arc<Notify>,
+}
+
+/// What a new session gets from [`Sessions::open`].
+pub struct Opened {
+    /// Cancelled when a newer session of the same node replaces this one.
+    pub replaced: CancellationToken,
+    /// Notified when the node's desired state changes.
+    pub changed: Arc<Notify>,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    table: Mutex<HashMap<String, Live>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        // A panic while holding this lock cannot leave the map inconsistent: every
+        // critical section is a single insert, remove or field update.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new session of `node`, cancelling the one it replaces (if any).
+    pub fn open(&self, node: &str, session_id: i64, now_ms: i64) -> Opened {
+        let replaced = CancellationToken::new();
+        let changed = Arc::new(Notify::new());
+        let old = self.lock().insert(
+            node.to_string(),
+            Live {
+                session_id,
+                replaced: replaced.clone(),
+                last_seen_ms: now_ms,
+                load: None,
+                dirty: false,
+                changed: changed.clone(),
+            },
+        );
+        if let Some(old) = old {
+            old.replaced.cancel();
+        }
+        Opened { replaced, changed }
+    }
+
+    /// Tells the sessions of these nodes (those open on this replica) that their
+    /// desired state changed.
+    pub fn notify<'a>(&self, nodes: impl IntoIterator<Item = &'a String>) {
+        let table = self.lock();
+        for node in nodes {
+            if let Some(live) = table.get(node) {
+                live.changed.notify_one();
+            }
+        }
+    }
+
+    /// Records a heartbeat of the session `session_id` of `node`.
+    pub fn touch(&self, node: &str, session_id: i64, now_ms: i64, load: Option<LoadRow>) {
+        if let Some(live) = self.lock().get_mut(node)
+            && live.session_id == session_id
+        {
+            live.last_seen_ms = now_ms;
+            if load.is_some() {
+                live.load = load;
+            }
+            live.dirty = true;
+        }
+    }
+
+    /// Removes the session if it is still the current one for its node; returns whether
+    /// it was (a replaced session must not mark its node down).
+    pub fn close(&self, node: &str, session_id: i64) -> bool {
+        let mut table = self.lock();
+        if table.get(node).is_some_and(|l| l.session_id == session_id) {
+            table.remove(node);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes the heartbeats that arrived since the last call, for one batched write.
+    pub fn take_dirty(&self) -> Vec<HeartbeatRow> {
+        let mut table = self.lock();
+        table
+            .iter_mut()
+            .filter(|(_, l)| l.dirty)
+            .map(|(name, l)| {
+                l.dirty = false;
+                HeartbeatRow {
+                    name: name.clone(),
+                    session_id: l.session_id,
+                    last_seen_ms: l.last_seen_ms,
+                    load: l.load.clone(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_session_replaces_the_old_one() {
+        let sessions = Sessions::default();
+        let first = sessions.open("node-a", 1, 10).replaced;
+        let second = sessions.open("node-a", 2, 20).replaced;
+        assert!(first.is_cancelled());
+        assert!(!second.is_cancelled());
+        // The replaced session's close must not remove the new one.
+        assert!(!sessions.close("node-a", 1));
+        assert_eq!(sessions.len(), 1);
+        assert!(sessions.close("node-a", 2));
+        assert!(sessions.is_empty());
+    }
+
+    #[test]
+    fn heartbeats_are_batched_once() {
+        let sessions = Sessions::default();
+        sessions.open("node-a", 1, 10);
+        sessions.open("node-b", 2, 10);
+        sessions.touch("node-a", 1, 30, None);
+        sessions.touch("node-b", 99, 30, None); // a stale session id is ignored
+        let rows = sessions.take_dirty();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].name, "node-a");
+        assert_eq!(rows[0].last_seen_ms, 30);
+        assert!(sessions.take_dirty().is_empty());
+    }
+}

@@ -1,0 +1,247 @@
+//! The parts of a spec added for discovery: health checks, config templates, and
+//! external services.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+use super::{Adapter, Checker, type_name};
+
+/// A health check, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// tcp | http | exec
+    pub kind: String,
+    pub adapter: Option<String>,
+    pub path: String,
+    pub command: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub start_period: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+    pub restart_after: u32,
+}
+
+/// A config file template.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigTemplate {
+    pub name: String,
+    pub template: String,
+    /// restart | signal:SIGNAME | none
+    pub on_change: String,
+}
+
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const INTERVAL: Duration = Duration::from_secs(2);
+    pub const TIMEOUT: Duration = Duration::from_secs(1);
+    pub const START_PERIOD: Duration = Duration::from_secs(10);
+    pub const HEALTHY_AFTER: u32 = 1;
+    pub const UNHEALTHY_AFTER: u32 = 3;
+    pub const HTTP_PATH: &str = "/health";
+}
+
+fn count(c: &mut Checker, t: &Table, key: &str, default: u32) -> u32 {
+    c.integer(t, key, &format!("health.{key}"), 0..=1_000_000)
+        .map_or(default, |n| n as u32)
+}
+
+pub(super) fn health(
+    c: &mut Checker,
+    table: &Table,
+    adapters: &[Adapter],
+    external: bool,
+) -> Option<Health> {
+    let t = c.subtable(table, "health")?;
+    c.unknown_keys(
+        t,
+        "health",
+        &[
+            "kind",
+            "adapter",
+            "path",
+            "command",
+            "interval",
+            "timeout",
+            "start_period",
+            "healthy_after",
+            "unhealthy_after",
+            "restart_after",
+        ],
+    );
+    let kind = c
+        .required_string(t, "kind", "health.kind")
+        .unwrap_or_default();
+    let adapter = c.string(t, "adapter", "health.adapter");
+    match kind.as_str() {
+        "tcp" | "http" => match &adapter {
+            Some(a) if !adapters.iter().any(|x| &x.name == a) => c.err(
+                "health.adapter",
+                format!("{a:?} is not an adapter of this server"),
+            ),
+            None if adapters.len() != 1 && !external => c.err(
+                "health.adapter",
+                "is required when the server has more than one adapter (or none)",
+            ),
+            _ => {}
+        },
+        "exec" => {}
+        "" => {}
+        other => c.err(
+            "health.kind",
+            format!("{other:?} is not a check kind; use \"tcp\", \"http\" or \"exec\""),
+        ),
+    }
+    let command = c
+        .string_array(t, "command", "health.command")
+        .unwrap_or_default();
+    if kind == "exec" && command.first().is_none_or(|p| p.is_empty()) {
+        c.err(
+            "health.command",
+            "is required for an exec check (argv, e.g. [\"bin/check\"])",
+        );
+    }
+    let path = c
+        .string(t, "path", "health.path")
+        .unwrap_or_else(|| defaults::HTTP_PATH.into());
+    if !path.starts_with('/') {
+        c.err("health.path", format!("{path:?} must start with '/'"));
+    }
+    let h = Health {
+        kind,
+        adapter,
+        path,
+        command,
+        interval: c.duration(t, "interval", "health.interval", defaults::INTERVAL),
+        timeout: c.duration(t, "timeout", "health.timeout", defaults::TIMEOUT),
+        start_period: c.duration(
+            t,
+            "start_period",
+            "health.start_period",
+            defaults::START_PERIOD,
+        ),
+        healthy_after: count(c, t, "healthy_after", defaults::HEALTHY_AFTER),
+        unhealthy_after: count(c, t, "unhealthy_after", defaults::UNHEALTHY_AFTER),
+        restart_after: count(c, t, "restart_after", 0),
+    };
+    if h.interval.is_zero() {
+        c.err("health.interval", "must be greater than zero");
+    }
+    if h.timeout.is_zero() {
+        c.err("health.timeout", "must be greater than zero");
+    }
+    for (key, n) in [
+        ("healthy_after", h.healthy_after),
+        ("unhealthy_after", h.unhealthy_after),
+    ] {
+        if n == 0 {
+            c.err(&format!("health.{key}"), "must be at least 1");
+        }
+    }
+    Some(h)
+}
+
+pub(super) fn configs(c: &mut Checker, table: &Table) -> Vec<ConfigTemplate> {
+    let mut out: Vec<ConfigTemplate> = Vec::new();
+    let Some(value) = table.get("config") else {
+        return out;
+    };
+    let Value::Array(items) = value else {
+        c.err(
+            "config",
+            format!(
+                "must be an array of tables ([[config]]), not {}",
+                type_name(value)
+            ),
+        );
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("config[{i}]");
+        let Value::Table(t) = item else {
+            c.err(&path, format!("must be a table, not {}", type_name(item)));
+            continue;
+        };
+        c.unknown_keys(t, &path, &["name", "template", "on_change"]);
+        let name = c
+            .required_string(t, "name", &format!("{path}.name"))
+            .unwrap_or_default();
+        let valid_name = !name.is_empty()
+            && name.len() <= 255
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+        if t.contains_key("name") && !valid_name {
+            c.err(
+                &format!("{path}.name"),
+                format!("{name:?} must be a plain file name ([A-Za-z0-9._-], no '/')"),
+            );
+        }
+        if out.iter().any(|o| o.name == name) {
+            c.err(
+                &format!("{path}.name"),
+                format!("{name:?} is defined twice"),
+            );
+        }
+        let template = c
+            .required_string(t, "template", &format!("{path}.template"))
+            .unwrap_or_default();
+        if let Err(e) = super::render::check(&template) {
+            c.err(&format!("{path}.template"), e);
+        }
+        let on_change = c
+            .string(t, "on_change", &format!("{path}.on_change"))
+            .unwrap_or_else(|| "restart".into());
+        let valid = match on_change.as_str() {
+            "restart" | "none" => true,
+            s => s.strip_prefix("signal:").is_some_and(|sig| {
+                let sig = if sig.starts_with("SIG") {
+                    sig.to_string()
+                } else {
+                    format!("SIG{sig}")
+                };
+                sig.parse::<nix::sys::signal::Signal>().is_ok()
+            }),
+        };
+        if !valid {
+            c.err(
+                &format!("{path}.on_change"),
+                format!(
+                    "{on_change:?} must be \"restart\", \"signal:SIGHUP\" (any signal) or \"none\""
+                ),
+            );
+        }
+        out.push(ConfigTemplate {
+            name,
+            template,
+            on_change,
+        });
+    }
+    out
+}
+
+/// `host:port` of an external service.
+pub(super) fn external_address(c: &mut Checker, table: &Table) -> Option<(String, u16)> {
+    let address = c.required_string(table, "address", "address")?;
+    let parsed = address
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .filter(|(h, p)| !h.is_empty() && *p != 0);
+    if parsed.is_none() {
+        c.err("address", format!("{address:?} must be HOST:PORT"));
+    }
+    parsed
+}

@@ -1,0 +1,65 @@
+//! A spec in the wire form the agent runs it from.
+
+use corral_proto::v1::{Adapter, HealthCheck, RestartPolicy, ServerSpec, StopPolicy};
+
+use super::Spec;
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Spec {
+    pub fn to_proto(&self) -> ServerSpec {
+        ServerSpec {
+            command: self.command.clone(),
+            env: self
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            user: self.user.clone().unwrap_or_default(),
+            adapters: self
+                .adapters
+                .iter()
+                .map(|a| Adapter {
+                    name: a.name.clone(),
+                    port: u32::from(a.port),
+                })
+                .collect(),
+            restart: Some(RestartPolicy {
+                policy: self.restart.policy.clone(),
+                min_uptime_ms: ms(self.restart.min_uptime),
+                initial_delay_ms: ms(self.restart.initial_delay),
+                max_delay_ms: ms(self.restart.max_delay),
+                max_quick_failures: self.restart.max_quick_failures,
+            }),
+            // Filled in with the package's sha256 and size when the desired state is built.
+            package: None,
+            health: self.health.as_ref().map(|h| HealthCheck {
+                kind: h.kind.clone(),
+                adapter: h
+                    .adapter
+                    .clone()
+                    .or_else(|| self.adapters.first().map(|a| a.name.clone()))
+                    .unwrap_or_default(),
+                path: h.path.clone(),
+                command: h.command.clone(),
+                interval_ms: ms(h.interval),
+                timeout_ms: ms(h.timeout),
+                start_period_ms: ms(h.start_period),
+                healthy_after: h.healthy_after,
+                unhealthy_after: h.unhealthy_after,
+                restart_after: h.restart_after,
+            }),
+            external_address: self
+                .external
+                .as_ref()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .unwrap_or_default(),
+            stop: Some(StopPolicy {
+                signal: self.stop.signal.clone(),
+                timeout_ms: ms(self.stop.timeout),
+            }),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The registry's database: SQLite (one file, the default) or MySQL (shared by replicas).
+//!
+//! Both backends go through sqlx's `Any` driver with one set of queries; the schema lives in
+//! `migrations/sqlite/` and `migrations/mysql/` and is applied when the store opens. Times
+//! are Unix milliseconds in `BIGINT` columns, so both backends agree on them.
+
+mod changes;
+mod metrics;
+mod nodes;
+mod packages;
+pub mod ports;
+mod rollouts;
+mod servers;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Connection, Executor};
+
+pub use nodes::{HeartbeatRow, JoinRecord, LoadRow, NodeRow, NodeState};
+pub use packages::{CHUNK_SIZE, PackageRow};
+pub use rollouts::{RolloutInstanceRow, RolloutRow};
+pub use servers::{Action, Applied, Assignment, EventRow, InstanceRow, ServerRow, StatusReport};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/mysql");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "unsupported database URL {url:?}: use sqlite://PATH or mysql://USER[:PASS]@HOST[:PORT]/DB"
+    )]
+    UnsupportedUrl { url: String },
+    #[error("cannot open database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("cannot create the directory {path} for the SQLite database: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot apply migrations to {url}: {source}")]
+    Migrate {
+        url: String,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database error while {doing}: {source}")]
+    Query {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
+    #[error("node {0:?} not found")]
+    NodeNotFound(String),
+    #[error("node {0:?} is up; stop its agent first")]
+    NodeUp(String),
+    #[error("node {0:?} already exists with another identity")]
+    NodeExists(String),
+    #[error("server {0:?} not found")]
+    ServerNotFound(String),
+    #[error("instance {0:?} not found")]
+    InstanceNotFound(String),
+    #[error("package {0} already exists; remove it first or upload another version")]
+    PackageExists(String),
+    #[error("package {0} is being uploaded right now")]
+    PackageBusy(String),
+    #[error("package {0} not found")]
+    PackageNotFound(String),
+    #[error("package {name} is in use on {nodes}")]
+    PackageInUse { name: String, nodes: String },
+    #[error("rollout {0} not found")]
+    RolloutNotFound(i64),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Turns an sqlx error into a [`StoreError::Query`] that says what was being done.
+pub(crate) fn query_err(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { doing, source }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    MySql,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::MySql => "mysql",
+        }
+    }
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// The file path of a `sqlite://PATH[?...]` or `sqlite:PATH` URL.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty()).then_some(path)
+}
+
+impl Store {
+    /// Opens (creating an SQLite file and its directory if needed) and migrates.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let shown = redact_url(url);
+        let (backend, connect_url) = if let Some(path) = sqlite_path(url) {
+            let dir = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir.filter(|_| path != ":memory:") {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            (Backend::MySql, url)
+        } else {
+            return Err(StoreError::UnsupportedUrl { url: shown });
+        };
+        let max = match backend {
+            // One writer at a time is all SQLite allows; a few readers beside it.
+            Backend::Sqlite => 4,
+            Backend::MySql => 16,
+        };
+        // One plain connection first: a pool only reports "timed out" when the server
+        // refuses, while a connection names the real cause.
+        let probe = sqlx::AnyConnection::connect(&connect_url)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: shown.clone(),
+                source,
+            })?;
+        let _ = probe.close().await;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: shown.clone(),
+                source,
+            })?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers go on while a write commits; it is a property of the file.
+            pool.execute("PRAGMA journal_mode = WAL")
+                .await
+                .map_err(|source| StoreError::Open {
+                    url: shown.clone(),
+                    source,
+                })?;
+        }
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::MySql => &MYSQL_MIGRATIONS,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                url: shown.clone(),
+                source,
+            })?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so a transaction that reads before it writes waits for other
+    /// writers instead of failing with "database is locked" when it tries to write.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::MySql => self.pool.begin().await,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Answers whether the database responds; used by `/health`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(query_err("checking the database"))?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(redact_url("mysql://u:secret@h/db"), "mysql://u:***@h/db");
+        assert_eq!(redact_url("mysql://u@h/db"), "mysql://u@h/db");
+        assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://./.corral/dev.db"),
+            Some("./.corral/dev.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/x.db?mode=rwc"),
+            Some("/var/lib/x.db")
+        );
+        assert_eq!(sqlite_path("sqlite:x.db"), Some("x.db"));
+        assert_eq!(sqlite_path("sqlite://"), None);
+        assert_eq!(sqlite_path("mysql://h/db"), None);
+    }
+}

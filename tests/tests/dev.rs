@@ -1,0 +1,71 @@
+//! `registry dev` brings up a registry and an agent for this host in one command.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use corral_tests::{bin, free_port, wait_until};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = killpg(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dev_shows_this_host_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let grpc = free_port();
+    let child = Command::new(bin("registry"))
+        .current_dir(dir.path())
+        .args(["dev", "--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--http", &format!("127.0.0.1:{}", free_port())])
+        .args(["--agent-http", &format!("127.0.0.1:{}", free_port())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn registry dev");
+    let mut child = KillOnDrop(child);
+    let addr = format!("http://127.0.0.1:{grpc}");
+    let host = corral_agent_host_name();
+    let nodes = wait_until("this host up in node list", Duration::from_secs(30), || {
+        let out = Command::new(bin("registry"))
+            .args(["node", "list", "-o", "json", "--addr", &addr])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let list: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        match corral_tests::find(&list, "name", &host) {
+            Some(n) if n["state"] == "up" => Ok(list.clone()),
+            _ => Err(list.to_string()),
+        }
+    });
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1));
+    assert!(
+        dir.path().join(".corral/dev.db").exists(),
+        "the SQLite file is ./.corral/dev.db"
+    );
+    // The banner tells a newcomer what to run next.
+    let _ = killpg(Pid::from_raw(child.0.id() as i32), Signal::SIGINT);
+    let out = std::mem::replace(&mut child.0, Command::new("true").spawn().expect("true"))
+        .wait_with_output()
+        .expect("dev output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("registry node list"), "{text}");
+    assert!(out.status.success(), "dev exits cleanly on SIGINT");
+}
+
+/// The node name `registry dev` uses: the host name.
+fn corral_agent_host_name() -> String {
+    nix::unistd::gethostname()
+        .expect("hostname")
+        .into_string()
+        .expect("utf8 hostname")
+}

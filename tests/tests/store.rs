@@ -1,0 +1,579 @@
+//! One store test suite, run against SQLite and MySQL.
+
+use corral_registry::store::{HeartbeatRow, JoinRecord, LoadRow, NodeState, Store, StoreError};
+use corral_tests::{Backend, TestDb, backend_tests};
+
+fn join(name: &str, identity_hash: &str, session_id: i64, now_ms: i64) -> JoinRecord {
+    JoinRecord {
+        name: name.into(),
+        identity_hash: identity_hash.into(),
+        address: "127.0.0.2".into(),
+        agent_version: "0.1.0".into(),
+        hostname: "host".into(),
+        os: "Linux".into(),
+        kernel: "6.1".into(),
+        cpu_cores: 2,
+        memory_bytes: 1 << 34,
+        disk_bytes: 1 << 40,
+        now_ms,
+        session_id,
+        data_dir: String::new(),
+    }
+}
+
+fn with_store(backend: Backend, body: impl AsyncFnOnce(Store)) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = TestDb::new(backend, dir.path()) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = Store::open(&db.url).await.expect("open store");
+        assert_eq!(
+            store.backend().name(),
+            match backend {
+                Backend::Sqlite => "sqlite",
+                Backend::MySql => "mysql",
+            }
+        );
+        store.ping().await.expect("ping");
+        body(store.clone()).await;
+        store.close().await;
+        // Opening again re-applies nothing and keeps the data.
+        let again = Store::open(&db.url).await.expect("reopen");
+        again.close().await;
+    });
+}
+
+backend_tests! {
+    nodes_lifecycle,
+    identity_is_part_of_rejoin,
+    heartbeats_and_sweep,
+    remove_is_refused_while_up,
+}
+
+fn nodes_lifecycle(backend: Backend) {
+    with_store(backend, async |store| {
+        store
+            .insert_node(&join("node-a", "h1", 1, 1000))
+            .await
+            .expect("insert");
+        let err = store
+            .insert_node(&join("node-a", "h2", 2, 1000))
+            .await
+            .expect_err("dup");
+        assert!(matches!(err, StoreError::NodeExists(_)), "{err}");
+        let n = store
+            .get_node("node-a")
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(n.state, NodeState::Up);
+        assert_eq!(n.identity_hash, "h1");
+        assert_eq!(n.memory_bytes, 1 << 34);
+        assert_eq!(n.load, None);
+        assert!(store.get_node("nope").await.expect("get").is_none());
+
+        assert!(store.mark_node_down("node-a", 1, 2000).await.expect("down"));
+        let n = store
+            .get_node("node-a")
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!((n.state, n.last_seen_ms), (NodeState::Down, 2000));
+        store
+            .insert_node(&join("node-b", "h3", 3, 1000))
+            .await
+            .expect("insert b");
+        let names: Vec<String> = store
+            .list_nodes()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(names, ["node-a", "node-b"]);
+        let mut counts = store.count_nodes_by_state().await.expect("count");
+        counts.sort();
+        assert_eq!(counts, [("down".to_string(), 1), ("up".to_string(), 1)]);
+    });
+}
+
+fn identity_is_part_of_rejoin(backend: Backend) {
+    with_store(backend, async |store| {
+        store
+            .insert_node(&join("node-a", "h1", 1, 1000))
+            .await
+            .expect("insert");
+        let err = store
+            .rejoin_node(&join("node-a", "other", 2, 2000))
+            .await
+            .expect_err("wrong identity");
+        assert!(matches!(err, StoreError::NodeExists(_)), "{err}");
+        store
+            .rejoin_node(&join("node-a", "h1", 2, 2000))
+            .await
+            .expect("rejoin");
+        let n = store
+            .get_node("node-a")
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(
+            (n.session_id, n.connected_at_ms, n.joined_at_ms),
+            (2, 2000, 1000)
+        );
+        // The replaced session's end must not mark the node down.
+        assert!(
+            !store
+                .mark_node_down("node-a", 1, 3000)
+                .await
+                .expect("stale down")
+        );
+        assert_eq!(
+            store
+                .get_node("node-a")
+                .await
+                .expect("get")
+                .expect("n")
+                .state,
+            NodeState::Up
+        );
+    });
+}
+
+fn heartbeats_and_sweep(backend: Backend) {
+    with_store(backend, async |store| {
+        store
+            .insert_node(&join("node-a", "h1", 1, 1000))
+            .await
+            .expect("insert");
+        store
+            .insert_node(&join("node-b", "h2", 2, 1000))
+            .await
+            .expect("insert");
+        let load = LoadRow {
+            cpu_percent: 12.5,
+            load1: 0.5,
+            load5: 0.25,
+            load15: 0.125,
+            memory_used_bytes: 1 << 30,
+            disk_free_bytes: 1 << 35,
+        };
+        store
+            .write_heartbeats(&[
+                HeartbeatRow {
+                    name: "node-a".into(),
+                    session_id: 1,
+                    last_seen_ms: 9000,
+                    load: Some(load.clone()),
+                },
+                // A heartbeat of a stale session changes nothing.
+                HeartbeatRow {
+                    name: "node-b".into(),
+                    session_id: 99,
+                    last_seen_ms: 9000,
+                    load: None,
+                },
+            ])
+            .await
+            .expect("heartbeats");
+        let a = store.get_node("node-a").await.expect("get").expect("a");
+        assert_eq!((a.last_seen_ms, a.load), (9000, Some(load)));
+        let b = store.get_node("node-b").await.expect("get").expect("b");
+        assert_eq!(b.last_seen_ms, 1000);
+
+        let swept = store.sweep_stale_nodes(5000).await.expect("sweep");
+        assert_eq!(swept, ["node-b"]);
+        assert_eq!(
+            store
+                .get_node("node-b")
+                .await
+                .expect("get")
+                .expect("b")
+                .state,
+            NodeState::Down
+        );
+        assert_eq!(
+            store
+                .get_node("node-a")
+                .await
+                .expect("get")
+                .expect("a")
+                .state,
+            NodeState::Up
+        );
+        assert!(
+            store
+                .sweep_stale_nodes(5000)
+                .await
+                .expect("sweep")
+                .is_empty()
+        );
+    });
+}
+
+fn remove_is_refused_while_up(backend: Backend) {
+    with_store(backend, async |store| {
+        store
+            .insert_node(&join("node-a", "h1", 1, 1000))
+            .await
+            .expect("insert");
+        let err = store.remove_node("node-a").await.expect_err("up");
+        assert!(matches!(err, StoreError::NodeUp(_)), "{err}");
+        let err = store.remove_node("ghost").await.expect_err("missing");
+        assert!(matches!(err, StoreError::NodeNotFound(_)), "{err}");
+        store.mark_node_down("node-a", 1, 2000).await.expect("down");
+        store.remove_node("node-a").await.expect("remove");
+        assert!(store.get_node("node-a").await.expect("get").is_none());
+    });
+}
+
+backend_tests! {
+    servers_instances_and_ports,
+    packages_and_rollouts,
+    change_feed,
+}
+
+const SPEC: &str = r#"
+app = "demo"
+server = "web"
+nodes = ["node-a", "node-b"]
+command = ["bin/web"]
+[[adapters]]
+name = "Main"
+port = "auto"
+[[adapters]]
+name = "Admin"
+port = 25000
+[health]
+kind = "http"
+adapter = "Main"
+[[config]]
+name = "peers.txt"
+template = "{% for e in endpoints('demo.web.Main') %}{{ e }}\n{% endfor %}"
+"#;
+
+fn servers_instances_and_ports(backend: Backend) {
+    use corral_registry::store::{Action, StatusReport};
+    with_store(backend, async |store| {
+        let spec = corral_registry::spec::parse(SPEC, "web.toml").expect("spec");
+        let applied = store.apply_spec(&spec, 1000).await.expect("apply");
+        assert_eq!(
+            (applied.old, applied.nodes.clone()),
+            (None, vec!["node-a".to_string(), "node-b".to_string()])
+        );
+        let row = store
+            .get_server("demo", "web")
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(
+            row.spec, spec,
+            "the spec survives the database (MEDIUMTEXT on MySQL)"
+        );
+        let a = store
+            .instance_ports("demo", "web", "node-a")
+            .await
+            .expect("ports");
+        assert_eq!(
+            (a.get("Main"), a.get("Admin")),
+            (Some(&20000), Some(&25000))
+        );
+        // Another server with the same fixed port on node-a is refused.
+        let mut other = spec.clone();
+        other.server = "other".into();
+        other.nodes = vec!["node-a".into()];
+        let err = store
+            .apply_spec(&other, 1000)
+            .await
+            .expect_err("port clash");
+        assert!(
+            err.to_string()
+                .contains("port 25000 on node-a is held by demo.web"),
+            "{err}"
+        );
+        let assigned = store.node_assignments("node-b").await.expect("assignments");
+        assert_eq!((assigned.len(), assigned[0].running), (1, true));
+        let report = StatusReport {
+            app: "demo".into(),
+            server: "web".into(),
+            state: "running".into(),
+            pid: 42,
+            health: "healthy".into(),
+            last_error: "é".repeat(2000),
+            ..StatusReport::default()
+        };
+        assert!(
+            store
+                .report_status("node-a", &report, 2000)
+                .await
+                .expect("report")
+        );
+        assert!(
+            !store
+                .report_status("node-c", &report, 2000)
+                .await
+                .expect("not assigned")
+        );
+        let inst = store.instances_of("demo", "web").await.expect("instances");
+        assert_eq!((inst[0].pid, inst[0].health.as_str()), (42, "healthy"));
+        assert!(
+            inst[0].last_error.len() <= 2048,
+            "long errors are cut at a character boundary"
+        );
+        // What /metrics reads, on both backends.
+        let mut by_state = store
+            .count_instances_by_state()
+            .await
+            .expect("instances by state");
+        by_state.sort();
+        assert_eq!(
+            by_state,
+            [("pending".to_string(), 1), ("running".to_string(), 1)]
+        );
+        let restarts = store
+            .restarts_by_server()
+            .await
+            .expect("restarts by server");
+        assert_eq!(restarts, [("demo.web".to_string(), 0)]);
+        assert!(
+            store
+                .count_rollouts_by_state()
+                .await
+                .expect("rollouts")
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .control("demo", "web", Some("node-a"), Action::Restart)
+                .await
+                .expect("restart"),
+            ["node-a"]
+        );
+        assert_eq!(
+            store.node_assignments("node-a").await.expect("a")[0].restart_counter,
+            1
+        );
+        assert_eq!(
+            store
+                .expand("demo", "web", &["node-c".into()], Some("node-a"))
+                .await
+                .expect("expand"),
+            ["node-c"]
+        );
+        assert_eq!(
+            store
+                .instance_ports("demo", "web", "node-c")
+                .await
+                .expect("c")["Main"],
+            20000
+        );
+        assert_eq!(
+            store
+                .get_server("demo", "web")
+                .await
+                .expect("get")
+                .expect("s")
+                .spec
+                .nodes
+                .len(),
+            3
+        );
+        assert_eq!(
+            store
+                .control("demo", "web", None, Action::Undeploy)
+                .await
+                .expect("undeploy")
+                .len(),
+            3
+        );
+        assert!(
+            store
+                .get_server("demo", "web")
+                .await
+                .expect("get")
+                .is_none()
+        );
+        assert!(
+            store.all_ports().await.expect("ports").is_empty(),
+            "undeploy releases ports"
+        );
+    });
+}
+
+fn packages_and_rollouts(backend: Backend) {
+    use corral_registry::store::{PackageRow, RolloutInstanceRow, RolloutRow};
+    with_store(backend, async |store| {
+        let pkg = PackageRow {
+            app: "demo".into(),
+            server: "web".into(),
+            version: "1.0.0".into(),
+            sha256: "ab".repeat(32),
+            size: 3,
+            note: "first".into(),
+            entries: 0,
+            chunk_size: 2,
+            created_at_ms: 1000,
+        };
+        store.begin_upload(&pkg, 60_000).await.expect("begin");
+        assert!(
+            store
+                .get_package("demo", "web", "1.0.0")
+                .await
+                .expect("get")
+                .is_none(),
+            "invisible while uploading"
+        );
+        store
+            .put_chunk("demo", "web", "1.0.0", 0, &[1, 2])
+            .await
+            .expect("chunk 0");
+        store
+            .put_chunk("demo", "web", "1.0.0", 1, &[3])
+            .await
+            .expect("chunk 1");
+        store
+            .finish_upload("demo", "web", "1.0.0", 7)
+            .await
+            .expect("finish");
+        let got = store
+            .get_package("demo", "web", "1.0.0")
+            .await
+            .expect("get")
+            .expect("ready");
+        assert_eq!((got.entries, got.size), (7, 3));
+        assert_eq!(
+            store
+                .read_chunk("demo", "web", "1.0.0", 1)
+                .await
+                .expect("read"),
+            Some(vec![3])
+        );
+        assert!(
+            store.begin_upload(&pkg, 60_000).await.is_err(),
+            "no second upload of a version"
+        );
+
+        let spec =
+            corral_registry::spec::parse(&format!("package = \"1.0.0\"\n{SPEC}"), "web.toml")
+                .expect("spec");
+        store.apply_spec(&spec, 1000).await.expect("apply");
+        assert_eq!(
+            store
+                .package_users("demo", "web", "1.0.0")
+                .await
+                .expect("users"),
+            ["node-a", "node-b"]
+        );
+        let r = RolloutRow {
+            id: 0,
+            app: "demo".into(),
+            server: "web".into(),
+            from_version: "1.0.0".into(),
+            to_version: "1.0.0".into(),
+            state: "running".into(),
+            error: String::new(),
+            batch: 1,
+            min_healthy_ms: 5000,
+            deadline_ms: 60000,
+            created_at_ms: 1000,
+            updated_at_ms: 1000,
+        };
+        let inst = |node: &str, batch| RolloutInstanceRow {
+            node: node.into(),
+            batch,
+            from_version: "1.0.0".into(),
+            phase: "pending".into(),
+            percent: 0,
+            error: String::new(),
+            switched_at_ms: 0,
+            healthy_since_ms: 0,
+        };
+        let id = store
+            .create_rollout(&r, &[inst("node-a", 0), inst("node-b", 1)], "me", 5000)
+            .await
+            .expect("rollout");
+        assert!(
+            store.create_rollout(&r, &[], "me", 5000).await.is_err(),
+            "one active rollout per server"
+        );
+        assert_eq!(store.get_rollout(id).await.expect("get").state, "running");
+        assert!(
+            store
+                .lease_rollout(id, "me", 2000, 7000)
+                .await
+                .expect("lease")
+        );
+        assert!(
+            !store
+                .lease_rollout(id, "other", 3000, 8000)
+                .await
+                .expect("held"),
+            "another replica waits"
+        );
+        assert!(
+            store
+                .lease_rollout(id, "other", 8000, 13000)
+                .await
+                .expect("expired"),
+            "and takes over after"
+        );
+        let mut a = inst("node-a", 0);
+        a.phase = "draining".into();
+        store.update_rollout_instance(id, &a).await.expect("update");
+        assert!(
+            store
+                .drained_instances()
+                .await
+                .expect("drained")
+                .contains(&("demo".into(), "web".into(), "node-a".into()))
+        );
+        store
+            .set_rollout_state(id, "succeeded", "", 9000)
+            .await
+            .expect("state");
+        assert!(store.drained_instances().await.expect("drained").is_empty());
+        assert_eq!(
+            store
+                .list_rollouts(Some(("demo", "web")), 10)
+                .await
+                .expect("list")[0]
+                .id,
+            id
+        );
+    });
+}
+
+fn change_feed(backend: Backend) {
+    with_store(backend, async |store| {
+        assert_eq!(store.last_change_id().await.expect("last"), 0);
+        store
+            .record_changes(&["node-a".into(), "node-b".into()], "desired", 1000)
+            .await
+            .expect("record");
+        store
+            .record_changes(&[], "discovery", 5000)
+            .await
+            .expect("record");
+        let all = store.changes_after(0).await.expect("after");
+        let kinds: Vec<(&str, &str)> = all
+            .iter()
+            .map(|c| (c.node.as_str(), c.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("node-a", "desired"),
+                ("node-b", "desired"),
+                ("", "discovery")
+            ]
+        );
+        assert_eq!(
+            store.changes_after(all[1].id).await.expect("after").len(),
+            1
+        );
+        assert_eq!(store.trim_changes(2000).await.expect("trim"), 2);
+        assert_eq!(store.last_change_id().await.expect("last"), all[2].id);
+    });
+}
