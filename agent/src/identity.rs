@@ -1,5 +1,8 @@
-//! The node's secret identity, issued by the registry at first join and kept in
-//! `DATA_DIR/identity` (mode 0600), so a restarted agent is the same node.
+//! The node's secret identity, kept in `DATA_DIR/identity` (mode 0600), so a restarted
+//! agent is the same node. The agent makes it up and stores it *before* its first join;
+//! the registry records it at that join. So no crash can leave the registry holding an
+//! identity the agent never kept: the agent retries with the one it stored, marked new
+//! until a registry has welcomed it once.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -11,6 +14,26 @@ use serde::{Deserialize, Serialize};
 pub struct Identity {
     pub node: String,
     pub secret: String,
+    /// Whether a registry has welcomed the node with this identity. Files written before
+    /// this field existed hold identities the registry issued, so they count as admitted.
+    #[serde(default = "admitted_by_default")]
+    pub admitted: bool,
+}
+
+fn admitted_by_default() -> bool {
+    true
+}
+
+impl Identity {
+    /// A new identity for `node`: 32 random bytes as 64 hex digits, not yet admitted.
+    pub fn generate(node: &str) -> Self {
+        use rand::Rng;
+        Identity {
+            node: node.to_string(),
+            secret: hex::encode(rand::rng().random::<[u8; 32]>()),
+            admitted: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +108,7 @@ mod tests {
         let id = Identity {
             node: "node-a".into(),
             secret: "s3cret".into(),
+            admitted: true,
         };
         store(dir.path(), &id).expect("store");
         assert_eq!(load(dir.path()).expect("load"), Some(id));
@@ -93,6 +117,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn generated_identities_are_new_and_distinct() {
+        let a = Identity::generate("node-a");
+        let b = Identity::generate("node-a");
+        assert_eq!(a.secret.len(), 64);
+        assert_ne!(a.secret, b.secret);
+        assert!(!a.admitted);
+    }
+
+    #[test]
+    fn files_without_the_admitted_field_count_as_admitted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(path(dir.path()), r#"{"node":"node-a","secret":"x"}"#).expect("write");
+        let id = load(dir.path()).expect("load").expect("some");
+        assert!(id.admitted);
     }
 
     #[test]

@@ -81,24 +81,32 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), A
 }
 
 fn hello(ctx: &Context, sampler: &Sampler) -> Result<Hello, AgentError> {
-    let stored = identity::load(&ctx.config.data_dir)?;
-    let identity = match stored {
-        Some(id) if id.node == ctx.config.node => id.secret,
-        Some(id) => {
-            warn!(stored = %id.node, node = %ctx.config.node, "the stored identity is for another node name; joining as a new node");
-            String::new()
-        }
-        None => String::new(),
-    };
+    let identity = own_identity(&ctx.config.data_dir, &ctx.config.node)?;
     Ok(Hello {
         protocol_version: PROTOCOL_VERSION,
         node: ctx.config.node.clone(),
-        identity,
+        new_identity: !identity.admitted,
+        identity: identity.secret,
         advertise_ip: ctx.config.advertise_ip.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         facts: Some(sampler.facts()),
         join_token: ctx.config.join_token.clone().unwrap_or_default(),
     })
+}
+
+/// The identity this agent joins with: the stored one when it is for this node name,
+/// else a new one, stored (synced) before any registry hears of it.
+fn own_identity(data_dir: &std::path::Path, node: &str) -> Result<Identity, AgentError> {
+    match identity::load(data_dir)? {
+        Some(id) if id.node == node => return Ok(id),
+        Some(id) => {
+            warn!(stored = %id.node, %node, "the stored identity is for another node name; joining as a new node");
+        }
+        None => {}
+    }
+    let id = Identity::generate(node);
+    identity::store(data_dir, &id)?;
+    Ok(id)
 }
 
 /// One session with one registry.
@@ -166,15 +174,10 @@ async fn session(
             )));
         }
     };
-    if !welcome.issued_identity.is_empty() {
-        identity::store(
-            &config.data_dir,
-            &Identity {
-                node: config.node.clone(),
-                secret: welcome.issued_identity.clone(),
-            },
-        )?;
-        info!(node = %config.node, "joined as a new node; identity stored");
+    if let Some(mut id) = identity::load(&config.data_dir)?.filter(|id| !id.admitted) {
+        id.admitted = true;
+        identity::store(&config.data_dir, &id)?;
+        info!(node = %config.node, "joined as a new node");
     }
     ctx.connected
         .store(true, std::sync::atomic::Ordering::Relaxed);

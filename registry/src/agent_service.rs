@@ -109,7 +109,6 @@ impl Agent for AgentService {
         let (tx, rx) = mpsc::channel(16);
         let welcome = RegistryMessage {
             body: Some(RegistryBody::Welcome(Welcome {
-                issued_identity: admitted.issued_identity.clone().unwrap_or_default(),
                 heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
                 registry_version: env!("CARGO_PKG_VERSION").to_string(),
             })),

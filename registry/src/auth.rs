@@ -1,6 +1,6 @@
 //! Who may call what: admin calls (and discovery reads, unless public) need a bearer
 //! token the registry was started with; agents need the join token for their first join
-//! and their issued identity after that.
+//! and their identity after that.
 
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@ use crate::store::StoreError;
 type Stream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<DownloadChunk, Status>> + Send>>;
 
-/// Checks who asks: a node with its issued identity, for a server assigned to it.
+/// Checks who asks: a node with its identity, for a server assigned to it.
 async fn authorize(shared: &Shared, req: &DownloadRequest) -> Result<(), Status> {
     let node = shared.store.get_node(&req.node).await?;
     let known = node.is_some_and(|n| crate::join::identity_hash(&req.identity) == n.identity_hash);

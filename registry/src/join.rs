@@ -1,4 +1,4 @@
-//! Admitting an agent: check its Hello, prove or issue its identity, record it `up`.
+//! Admitting an agent: check its Hello, prove or record its identity, record it `up`.
 
 use std::net::IpAddr;
 
@@ -15,9 +15,12 @@ use crate::store::{JoinRecord, NodeState, Store, StoreError};
 pub struct Admitted {
     pub node: String,
     pub session_id: i64,
-    /// The identity issued at this join, if it was the node's first.
-    pub issued_identity: Option<String>,
 }
+
+/// The shortest identity the registry records: agents send 64 hex digits (32 random bytes).
+pub const MIN_IDENTITY_LEN: usize = 32;
+/// The longest identity the registry accepts.
+pub const MAX_IDENTITY_LEN: usize = 256;
 
 pub fn identity_hash(identity: &str) -> String {
     hex::encode(Sha256::digest(identity.as_bytes()))
@@ -33,6 +36,14 @@ pub fn check_hello(hello: &Hello) -> Result<(), Status> {
         )));
     }
     check_node_name(&hello.node).map_err(Status::invalid_argument)?;
+    let len = hello.identity.len();
+    if !(MIN_IDENTITY_LEN..=MAX_IDENTITY_LEN).contains(&len) {
+        return Err(Status::invalid_argument(format!(
+            "identity of node {:?} is {len} characters long; it must be {MIN_IDENTITY_LEN} to \
+             {MAX_IDENTITY_LEN} (agents make up 64 hex digits)",
+            hello.node
+        )));
+    }
     if hello.advertise_ip.parse::<IpAddr>().is_err() {
         return Err(Status::invalid_argument(format!(
             "advertise IP {:?} of node {:?} is not an IP address",
@@ -84,7 +95,7 @@ pub async fn admit(
     let existing = store.get_node(&hello.node).await?;
     match existing {
         Some(node) => {
-            if hello.identity.is_empty() || identity_hash(&hello.identity) != node.identity_hash {
+            if identity_hash(&hello.identity) != node.identity_hash {
                 return Err(refuse_identity(&hello.node, node.state == NodeState::Up));
             }
             record.identity_hash = node.identity_hash;
@@ -95,10 +106,9 @@ pub async fn admit(
             Ok(Admitted {
                 node: record.name,
                 session_id,
-                issued_identity: None,
             })
         }
-        None if !hello.identity.is_empty() => Err(Status::failed_precondition(format!(
+        None if !hello.new_identity => Err(Status::failed_precondition(format!(
             "node {:?} presented an identity this registry does not know (was the node \
              removed?); delete the identity file in the agent's data dir to join as a new node",
             hello.node
@@ -112,8 +122,7 @@ pub async fn admit(
                 };
                 return Err(Status::unauthenticated(why));
             }
-            let identity = hex::encode(rand::rng().random::<[u8; 32]>());
-            record.identity_hash = identity_hash(&identity);
+            record.identity_hash = identity_hash(&hello.identity);
             store.insert_node(&record).await.map_err(|e| match e {
                 StoreError::NodeExists(_) => refuse_identity(&hello.node, true),
                 e => e.into(),
@@ -121,7 +130,6 @@ pub async fn admit(
             Ok(Admitted {
                 node: record.name,
                 session_id,
-                issued_identity: Some(identity),
             })
         }
     }

@@ -239,4 +239,43 @@ fn unknown_protocol_version_is_refused() {
     assert!(registry.node("node-x").is_none(), "nothing was recorded");
 }
 
+/// A Hello whose identity is missing, too short or too long is refused, naming the
+/// identity and the limits; nothing is recorded.
+#[test]
+fn a_weak_identity_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new(Backend::Sqlite, dir.path()).expect("sqlite");
+    let registry = Registry::start(dir.path(), &db.url, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for identity in [String::new(), "short".to_string(), "x".repeat(257)] {
+        let status = rt.block_on(async {
+            let mut client = AgentClient::connect(registry.addr())
+                .await
+                .expect("connect");
+            let hello = AgentMessage {
+                body: Some(Body::Hello(Hello {
+                    protocol_version: corral_proto::PROTOCOL_VERSION,
+                    node: "node-x".into(),
+                    identity: identity.clone(),
+                    new_identity: true,
+                    advertise_ip: "127.0.0.9".into(),
+                    ..Hello::default()
+                })),
+            };
+            let outbound = tokio_stream::iter(vec![hello]).chain(tokio_stream::pending());
+            tokio::time::timeout(Duration::from_secs(10), client.session(outbound))
+                .await
+                .expect("answer in time")
+                .expect_err("must be refused")
+        });
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let msg = status.message();
+        assert!(
+            msg.contains("identity") && msg.contains(&format!("{} characters", identity.len())),
+            "{msg}"
+        );
+    }
+    assert!(registry.node("node-x").is_none(), "nothing was recorded");
+}
+
 use tokio_stream::StreamExt as _;

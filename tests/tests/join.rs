@@ -134,9 +134,11 @@ fn taken_name_is_refused(backend: Backend) {
         after["connected_at_ms"], before["connected_at_ms"],
         "the real session was not replaced"
     );
+    let impostor_identity =
+        std::fs::read_to_string(impostor_dir.join("identity")).expect("impostor's identity");
     assert!(
-        !impostor_dir.join("identity").exists(),
-        "no identity was issued to the impostor"
+        impostor_identity.contains("\"admitted\":false"),
+        "the impostor's own identity was never admitted: {impostor_identity}"
     );
 }
 

@@ -12,6 +12,8 @@ use tokio_stream::StreamExt as _;
 
 const S: Duration = Duration::from_secs(1);
 const ADMIN: &str = "admin-s3cret";
+/// The identity a hand-made agent makes up for itself.
+const IMPOSTOR_IDENTITY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const JOIN: &str = "join-s3cret";
 
 fn secured(dir: &std::path::Path, extra: &[&str]) -> (TestDb, Registry) {
@@ -199,6 +201,8 @@ fn a_node_cannot_act_for_another() {
         let hello = Hello {
             protocol_version: corral_proto::PROTOCOL_VERSION,
             node: "node-x".into(),
+            identity: IMPOSTOR_IDENTITY.into(),
+            new_identity: true,
             advertise_ip: "127.0.0.9".into(),
             join_token: JOIN.into(),
             ..Hello::default()
@@ -214,10 +218,14 @@ fn a_node_cannot_act_for_another() {
             .expect("joined")
             .into_inner();
         let welcome = inbound.message().await.expect("welcome").expect("welcome");
-        let identity = match welcome.body {
-            Some(corral_proto::v1::registry_message::Body::Welcome(w)) => w.issued_identity,
-            other => panic!("not a welcome: {other:?}"),
-        };
+        assert!(
+            matches!(
+                welcome.body,
+                Some(corral_proto::v1::registry_message::Body::Welcome(_))
+            ),
+            "not a welcome: {welcome:?}"
+        );
+        let identity = IMPOSTOR_IDENTITY.to_string();
         let forged = InstanceStatus {
             app: "demo".into(),
             server: "app".into(),

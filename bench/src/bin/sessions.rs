@@ -64,7 +64,8 @@ async fn one_agent(
         body: Some(Body::Hello(Hello {
             protocol_version: corral_proto::PROTOCOL_VERSION,
             node: format!("sim-{i:05}"),
-            identity: String::new(),
+            identity: format!("sim-{i:060}"),
+            new_identity: true,
             advertise_ip: format!("127.1.{}.{}", i / 250, i % 250 + 1),
             agent_version: "bench".into(),
             join_token: String::new(),

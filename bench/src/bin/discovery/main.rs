@@ -94,7 +94,8 @@ async fn sim_agent(addr: &str, node: &str, ip: &str) -> anyhow::Result<mpsc::Sen
         body: Some(Body::Hello(Hello {
             protocol_version: corral_proto::PROTOCOL_VERSION,
             node: node.into(),
-            identity: String::new(),
+            identity: format!("{node:0>64}"),
+            new_identity: true,
             advertise_ip: ip.into(),
             agent_version: "bench".into(),
             join_token: String::new(),
