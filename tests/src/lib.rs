@@ -69,6 +69,51 @@ pub fn alive(pid: u32) -> bool {
     !matches!(state, Some("Z" | "X") | None)
 }
 
+/// Checks what every service process starts with: leader of its own session and process
+/// group, stdin on /dev/null, no signal blocked and SIGPIPE not ignored (the agent, being
+/// a Rust program, ignores it itself). Panics naming what is wrong.
+pub fn assert_service_process(pid: u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    // After the command name: state, ppid, pgrp, session.
+    assert_eq!(
+        fields[2],
+        pid.to_string(),
+        "pid {pid} leads its process group: {stat}"
+    );
+    assert_eq!(
+        fields[3],
+        pid.to_string(),
+        "pid {pid} leads its session: {stat}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let mask = |name: &str| {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {status}"));
+        u64::from_str_radix(line[name.len()..].trim(), 16).expect("hex mask")
+    };
+    assert_eq!(mask("SigBlk:"), 0, "pid {pid} blocks no signal");
+    let sigpipe = 1u64 << (nix::libc::SIGPIPE - 1);
+    assert_eq!(
+        mask("SigIgn:") & sigpipe,
+        0,
+        "pid {pid} does not ignore SIGPIPE"
+    );
+    let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).expect("fd 0");
+    assert_eq!(
+        stdin,
+        std::path::Path::new("/dev/null"),
+        "pid {pid}'s stdin"
+    );
+}
+
 /// The one element of a JSON array whose `key` equals `value`.
 pub fn find<'a>(
     list: &'a serde_json::Value,

@@ -324,6 +324,7 @@ fn services_do_not_run_as_root_unless_allowed() {
     let i = registry.wait_instance("demo.asnobody", "node-a", "running", 20 * S, |i| {
         i["state"] == "running"
     });
+    corral_tests::assert_service_process(i["pid"].as_u64().expect("pid") as u32);
     let status = std::fs::read_to_string(format!("/proc/{}/status", i["pid"])).expect("status");
     let uid = status
         .lines()

@@ -419,8 +419,10 @@ fn children_get_their_environment_and_log_files() {
     let extra = "env = { GREETING = \"hi\" }\n[[adapters]]\nname = \"p2p\"\nport = 30303\n";
     let script = "echo \"$CORRAL_APP $CORRAL_SERVER $CORRAL_NODE $CORRAL_NODE_IP $CORRAL_PORT_P2P $GREETING $PWD\"; echo oops >&2; exec sleep 1000";
     f.registry.apply(&spec("env", &["sh", "-c", script], extra));
-    f.registry
+    let i = f
+        .registry
         .wait_instance("demo.env", "node-a", "running", 20 * S, running);
+    corral_tests::assert_service_process(pid_of(&i));
     let dir = f.agent.instance_dir("demo.env");
     let stdout = wait_until("stdout written", 20 * S, || {
         let s = std::fs::read_to_string(dir.join("logs/stdout.log")).map_err(|e| e.to_string())?;

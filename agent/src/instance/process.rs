@@ -2,6 +2,7 @@
 //! an agent restart (pid plus `/proc` start time, watched through a pidfd), signal the
 //! whole group.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -61,7 +62,9 @@ pub struct SpawnPlan {
 }
 
 enum Watch {
-    Child(tokio::process::Child),
+    /// Our child: its pidfd turns readable when it ends, then `waitpid` reaps it.
+    Child(AsyncFd<OwnedFd>),
+    /// A process a previous agent started: not ours to reap.
     Adopted(AsyncFd<OwnedFd>),
 }
 
@@ -76,6 +79,8 @@ pub struct Proc {
     /// corrected by how long it had been running).
     pub started: Instant,
     watch: Watch,
+    /// Set once `wait` reaped our child: its pid may name another process from then on.
+    reaped: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,9 +149,11 @@ fn open_log(path: &Path) -> Result<File, SpawnError> {
         })
 }
 
-/// Makes the child the leader of a new session (and so of a new process group).
+/// Makes the child the leader of a new session (and so of a new process group); for the
+/// fork path only (services with a `user`).
 #[allow(unsafe_code)]
-fn new_session(cmd: &mut tokio::process::Command) {
+fn new_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
     // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
     // which is async-signal-safe; it touches no memory of the parent.
     unsafe {
@@ -156,6 +163,183 @@ fn new_session(cmd: &mut tokio::process::Command) {
                 .map_err(std::io::Error::from)
         });
     }
+}
+
+/// Where `program` is: itself when it names a path, else the first executable file of that
+/// name in the service's `PATH` (not the agent's, which `posix_spawnp` would search).
+fn resolve_program(program: &Path, env: &[(String, String)]) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return Ok(program.to_path_buf());
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or("", |(_, v)| v.as_str());
+    path.split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))
+}
+
+fn c_string(text: impl Into<Vec<u8>>) -> std::io::Result<CString> {
+    CString::new(text).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "an argument, environment variable or path contains a NUL byte",
+        )
+    })
+}
+
+/// The attributes and file actions of one `posix_spawn`, destroyed on drop.
+#[allow(unsafe_code)]
+struct SpawnSetup {
+    attr: libc::posix_spawnattr_t,
+    actions: libc::posix_spawn_file_actions_t,
+}
+
+#[allow(unsafe_code)]
+impl Drop for SpawnSetup {
+    fn drop(&mut self) {
+        // SAFETY: both were initialised by `SpawnSetup::new` and are destroyed once.
+        unsafe {
+            libc::posix_spawnattr_destroy(&mut self.attr);
+            libc::posix_spawn_file_actions_destroy(&mut self.actions);
+        }
+    }
+}
+
+fn os_result(rc: libc::c_int) -> std::io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Starts `program` as the leader of a new session with posix_spawn(3) and
+/// `POSIX_SPAWN_SETSID`. glibc starts the child with `clone(CLONE_VM | CLONE_VFORK)`, whose
+/// cost does not grow with the agent, where fork(2) copies the page tables of a
+/// multi-threaded agent first: about 0.5 ms more per restart on a small VM. stdin is
+/// /dev/null, stdout and stderr the log files, SIGPIPE back to its default (Rust ignores
+/// it in the agent), no signal blocked. glibc reports a failed exec as the error.
+#[allow(unsafe_code)]
+fn posix_spawn_session(
+    program: &Path,
+    plan: &SpawnPlan,
+    stdout: &File,
+    stderr: &File,
+) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    let c_program = c_string(program.as_os_str().as_encoded_bytes())?;
+    let c_cwd = c_string(plan.cwd.as_os_str().as_encoded_bytes())?;
+    let mut args = vec![c_string(plan.program.as_os_str().as_encoded_bytes())?];
+    for a in &plan.args {
+        args.push(c_string(a.as_str())?);
+    }
+    let mut env = Vec::with_capacity(plan.env.len());
+    for (k, v) in &plan.env {
+        env.push(c_string(format!("{k}={v}"))?);
+    }
+    let argv: Vec<*mut libc::c_char> = args
+        .iter()
+        .map(|a| a.as_ptr().cast_mut())
+        .chain(std::iter::once(std::ptr::null_mut()))
+        .collect();
+    let envp: Vec<*mut libc::c_char> = env
+        .iter()
+        .map(|e| e.as_ptr().cast_mut())
+        .chain(std::iter::once(std::ptr::null_mut()))
+        .collect();
+    // SAFETY: every libc call below gets pointers to live, initialised values: the
+    // attribute and file-action objects are initialised before use and destroyed by
+    // `SpawnSetup`'s drop; the C strings and the null-terminated argv/envp arrays outlive
+    // the posix_spawn call; the log files stay open until it returns.
+    unsafe {
+        let mut setup = SpawnSetup {
+            attr: std::mem::zeroed(),
+            actions: std::mem::zeroed(),
+        };
+        os_result(libc::posix_spawnattr_init(&mut setup.attr))?;
+        os_result(libc::posix_spawn_file_actions_init(&mut setup.actions))?;
+        let actions = &mut setup.actions;
+        os_result(libc::posix_spawn_file_actions_addopen(
+            actions,
+            0,
+            c"/dev/null".as_ptr(),
+            libc::O_RDONLY,
+            0,
+        ))?;
+        os_result(libc::posix_spawn_file_actions_adddup2(
+            actions,
+            stdout.as_raw_fd(),
+            1,
+        ))?;
+        os_result(libc::posix_spawn_file_actions_adddup2(
+            actions,
+            stderr.as_raw_fd(),
+            2,
+        ))?;
+        os_result(libc::posix_spawn_file_actions_addchdir_np(
+            actions,
+            c_cwd.as_ptr(),
+        ))?;
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        os_result(libc::posix_spawnattr_setsigmask(&mut setup.attr, &none))?;
+        let mut default: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut default);
+        libc::sigaddset(&mut default, libc::SIGPIPE);
+        os_result(libc::posix_spawnattr_setsigdefault(
+            &mut setup.attr,
+            &default,
+        ))?;
+        let flags = libc::POSIX_SPAWN_SETSID
+            | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short
+            | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short;
+        os_result(libc::posix_spawnattr_setflags(&mut setup.attr, flags))?;
+        let mut pid: libc::pid_t = 0;
+        os_result(libc::posix_spawn(
+            &mut pid,
+            c_program.as_ptr(),
+            &setup.actions,
+            &setup.attr,
+            argv.as_ptr(),
+            envp.as_ptr(),
+        ))?;
+        Ok(pid as u32)
+    }
+}
+
+/// Starts a service that runs as another user: posix_spawn cannot change the user, so
+/// this forks (std's `Command`, setsid(2) before the exec).
+fn fork_as_user(
+    program: &Path,
+    plan: &SpawnPlan,
+    (uid, gid): (u32, u32),
+    stdout: File,
+    stderr: File,
+) -> std::io::Result<u32> {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg0(&plan.program)
+        .args(&plan.args)
+        .env_clear()
+        .envs(plan.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&plan.cwd)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .uid(uid)
+        .gid(gid);
+    new_session(&mut cmd);
+    // Dropping a std Child neither waits nor kills: the pidfd watches it from here on.
+    Ok(cmd.spawn()?.id())
 }
 
 /// Opens a pidfd for `pid` (pidfd_open(2)); readable once the process has ended.
@@ -175,30 +359,25 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
 pub fn spawn(plan: &SpawnPlan) -> Result<Proc, SpawnError> {
     let stdout = open_log(&plan.stdout)?;
     let stderr = open_log(&plan.stderr)?;
-    let mut cmd = tokio::process::Command::new(&plan.program);
-    cmd.args(&plan.args)
-        .env_clear()
-        .envs(plan.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&plan.cwd)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(false);
-    if let Some((uid, gid)) = plan.user {
-        cmd.uid(uid).gid(gid);
-    }
-    new_session(&mut cmd);
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+    let exec_error = |source| SpawnError::Exec {
         program: plan.program.display().to_string(),
         source,
-    })?;
-    let pid = child.id().unwrap_or(0);
+    };
+    let program = resolve_program(&plan.program, &plan.env).map_err(exec_error)?;
+    let pid = match plan.user {
+        Some(user) => fork_as_user(&program, plan, user, stdout, stderr),
+        None => posix_spawn_session(&program, plan, &stdout, &stderr),
+    }
+    .map_err(exec_error)?;
+    // Our child stays a zombie until reaped, so its pidfd cannot name a later process.
+    let fd = pidfd_open(pid).and_then(watch_fd).map_err(exec_error)?;
     Ok(Proc {
         pid,
         start_ticks: start_ticks(pid).unwrap_or(0),
         started_at_ms: crate::now_ms(),
         started: Instant::now(),
-        watch: Watch::Child(child),
+        watch: Watch::Child(fd),
+        reaped: false,
     })
 }
 
@@ -220,6 +399,7 @@ pub fn adopt(pid: u32, expected_ticks: u64, started_at_ms: i64) -> Option<Proc> 
         started_at_ms,
         started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
         watch: Watch::Adopted(watch_fd(fd).ok()?),
+        reaped: false,
     })
 }
 
@@ -235,12 +415,29 @@ impl Proc {
     /// Waits for the main process to end.
     pub async fn wait(&mut self) -> ExitInfo {
         match &mut self.watch {
-            Watch::Child(child) => match child.wait().await {
-                Ok(status) => ExitInfo::from_status(status),
-                Err(e) => ExitInfo {
-                    description: format!("unknown ({e})"),
-                    failed: true,
-                },
+            Watch::Child(fd) => loop {
+                let Ok(mut ready) = fd.readable().await else {
+                    return ExitInfo {
+                        description: "unknown (cannot watch its pidfd)".into(),
+                        failed: true,
+                    };
+                };
+                match reap(self.pid) {
+                    Ok(Some(status)) => {
+                        self.reaped = true;
+                        return ExitInfo::from_status(status);
+                    }
+                    // Not ended after all: keep watching rather than start a second copy.
+                    Ok(None) => ready.clear_ready(),
+                    // Someone else reaped it (it has ended either way).
+                    Err(e) => {
+                        self.reaped = true;
+                        return ExitInfo {
+                            description: format!("unknown ({e})"),
+                            failed: true,
+                        };
+                    }
+                }
             },
             Watch::Adopted(fd) => {
                 // A pidfd turns readable when the process ends; it is not our child, so
@@ -251,6 +448,30 @@ impl Proc {
                     failed: true,
                 }
             }
+        }
+    }
+}
+
+/// Reaps our child `pid` if it has ended (waitpid with WNOHANG): its exit status, or None
+/// while it runs.
+fn reap(pid: u32) -> std::io::Result<Option<ExitStatus>> {
+    let mut status: libc::c_int = 0;
+    #[allow(unsafe_code)]
+    // SAFETY: waitpid writes the status of the given child into a live c_int.
+    let rc = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    match rc {
+        0 => Ok(None),
+        r if r < 0 => Err(std::io::Error::last_os_error()),
+        _ => Ok(Some(ExitStatus::from_raw(status))),
+    }
+}
+
+impl Drop for Proc {
+    /// A child that ended but was never waited for (its runner went away) is reaped here,
+    /// so it does not stay a zombie; one still running is left alone.
+    fn drop(&mut self) {
+        if matches!(self.watch, Watch::Child(_)) && !self.reaped {
+            let _ = reap(self.pid);
         }
     }
 }
