@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use corral_proto::v1::query_server::Query;
 use corral_proto::v1::{Endpoints, FindRequest};
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::discovery::Table;
@@ -40,7 +39,7 @@ fn lookup(table: &Table, name: &str) -> Result<Endpoints, Status> {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<Endpoints, Status>> + Send>>;
+type EndpointStream = Pin<Box<dyn Stream<Item = Result<Endpoints, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Query for QueryService {
@@ -50,40 +49,24 @@ impl Query for QueryService {
         lookup(&self.shared.discovery.table(), &name).map(Response::new)
     }
 
-    type WatchStream = WatchStream;
+    type WatchStream = EndpointStream;
 
-    /// The list now (empty if the name is not known yet), then again on every change.
-    async fn watch(&self, request: Request<FindRequest>) -> Result<Response<WatchStream>, Status> {
+    /// The list now (empty if the name is not known yet), then again on every change of
+    /// it. The stream reads the name's channel directly: a change costs each watcher one
+    /// wake-up of its HTTP/2 stream, and the stream ends at shutdown.
+    async fn watch(
+        &self,
+        request: Request<FindRequest>,
+    ) -> Result<Response<EndpointStream>, Status> {
         let name = request.into_inner().name;
         check_name(&name)?;
-        let mut rx = self.shared.discovery.subscribe();
-        let (tx, out) = mpsc::channel(4);
-        let shutdown = self.shared.shutdown.clone();
-        self.shared.tracker.spawn(async move {
-            let mut last = None;
-            loop {
-                let now = rx
-                    .borrow_and_update()
-                    .get(&name)
-                    .cloned()
-                    .unwrap_or_default();
-                if last.as_ref() != Some(&now) {
-                    let msg = Endpoints {
-                        name: name.clone(),
-                        endpoints: now.as_ref().clone(),
-                    };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                    last = Some(now);
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tx.closed() => return,
-                    changed = rx.changed() => if changed.is_err() { return },
-                }
-            }
+        let rx = self.shared.discovery.watch_name(&name);
+        let stream = WatchStream::new(rx).map(move |eps| {
+            Ok(Endpoints {
+                name: name.clone(),
+                endpoints: eps.as_ref().clone(),
+            })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -47,6 +47,13 @@ struct Args {
     /// Time from a start to the next kill.
     #[arg(long, default_value = "2500ms", value_parser = humantime::parse_duration)]
     gap: Duration,
+    /// The supervisors to compare, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "corral,runit,runit-sh,supervisord"
+    )]
+    supervisors: Vec<String>,
     /// Children for the agent memory measurement (0: skip it).
     #[arg(long, default_value_t = 100)]
     children: usize,
@@ -233,7 +240,7 @@ fn main() -> anyhow::Result<()> {
     ensure_installed(&["runsv", "supervisord"], &["runit", "supervisor"])?;
     eprintln!("temp dirs in {}", setup.tmp.display());
     let mut all = Vec::new();
-    for which in ["corral", "runit", "runit-sh", "supervisord"] {
+    for which in &args.supervisors {
         all.push(run_one(which, &setup, &args)?);
     }
     print_latencies(&all);

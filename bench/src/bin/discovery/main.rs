@@ -21,7 +21,8 @@
 //! `Range`s with `serializable = true`; the change is a `Put` or `DeleteRange` of the key,
 //! timed from right before the call.
 //!
-//! Every client (each Find loop, each watcher) has a channel (TCP connection) of its own.
+//! Every lookup client has a channel (TCP connection) of its own; watchers either have
+//! one each or share a few (`--watch-conns`), for Corral and etcd alike.
 
 mod etcd;
 #[allow(dead_code)]
@@ -60,6 +61,13 @@ struct Args {
     /// Watcher counts, comma-separated.
     #[arg(long, default_value = "1,100,1000", value_delimiter = ',')]
     watchers: Vec<usize>,
+    /// How the watchers connect, comma-separated: 0 = each on a connection of its own
+    /// (1,000 watchers = 1,000 TCP connections); N = all of them spread over N shared
+    /// connections, each carrying many watch streams (as etcd's Go client and its
+    /// `benchmark watch` tool multiplex them, and as one process watching many names
+    /// would). Every watcher count runs with every value.
+    #[arg(long, default_value = "0,10", value_delimiter = ',')]
+    watch_conns: Vec<usize>,
     /// Changes per watcher count (each is timed at every watcher).
     #[arg(long, default_value_t = 20)]
     rounds: usize,
@@ -273,7 +281,7 @@ struct Receipt {
     at: Instant,
 }
 
-/// Opens `w` watchers with `open`, each on a channel of its own; at most 64 connect at
+/// Opens `w` watchers with `open` (which connects or takes a shared channel); at most 64 start at
 /// once (a watcher holds a permit of `gate` until its first message). Each sends a
 /// receipt for every message, the first one included.
 async fn open_watchers<Open, Fut>(
@@ -401,15 +409,30 @@ where
 
 type WatchFuture = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
+/// Channels for `conns` shared connections (none for 0: each watcher connects).
+async fn shared_channels(addr: &str, conns: usize) -> anyhow::Result<Arc<Vec<Channel>>> {
+    let mut out = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        out.push(channel(addr).await?);
+    }
+    Ok(Arc::new(out))
+}
+
 fn corral_watcher(
     addr: String,
     name: &'static str,
+    shared: Arc<Vec<Channel>>,
 ) -> impl Fn(usize, mpsc::UnboundedSender<Receipt>, Arc<Semaphore>) -> WatchFuture {
     move |i, tx, gate| {
         let addr = addr.clone();
+        let shared = shared.clone();
         Box::pin(async move {
             let mut permit = Some(gate.acquire_owned().await?);
-            let mut q = QueryClient::new(channel(&addr).await?);
+            let chan = match shared.get(i % shared.len().max(1)) {
+                Some(c) => c.clone(),
+                None => channel(&addr).await?,
+            };
+            let mut q = QueryClient::new(chan);
             let mut stream = q
                 .watch(FindRequest { name: name.into() })
                 .await?
@@ -430,12 +453,17 @@ fn corral_watcher(
 
 fn etcd_watcher(
     url: String,
+    shared: Arc<Vec<etcd::Client>>,
 ) -> impl Fn(usize, mpsc::UnboundedSender<Receipt>, Arc<Semaphore>) -> WatchFuture {
     move |i, tx, gate| {
         let url = url.clone();
+        let shared = shared.clone();
         Box::pin(async move {
             let mut permit = Some(gate.acquire_owned().await?);
-            let mut client = etcd::Client::connect(&url).await?;
+            let mut client = match shared.get(i % shared.len().max(1)) {
+                Some(c) => c.clone(),
+                None => etcd::Client::connect(&url).await?,
+            };
             let (_keep, mut stream) = client.watch_prefix(ETCD_PREFIX).await?;
             while let Some(resp) = stream.message().await? {
                 permit.take();
@@ -458,9 +486,19 @@ fn etcd_watcher(
     }
 }
 
-fn print_watch(w: usize, path: &str, s: &WatchStats) {
+/// How `conns` reads in the tables.
+fn conns_label(w: usize, conns: usize) -> String {
+    if conns == 0 {
+        format!("{w} (one each)")
+    } else {
+        conns.min(w).to_string()
+    }
+}
+
+fn print_watch(w: usize, conns: usize, path: &str, s: &WatchStats) {
     println!(
-        "| {w} | {path} | {} | {} | {} | {} | {} | {} |",
+        "| {w} | {} | {path} | {} | {} | {} | {} | {} | {} |",
+        conns_label(w, conns),
         ms(percentile(&s.samples, 50.0)),
         ms(percentile(&s.samples, 99.0)),
         ms(percentile(&s.first, 50.0)),
@@ -564,104 +602,119 @@ async fn run(args: &Args, dir: &Path, etcd_bin: &Path) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| watchers | path | p50 | p99 | first receipt (median per change) | last receipt (median per change) | server CPU per change | watchers' CPU per change (bench process) |"
+        "| watchers | connections | path | p50 | p99 | first receipt (median per change) | last receipt (median per change) | server CPU per change | watchers' CPU per change (bench process) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut watch_p99_1000 = None;
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut watch_p99_1000 = Vec::new();
     for &w in &args.watchers {
-        // Registry only: the simulated agent reports the change.
-        let (mut tasks, mut rx) = open_watchers(w, corral_watcher(addr.clone(), SIM)).await?;
-        let reg_only = rounds(w, args.rounds, reg_pid, &mut rx, &mut tasks, |target| {
-            let sim = sim.clone();
-            async move {
-                let state = if target == 1 { "running" } else { "stopped" };
-                sim.send(sim_status(state)).await?;
-                Ok(())
+        for &conns in &args.watch_conns {
+            let conns = conns.min(w);
+            let corral_shared = shared_channels(&addr, conns).await?;
+            let mut etcd_shared = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                etcd_shared.push(etcd::Client::connect(&etcd.url).await?);
             }
-        })
-        .await?;
-        tasks.shutdown().await;
-        drop(rx);
-        print_watch(w, "Corral, registry only", &reg_only);
-
-        // Through the agent: server stop / start.
-        let (mut tasks, mut rx) = open_watchers(w, corral_watcher(addr.clone(), REAL)).await?;
-        let control = admin.clone();
-        let via_agent = rounds(w, args.rounds, reg_pid, &mut rx, &mut tasks, |target| {
-            let mut control = control.clone();
-            async move {
-                let action = if target == 1 { "start" } else { "stop" };
-                control
-                    .control_server(ControlServerRequest {
-                        server: "bench.real".into(),
-                        action: action.into(),
-                        node: String::new(),
-                    })
-                    .await?;
-                Ok(())
-            }
-        })
-        .await;
-        let via_agent = match via_agent {
-            Ok(v) => v,
-            Err(e) => {
-                let now = status(&mut admin, "bench.real").await;
-                let events = admin
-                    .list_events(ListEventsRequest {
-                        server: "bench.real".into(),
-                        after_id: 0,
-                        limit: 12,
-                    })
-                    .await
-                    .map(|r| r.into_inner().events);
-                let log = fleet
-                    .agents
-                    .first()
-                    .map(|a| log_tail(&a.proc.log, 20))
-                    .unwrap_or_default();
-                bail!("{e:#}\nserver status: {now:?}\nlast events: {events:#?}\nagent log:\n{log}");
-            }
-        };
-        tasks.shutdown().await;
-        drop(rx);
-        fleet.note_services(&status(&mut admin, "bench.real").await?);
-        print_watch(w, "Corral, through the agent", &via_agent);
-
-        // etcd: put / delete of the key.
-        let (mut tasks, mut rx) = open_watchers(w, etcd_watcher(etcd.url.clone())).await?;
-        let etcd_stats = rounds(w, args.rounds, etcd_pid, &mut rx, &mut tasks, |target| {
-            let mut kv = kv.clone();
-            let value = value.clone();
-            async move {
-                if target == 1 {
-                    kv.put(ETCD_KEY, value.as_bytes()).await?;
-                } else {
-                    kv.delete(ETCD_KEY).await?;
+            let etcd_shared = Arc::new(etcd_shared);
+            // Registry only: the simulated agent reports the change.
+            let (mut tasks, mut rx) =
+                open_watchers(w, corral_watcher(addr.clone(), SIM, corral_shared.clone())).await?;
+            let reg_only = rounds(w, args.rounds, reg_pid, &mut rx, &mut tasks, |target| {
+                let sim = sim.clone();
+                async move {
+                    let state = if target == 1 { "running" } else { "stopped" };
+                    sim.send(sim_status(state)).await?;
+                    Ok(())
                 }
-                Ok(())
-            }
-        })
-        .await?;
-        tasks.shutdown().await;
-        drop(rx);
-        print_watch(w, "etcd prefix watch", &etcd_stats);
+            })
+            .await?;
+            tasks.shutdown().await;
+            drop(rx);
+            print_watch(w, conns, "Corral, registry only", &reg_only);
 
-        if w == 1000 {
-            watch_p99_1000 = Some((
-                percentile(&reg_only.samples, 99.0),
-                percentile(&via_agent.samples, 99.0),
-                percentile(&etcd_stats.samples, 99.0),
-            ));
+            // Through the agent: server stop / start.
+            let (mut tasks, mut rx) =
+                open_watchers(w, corral_watcher(addr.clone(), REAL, corral_shared.clone())).await?;
+            let control = admin.clone();
+            let via_agent = rounds(w, args.rounds, reg_pid, &mut rx, &mut tasks, |target| {
+                let mut control = control.clone();
+                async move {
+                    let action = if target == 1 { "start" } else { "stop" };
+                    control
+                        .control_server(ControlServerRequest {
+                            server: "bench.real".into(),
+                            action: action.into(),
+                            node: String::new(),
+                        })
+                        .await?;
+                    Ok(())
+                }
+            })
+            .await;
+            let via_agent = match via_agent {
+                Ok(v) => v,
+                Err(e) => {
+                    let now = status(&mut admin, "bench.real").await;
+                    let events = admin
+                        .list_events(ListEventsRequest {
+                            server: "bench.real".into(),
+                            after_id: 0,
+                            limit: 12,
+                        })
+                        .await
+                        .map(|r| r.into_inner().events);
+                    let log = fleet
+                        .agents
+                        .first()
+                        .map(|a| log_tail(&a.proc.log, 20))
+                        .unwrap_or_default();
+                    bail!(
+                        "{e:#}\nserver status: {now:?}\nlast events: {events:#?}\nagent log:\n{log}"
+                    );
+                }
+            };
+            tasks.shutdown().await;
+            drop(rx);
+            fleet.note_services(&status(&mut admin, "bench.real").await?);
+            print_watch(w, conns, "Corral, through the agent", &via_agent);
+
+            // etcd: put / delete of the key.
+            let (mut tasks, mut rx) =
+                open_watchers(w, etcd_watcher(etcd.url.clone(), etcd_shared.clone())).await?;
+            let etcd_stats = rounds(w, args.rounds, etcd_pid, &mut rx, &mut tasks, |target| {
+                let mut kv = kv.clone();
+                let value = value.clone();
+                async move {
+                    if target == 1 {
+                        kv.put(ETCD_KEY, value.as_bytes()).await?;
+                    } else {
+                        kv.delete(ETCD_KEY).await?;
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+            tasks.shutdown().await;
+            drop(rx);
+            print_watch(w, conns, "etcd prefix watch", &etcd_stats);
+
+            if w == 1000 {
+                watch_p99_1000.push((
+                    conns,
+                    percentile(&reg_only.samples, 99.0),
+                    percentile(&via_agent.samples, 99.0),
+                    percentile(&etcd_stats.samples, 99.0),
+                ));
+            }
+            fleet.check_alive()?;
+            etcd.proc.check_alive()?;
         }
-        fleet.check_alive()?;
-        etcd.proc.check_alive()?;
     }
     println!();
     println!(
         "- goal lookups at least as fast as etcd at every concurrency: {}",
         if lookups_met { "met" } else { "missed" }
     );
-    if let Some((reg, agent, etcd)) = watch_p99_1000 {
+    for (conns, reg, agent, etcd) in watch_p99_1000 {
         let verdict = |d: Duration| {
             if d < Duration::from_millis(10) {
                 "met"
@@ -670,7 +723,8 @@ async fn run(args: &Args, dir: &Path, etcd_bin: &Path) -> anyhow::Result<()> {
             }
         };
         println!(
-            "- goal watch p99 under 10 ms with 1,000 watchers: registry only {} ({}), through the agent {} ({}); etcd: {}",
+            "- goal watch p99 under 10 ms with 1,000 watchers on {} connection(s): registry only {} ({}), through the agent {} ({}); etcd: {}",
+            conns_label(1000, conns),
             verdict(reg),
             ms(reg),
             verdict(agent),
