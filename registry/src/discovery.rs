@@ -7,7 +7,8 @@
 //! An endpoint is active exactly when its instance is running, is healthy (or has no
 //! check), its node is up, and no rollout is draining it. The table is recomputed when
 //! anything that decides that changes (status reports, node up/down, admin calls,
-//! rollout steps), at most once per poke, and every second as a safety net.
+//! rollout steps), at most once per poke, and every [`SAFETY_NET`] in case a poke was
+//! missed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +20,12 @@ use tracing::warn;
 
 use crate::server::Shared;
 use crate::store::{Store, StoreError};
+
+/// How often the table is recomputed with no poke. Every change that matters pokes (here,
+/// or through the change feed from another replica), so this only bounds how long a
+/// missed poke could go unnoticed; it reads every node, so it is not cheap on a big
+/// fleet.
+const SAFETY_NET: Duration = Duration::from_secs(10);
 
 /// Name -> endpoints sorted by host, then port.
 pub type Table = HashMap<String, Arc<Vec<Endpoint>>>;
@@ -205,7 +212,7 @@ pub async fn compute(store: &Store) -> Result<Table, StoreError> {
 /// Keeps the table current until shutdown; when it changes, nodes whose config
 /// templates may list endpoints get their desired state again (re-rendered).
 pub async fn run(shared: Arc<Shared>) {
-    let mut safety = tokio::time::interval(Duration::from_secs(1));
+    let mut safety = tokio::time::interval(SAFETY_NET);
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => {
