@@ -202,31 +202,39 @@ fn agent_flags_and_config() {
     );
 }
 
-/// A Hello in a protocol version the registry does not speak is refused, naming both.
-#[test]
-fn unknown_protocol_version_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = TestDb::new(Backend::Sqlite, dir.path()).expect("sqlite");
-    let registry = Registry::start(dir.path(), &db.url, &[]);
+/// Opens a session that sends `hello` and nothing more; the registry's refusal.
+fn refused_hello(registry: &Registry, hello: Hello) -> tonic::Status {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let status = rt.block_on(async {
+    rt.block_on(async {
         let mut client = AgentClient::connect(registry.addr())
             .await
             .expect("connect");
         let hello = AgentMessage {
-            body: Some(Body::Hello(Hello {
-                protocol_version: 99,
-                node: "node-x".into(),
-                advertise_ip: "127.0.0.9".into(),
-                ..Hello::default()
-            })),
+            body: Some(Body::Hello(hello)),
         };
         let outbound = tokio_stream::iter(vec![hello]).chain(tokio_stream::pending());
         tokio::time::timeout(Duration::from_secs(10), client.session(outbound))
             .await
             .expect("answer in time")
             .expect_err("must be refused")
-    });
+    })
+}
+
+/// A Hello in a protocol version the registry does not speak is refused, naming both.
+#[test]
+fn unknown_protocol_version_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new(Backend::Sqlite, dir.path()).expect("sqlite");
+    let registry = Registry::start(dir.path(), &db.url, &[]);
+    let status = refused_hello(
+        &registry,
+        Hello {
+            protocol_version: 99,
+            node: "node-x".into(),
+            advertise_ip: "127.0.0.9".into(),
+            ..Hello::default()
+        },
+    );
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(
         status.message().contains("99")
@@ -246,28 +254,18 @@ fn a_weak_identity_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = TestDb::new(Backend::Sqlite, dir.path()).expect("sqlite");
     let registry = Registry::start(dir.path(), &db.url, &[]);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
     for identity in [String::new(), "short".to_string(), "x".repeat(257)] {
-        let status = rt.block_on(async {
-            let mut client = AgentClient::connect(registry.addr())
-                .await
-                .expect("connect");
-            let hello = AgentMessage {
-                body: Some(Body::Hello(Hello {
-                    protocol_version: corral_proto::PROTOCOL_VERSION,
-                    node: "node-x".into(),
-                    identity: identity.clone(),
-                    new_identity: true,
-                    advertise_ip: "127.0.0.9".into(),
-                    ..Hello::default()
-                })),
-            };
-            let outbound = tokio_stream::iter(vec![hello]).chain(tokio_stream::pending());
-            tokio::time::timeout(Duration::from_secs(10), client.session(outbound))
-                .await
-                .expect("answer in time")
-                .expect_err("must be refused")
-        });
+        let status = refused_hello(
+            &registry,
+            Hello {
+                protocol_version: corral_proto::PROTOCOL_VERSION,
+                node: "node-x".into(),
+                identity: identity.clone(),
+                new_identity: true,
+                advertise_ip: "127.0.0.9".into(),
+                ..Hello::default()
+            },
+        );
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         let msg = status.message();
         assert!(
