@@ -287,7 +287,19 @@ async fn record_status(shared: &Shared, node: &str, status: InstanceStatus) {
         health: status.health,
     };
     match shared.store.report_status(node, &report, now_ms()).await {
-        Ok(true) => shared.discovery_changed().await,
+        Ok(true) => {
+            let changed = shared.discovery.instance_reported(
+                node,
+                &report.app,
+                &report.server,
+                &report.state,
+                &report.health,
+            );
+            shared.discovery_changed().await;
+            if changed {
+                crate::discovery::rerender(shared).await;
+            }
+        }
         Ok(false) => {
             debug!(node, server = %format!("{}.{}", report.app, report.server), "status of an instance not assigned here")
         }

@@ -9,8 +9,15 @@
 //! anything that decides that changes (status reports, node up/down, admin calls,
 //! rollout steps), at most once per poke, and every [`SAFETY_NET`] in case a poke was
 //! missed.
+//!
+//! A status report does not wait for that: once it is recorded, its server's names are
+//! recomputed at once from the inputs of the last recomputation with that instance's new
+//! state ([`Discovery::instance_reported`]), so a watcher hears of a crash or a recovery
+//! without a round of database reads in between. The recomputation that follows reads
+//! the database again and confirms it; reports that arrive while it reads are applied on
+//! top of what it read, so it never publishes an older state than one already sent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,6 +26,7 @@ use tokio::sync::{Notify, watch};
 use tracing::warn;
 
 use crate::server::Shared;
+use crate::spec::Spec;
 use crate::store::{Store, StoreError};
 
 /// How often the table is recomputed with no poke. Every change that matters pokes (here,
@@ -39,7 +47,46 @@ pub struct Discovery {
     /// watcher has gone (at the next publish); all of them at shutdown (None from then
     /// on), which ends every watch stream.
     watched: Mutex<Option<HashMap<String, watch::Sender<Watched>>>>,
+    model: Mutex<Model>,
     poke: Notify,
+}
+
+/// What the table was last computed from, and the reports applied since.
+#[derive(Default)]
+struct Model {
+    inputs: Option<Inputs>,
+    /// While a recomputation reads the database: the reports applied meanwhile, to apply
+    /// again on top of what it read (it may have read before they were written).
+    reading: Option<Vec<Reported>>,
+}
+
+/// An instance's reported state and health.
+#[derive(Clone)]
+struct Reported {
+    app: String,
+    server: String,
+    node: String,
+    state: String,
+    health: String,
+}
+
+/// What decides the table, read from the database.
+#[derive(Default)]
+pub struct Inputs {
+    /// Node -> (up, advertise address).
+    nodes: HashMap<String, (bool, String)>,
+    specs: HashMap<(String, String), Spec>,
+    ports: BTreeMap<(String, String, String), BTreeMap<String, u16>>,
+    drained: HashSet<(String, String, String)>,
+    /// (app, server) -> its instances.
+    instances: HashMap<(String, String), Vec<Instance>>,
+}
+
+struct Instance {
+    node: String,
+    desired: String,
+    state: String,
+    health: String,
 }
 
 impl Default for Discovery {
@@ -47,6 +94,7 @@ impl Default for Discovery {
         Discovery {
             table: watch::Sender::new(Arc::new(Table::new())),
             watched: Mutex::new(Some(HashMap::new())),
+            model: Mutex::new(Model::default()),
             poke: Notify::new(),
         }
     }
@@ -115,6 +163,58 @@ impl Discovery {
         changed
     }
 
+    /// An instance's state and health, just recorded: recomputes its server's names from
+    /// the last inputs and publishes them. Returns whether any list changed.
+    pub fn instance_reported(
+        &self,
+        node: &str,
+        app: &str,
+        server: &str,
+        state: &str,
+        health: &str,
+    ) -> bool {
+        let mut model = self.model.lock().unwrap_or_else(PoisonError::into_inner);
+        let report = Reported {
+            app: app.to_string(),
+            server: server.to_string(),
+            node: node.to_string(),
+            state: state.to_string(),
+            health: health.to_string(),
+        };
+        if let Some(log) = model.reading.as_mut() {
+            log.push(report.clone());
+        }
+        let Some(inputs) = model.inputs.as_mut() else {
+            return false;
+        };
+        if !inputs.apply(&report) {
+            return false;
+        }
+        let mut table = Table::clone(&self.table());
+        table.extend(inputs.server_names(app, server));
+        self.publish(table)
+    }
+
+    /// Marks the start of a recomputation's reads.
+    fn reading(&self) {
+        self.model
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reading = Some(Vec::new());
+    }
+
+    /// Takes freshly read inputs (with the reports applied during the read on top) as the
+    /// model and publishes their table. Returns whether anything changed.
+    fn recomputed(&self, mut inputs: Inputs) -> bool {
+        let mut model = self.model.lock().unwrap_or_else(PoisonError::into_inner);
+        for report in model.reading.take().unwrap_or_default() {
+            inputs.apply(&report);
+        }
+        let table = inputs.table();
+        model.inputs = Some(inputs);
+        self.publish(table)
+    }
+
     /// Ends every watch (their streams finish once they have sent what they hold).
     fn close_watches(&self) {
         *self.watched.lock().unwrap_or_else(PoisonError::into_inner) = None;
@@ -139,74 +239,123 @@ impl Discovery {
     }
 }
 
-/// Computes the table from the database.
-pub async fn compute(store: &Store) -> Result<Table, StoreError> {
-    let nodes: HashMap<String, (bool, String)> = store
-        .list_nodes()
-        .await?
-        .into_iter()
-        .map(|n| (n.name, (n.state == crate::store::NodeState::Up, n.address)))
-        .collect();
-    let specs: HashMap<(String, String), crate::spec::Spec> = store
-        .list_servers()
-        .await?
-        .into_iter()
-        .map(|s| ((s.spec.app.clone(), s.spec.server.clone()), s.spec))
-        .collect();
-    let ports = store.all_ports().await?;
-    let drained = store.drained_instances().await?;
-    let mut table: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-    // Every adapter of every server has a name, even with no endpoint right now.
-    for spec in specs.values() {
-        for a in &spec.adapters {
-            table
-                .entry(format!("{}.{}.{}", spec.app, spec.server, a.name))
-                .or_default();
+impl Inputs {
+    /// Reads everything the table depends on.
+    pub async fn read(store: &Store) -> Result<Inputs, StoreError> {
+        let nodes = store
+            .list_nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.name, (n.state == crate::store::NodeState::Up, n.address)))
+            .collect();
+        let specs = store
+            .list_servers()
+            .await?
+            .into_iter()
+            .map(|s| ((s.spec.app.clone(), s.spec.server.clone()), s.spec))
+            .collect();
+        let ports = store.all_ports().await?;
+        let drained = store.drained_instances().await?;
+        let mut instances: HashMap<(String, String), Vec<Instance>> = HashMap::new();
+        for i in store.all_instances().await? {
+            instances
+                .entry((i.app, i.server))
+                .or_default()
+                .push(Instance {
+                    node: i.node,
+                    desired: i.desired,
+                    state: i.state,
+                    health: i.health,
+                });
         }
+        Ok(Inputs {
+            nodes,
+            specs,
+            ports,
+            drained,
+            instances,
+        })
     }
-    for i in store.all_instances().await? {
-        let Some(spec) = specs.get(&(i.app.clone(), i.server.clone())) else {
-            continue;
+
+    /// Records a report; whether the instance is known and anything changed.
+    fn apply(&mut self, r: &Reported) -> bool {
+        let Some(i) = self
+            .instances
+            .get_mut(&(r.app.clone(), r.server.clone()))
+            .and_then(|all| all.iter_mut().find(|i| i.node == r.node))
+        else {
+            return false;
         };
-        let node_up = nodes.get(&i.node).is_some_and(|(up, _)| *up);
-        let healthy = spec.health.is_none() || i.health == "healthy";
-        let draining = drained.contains(&(i.app.clone(), i.server.clone(), i.node.clone()));
-        if i.state != "running" || !healthy || !node_up || draining || i.desired != "running" {
-            continue;
+        if i.state == r.state && i.health == r.health {
+            return false;
         }
-        let host = match &spec.external {
-            Some((host, _)) => host.clone(),
-            None => nodes
-                .get(&i.node)
-                .map(|(_, a)| a.clone())
-                .unwrap_or_default(),
+        i.state.clone_from(&r.state);
+        i.health.clone_from(&r.health);
+        true
+    }
+
+    /// The whole table: every adapter of every server has a name, even with no endpoint.
+    pub fn table(&self) -> Table {
+        self.specs
+            .keys()
+            .flat_map(|(app, server)| self.server_names(app, server))
+            .collect()
+    }
+
+    /// The names of one server's adapters, each with its active endpoints sorted by
+    /// host, then port.
+    fn server_names(&self, app: &str, server: &str) -> Vec<(String, Watched)> {
+        let key = (app.to_string(), server.to_string());
+        let Some(spec) = self.specs.get(&key) else {
+            return Vec::new();
         };
-        for a in &spec.adapters {
-            let port = match &spec.external {
-                Some((_, port)) => Some(*port),
-                None => ports
-                    .get(&(i.app.clone(), i.server.clone(), i.node.clone()))
-                    .and_then(|p| p.get(&a.name).copied()),
+        let mut names: Vec<(String, Vec<Endpoint>)> = spec
+            .adapters
+            .iter()
+            .map(|a| (format!("{app}.{server}.{}", a.name), Vec::new()))
+            .collect();
+        for i in self.instances.get(&key).into_iter().flatten() {
+            let node_up = self.nodes.get(&i.node).is_some_and(|(up, _)| *up);
+            let healthy = spec.health.is_none() || i.health == "healthy";
+            let draining =
+                self.drained
+                    .contains(&(app.to_string(), server.to_string(), i.node.clone()));
+            if i.state != "running" || !healthy || !node_up || draining || i.desired != "running" {
+                continue;
+            }
+            let host = match &spec.external {
+                Some((host, _)) => host.clone(),
+                None => self
+                    .nodes
+                    .get(&i.node)
+                    .map(|(_, a)| a.clone())
+                    .unwrap_or_default(),
             };
-            if let Some(port) = port {
-                table
-                    .entry(format!("{}.{}.{}", i.app, i.server, a.name))
-                    .or_default()
-                    .push(Endpoint {
+            let ports = self
+                .ports
+                .get(&(app.to_string(), server.to_string(), i.node.clone()));
+            for (a, (_, eps)) in spec.adapters.iter().zip(names.iter_mut()) {
+                let port = match &spec.external {
+                    Some((_, port)) => Some(*port),
+                    None => ports.and_then(|p| p.get(&a.name).copied()),
+                };
+                if let Some(port) = port {
+                    eps.push(Endpoint {
                         node: i.node.clone(),
                         host: host.clone(),
                         port: u32::from(port),
                     });
+                }
             }
         }
+        names
+            .into_iter()
+            .map(|(name, mut eps)| {
+                eps.sort_by(|a, b| (&a.host, a.port, &a.node).cmp(&(&b.host, b.port, &b.node)));
+                (name, Arc::new(eps))
+            })
+            .collect()
     }
-    Ok(table
-        .into_iter()
-        .map(|(name, mut eps)| {
-            eps.sort_by(|a, b| (&a.host, a.port, &a.node).cmp(&(&b.host, b.port, &b.node)));
-            (name, Arc::new(eps))
-        })
-        .collect())
 }
 
 /// Keeps the table current until shutdown; when it changes, nodes whose config
@@ -222,14 +371,15 @@ pub async fn run(shared: Arc<Shared>) {
             () = shared.discovery.poke.notified() => {}
             _ = safety.tick() => {}
         }
-        let table = match compute(&shared.store).await {
-            Ok(t) => t,
+        shared.discovery.reading();
+        let inputs = match Inputs::read(&shared.store).await {
+            Ok(i) => i,
             Err(e) => {
                 warn!(cause = %e, "cannot compute the discovery table");
                 continue;
             }
         };
-        if shared.discovery.publish(table) {
+        if shared.discovery.recomputed(inputs) {
             rerender(&shared).await;
         }
     }
@@ -237,7 +387,7 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// Nodes running instances with config templates that call `endpoints(...)` are sent
 /// their desired state again, rendered with the new table.
-async fn rerender(shared: &Shared) {
+pub async fn rerender(shared: &Shared) {
     let Ok(servers) = shared.store.list_servers().await else {
         return;
     };
@@ -303,6 +453,84 @@ mod tests {
         assert!(matches!(rx.has_changed(), Ok(true)));
         assert_eq!(rx.borrow_and_update().len(), 2);
         assert!(matches!(unknown.has_changed(), Ok(false)));
+    }
+
+    /// demo.echo on n1 and n2 (port 20001 each), both running, no health check.
+    fn inputs() -> Inputs {
+        let spec = crate::spec::parse(
+            "app = \"demo\"\nserver = \"echo\"\nnodes = [\"n1\", \"n2\"]\n\
+             command = [\"bin/echo\"]\n[[adapters]]\nname = \"Main\"\nport = 20001\n",
+            "demo.toml",
+        )
+        .expect("valid spec");
+        let mut i = Inputs::default();
+        for (node, ip) in [("n1", "127.0.0.2"), ("n2", "127.0.0.3")] {
+            i.nodes.insert(node.into(), (true, ip.into()));
+            i.ports.insert(
+                ("demo".into(), "echo".into(), node.into()),
+                BTreeMap::from([("Main".to_string(), 20001)]),
+            );
+            i.instances
+                .entry(("demo".into(), "echo".into()))
+                .or_default()
+                .push(Instance {
+                    node: node.into(),
+                    desired: "running".into(),
+                    state: "running".into(),
+                    health: String::new(),
+                });
+        }
+        i.specs.insert(("demo".into(), "echo".into()), spec);
+        i
+    }
+
+    fn nodes(rx: &mut watch::Receiver<Watched>) -> Vec<String> {
+        rx.borrow_and_update()
+            .iter()
+            .map(|e| e.node.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_report_is_published_without_a_recomputation() {
+        let d = Discovery::default();
+        // Before the first recomputation there is nothing to apply a report to.
+        assert!(!d.instance_reported("n1", "demo", "echo", "stopped", ""));
+        d.reading();
+        assert!(d.recomputed(inputs()));
+        let mut rx = d.watch_name("demo.echo.Main");
+        assert_eq!(nodes(&mut rx), ["n1", "n2"]);
+
+        assert!(d.instance_reported("n1", "demo", "echo", "stopped", ""));
+        assert!(matches!(rx.has_changed(), Ok(true)));
+        assert_eq!(nodes(&mut rx), ["n2"]);
+        // The same report again, or one for an instance the model does not hold: no change.
+        assert!(!d.instance_reported("n1", "demo", "echo", "stopped", ""));
+        assert!(!d.instance_reported("n9", "demo", "echo", "running", ""));
+        assert!(!d.instance_reported("n1", "demo", "other", "running", ""));
+        assert!(matches!(rx.has_changed(), Ok(false)));
+
+        // A recomputation that read the database before the next report was written
+        // must not send the older state again.
+        d.reading();
+        assert!(d.instance_reported("n1", "demo", "echo", "running", ""));
+        assert_eq!(nodes(&mut rx), ["n1", "n2"]);
+        let mut stale = inputs();
+        stale.apply(&Reported {
+            app: "demo".into(),
+            server: "echo".into(),
+            node: "n1".into(),
+            state: "stopped".into(),
+            health: String::new(),
+        });
+        assert!(!d.recomputed(stale), "the report made during the read wins");
+        assert!(matches!(rx.has_changed(), Ok(false)));
+        // The next recomputation reads the database as it is now.
+        d.reading();
+        let mut down = inputs();
+        down.nodes.insert("n2".into(), (false, "127.0.0.3".into()));
+        assert!(d.recomputed(down));
+        assert_eq!(nodes(&mut rx), ["n1"]);
     }
 
     #[test]
