@@ -4,8 +4,15 @@
 //!    what is already there after an interruption, and verify the sha256 of the whole;
 //!    rename to `cache/<sha256>` (skipped when that is already present);
 //! 2. unpack, checking every entry, into `releases/<version>.partial/`; rename to
-//!    `releases/<version>/` (with `releases/<version>.sha256` beside it);
+//!    `releases/<version>/` (with `releases/<version>.sha256` beside it) once the
+//!    download is verified;
 //! 3. [`switch`] the instance's `current` symlink by atomic rename.
+//!
+//! Steps 1 and 2 overlap: while the package downloads, every byte written to the cache
+//! is also handed to an unpacker on a thread of its own, so the release is all but
+//! unpacked when the last chunk arrives. Nothing it wrote is used before the sha256 of
+//! the whole download matches; on a mismatch it is thrown away. A cached package (or a
+//! download whose stream could not be followed) is unpacked from the cache file.
 //!
 //! An agent killed at any point leaves at most a `.partial` file or directory, which
 //! the next attempt resumes or removes; `current` only ever points at a complete release.
@@ -21,6 +28,10 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use super::{Limits, PackageError, unpack::unpack};
+
+/// Chunks queued between the download and the unpacker (1 MiB each, as the registry
+/// sends them): enough to keep both busy, little enough to keep memory flat.
+const UNPACK_QUEUE: usize = 4;
 
 /// Progress of an install, for status reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -112,24 +123,70 @@ impl Installer {
             });
         };
         report("downloading", 0);
-        let cached = self.download(app, server, pkg, &report).await?;
+        let version = pkg.version.as_str();
+        let releases = instance_dir.join("releases");
+        let partial = releases.join(format!("{version}.partial"));
+        std::fs::create_dir_all(&releases).map_err(io_err(version, &releases))?;
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(io_err(version, &partial))?;
+        }
+        let mut unpacker = if self.is_cached(pkg) {
+            Unpacker::Off
+        } else {
+            Unpacker::start(partial.clone(), self.limits)
+        };
+        let cached = match self
+            .download(app, server, pkg, &report, &mut unpacker)
+            .await
+        {
+            Ok(cached) => cached,
+            Err(e) => {
+                unpacker.abandon().await;
+                let _ = std::fs::remove_dir_all(&partial);
+                return Err(e);
+            }
+        };
         report("unpacking", 100);
-        let (dir, version, limits, sha) = (
-            instance_dir.to_path_buf(),
-            pkg.version.clone(),
-            self.limits,
-            pkg.sha256.clone(),
-        );
-        let release = tokio::task::spawn_blocking(move || {
-            unpack_release(&cached, &dir, &version, &sha, limits)
-        })
-        .await
-        .map_err(|e| InstallError::Download {
-            version: pkg.version.clone(),
-            reason: e.to_string(),
-        })??;
+        if unpacker.fed() != pkg.size {
+            // The download did not go through it (another install had just cached the
+            // package): unpack from the file.
+            unpacker.abandon().await;
+        }
+        let unpacked = match unpacker.finish().await {
+            Some(result) => result,
+            None => {
+                let (cached, partial, limits) = (cached.clone(), partial.clone(), self.limits);
+                tokio::task::spawn_blocking(move || {
+                    // Whatever an abandoned unpacker left goes first.
+                    if partial.exists() {
+                        std::fs::remove_dir_all(&partial).map_err(|source| {
+                            PackageError::Write {
+                                path: partial.display().to_string(),
+                                source,
+                            }
+                        })?;
+                    }
+                    unpack_file(&cached, &partial, limits)
+                })
+                .await
+                .unwrap_or_else(|e| Err(PackageError::Corrupt(std::io::Error::other(e))))
+            }
+        };
+        if let Err(source) = unpacked {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(InstallError::Package {
+                version: pkg.version.clone(),
+                source,
+            });
+        }
+        let release = finish_release(instance_dir, version, &pkg.sha256)?;
         report("ready", 100);
         Ok(release)
+    }
+
+    fn is_cached(&self, pkg: &PackageRef) -> bool {
+        std::fs::metadata(self.data_dir.join("cache").join(&pkg.sha256))
+            .is_ok_and(|m| m.len() == pkg.size)
     }
 
     /// Downloads into the cache, resuming a partial file; returns the verified file.
@@ -139,6 +196,7 @@ impl Installer {
         server: &str,
         pkg: &PackageRef,
         report: &impl Fn(&str, u32),
+        unpacker: &mut Unpacker,
     ) -> Result<PathBuf, InstallError> {
         let cache = self.data_dir.join("cache");
         std::fs::create_dir_all(&cache).map_err(io_err(&pkg.version, &cache))?;
@@ -149,7 +207,10 @@ impl Installer {
         let partial = cache.join(format!("{}.partial", pkg.sha256));
         let mut attempts = 0;
         loop {
-            match self.fetch(app, server, pkg, &partial, report).await {
+            match self
+                .fetch(app, server, pkg, &partial, report, unpacker)
+                .await
+            {
                 Ok(()) => break,
                 Err(e @ InstallError::Checksum { .. }) => {
                     let _ = std::fs::remove_file(&partial);
@@ -177,6 +238,7 @@ impl Installer {
         pkg: &PackageRef,
         partial: &Path,
         report: &impl Fn(&str, u32),
+        unpacker: &mut Unpacker,
     ) -> Result<(), InstallError> {
         let version = pkg.version.as_str();
         let failed = |reason: String| InstallError::Download {
@@ -194,17 +256,30 @@ impl Installer {
             file.set_len(0).map_err(io_err(version, partial))?;
             offset = 0;
         }
+        if unpacker.fed() > offset {
+            // It has seen bytes the file no longer holds: unpack from the file instead.
+            unpacker.abandon().await;
+        }
         // The hash covers the whole file: what an earlier attempt wrote, then the rest.
         let mut hasher = Sha256::new();
         let mut existing = std::fs::File::open(partial).map_err(io_err(version, partial))?;
         let mut buf = vec![0u8; 1 << 20];
         let mut hashed = 0;
         while hashed < offset {
-            let n = existing.read(&mut buf).map_err(io_err(version, partial))?;
+            let want = usize::try_from(offset - hashed).unwrap_or(usize::MAX);
+            let n = existing
+                .read(&mut buf[..want.min(1 << 20)])
+                .map_err(io_err(version, partial))?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
+            // The unpacker gets what it has not seen of the file (all of it, after a
+            // restart of the agent).
+            let seen = unpacker.fed().saturating_sub(hashed).min(n as u64) as usize;
+            if seen < n {
+                unpacker.feed_slice(&buf[seen..n]).await;
+            }
             hashed += n as u64;
         }
         drop(buf);
@@ -252,6 +327,7 @@ impl Installer {
             hasher.update(&chunk.data);
             file.write_all(&chunk.data)
                 .map_err(io_err(version, partial))?;
+            unpacker.feed(chunk.data).await;
             // Progress in steps of 5 %: each report is a status message the registry
             // writes to its database.
             let percent = (received * 100 / pkg.size.max(1)) as u32 / 5 * 5;
@@ -276,29 +352,123 @@ impl Installer {
     }
 }
 
-/// Unpacks a cached package into `releases/<version>` by way of a `.partial` directory.
-fn unpack_release(
-    cached: &Path,
-    instance_dir: &Path,
-    version: &str,
-    sha: &str,
-    limits: Limits,
-) -> Result<PathBuf, InstallError> {
+/// Unpacks a package's bytes as they arrive: fed the whole package in order, from its
+/// first byte, it unpacks into the `.partial` directory on a blocking thread.
+enum Unpacker {
+    Streaming {
+        tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+        fed: u64,
+        task: tokio::task::JoinHandle<Result<u64, PackageError>>,
+    },
+    /// Not following the download: the release is unpacked from the cache file.
+    Off,
+}
+
+impl Unpacker {
+    fn start(dest: PathBuf, limits: Limits) -> Unpacker {
+        let (tx, rx) = tokio::sync::mpsc::channel(UNPACK_QUEUE);
+        let reader = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        };
+        let task = tokio::task::spawn_blocking(move || unpack(reader, &dest, limits));
+        Unpacker::Streaming {
+            tx: Some(tx),
+            fed: 0,
+            task,
+        }
+    }
+
+    /// How many bytes of the package it has been given.
+    fn fed(&self) -> u64 {
+        match self {
+            Unpacker::Streaming { fed, .. } => *fed,
+            Unpacker::Off => 0,
+        }
+    }
+
+    /// The next bytes of the package. When the unpacker has stopped (a refused entry,
+    /// or the end of the archive), the rest is not needed: it is dropped.
+    async fn feed(&mut self, data: Vec<u8>) {
+        if let Unpacker::Streaming { tx, fed, .. } = self {
+            *fed += data.len() as u64;
+            if let Some(sender) = tx
+                && sender.send(data).await.is_err()
+            {
+                *tx = None;
+            }
+        }
+    }
+
+    /// As [`Unpacker::feed`], copying only if the unpacker still reads.
+    async fn feed_slice(&mut self, data: &[u8]) {
+        match self {
+            Unpacker::Streaming { tx: Some(_), .. } => self.feed(data.to_vec()).await,
+            Unpacker::Streaming { fed, .. } => *fed += data.len() as u64,
+            Unpacker::Off => {}
+        }
+    }
+
+    /// Stops following the download; whatever it unpacked is left for the caller to
+    /// remove or redo.
+    async fn abandon(&mut self) {
+        if let Unpacker::Streaming { tx, task, .. } = std::mem::replace(self, Unpacker::Off) {
+            drop(tx);
+            let _ = task.await;
+        }
+    }
+
+    /// The end of the download: what the unpacking came to, or None if it was not
+    /// following the download.
+    async fn finish(self) -> Option<Result<u64, PackageError>> {
+        let Unpacker::Streaming { tx, task, .. } = self else {
+            return None;
+        };
+        drop(tx);
+        Some(
+            task.await
+                .unwrap_or_else(|e| Err(PackageError::Corrupt(std::io::Error::other(e)))),
+        )
+    }
+}
+
+/// The package's bytes, as the download hands them over; the end when it stops.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(next) => {
+                    self.buf = next;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Unpacks a cached package into `dest`.
+fn unpack_file(cached: &Path, dest: &Path, limits: Limits) -> Result<u64, PackageError> {
+    let file = std::fs::File::open(cached).map_err(PackageError::Corrupt)?;
+    unpack(std::io::BufReader::new(file), dest, limits)
+}
+
+/// Makes the unpacked `releases/<version>.partial` the release `releases/<version>`.
+fn finish_release(instance_dir: &Path, version: &str, sha: &str) -> Result<PathBuf, InstallError> {
     let releases = instance_dir.join("releases");
     let partial = releases.join(format!("{version}.partial"));
     let target = releases.join(version);
-    std::fs::create_dir_all(&releases).map_err(io_err(version, &releases))?;
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).map_err(io_err(version, &partial))?;
-    }
-    let file = std::fs::File::open(cached).map_err(io_err(version, cached))?;
-    if let Err(source) = unpack(std::io::BufReader::new(file), &partial, limits) {
-        let _ = std::fs::remove_dir_all(&partial);
-        return Err(InstallError::Package {
-            version: version.to_string(),
-            source,
-        });
-    }
     if target.exists() {
         // Another package under the same version (removed and uploaded again).
         let old = releases.join(format!("{version}.old"));
@@ -373,5 +543,67 @@ pub fn collect_garbage(data_dir: &Path, instance_dir: &Path, keep: usize, protec
                 let _ = std::fs::remove_file(f.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A .tar.gz holding `data.bin` with `data`.
+    fn package(data: &[u8]) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "data.bin", data).expect("append");
+        b.into_inner().expect("tar").finish().expect("gz")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_unpacker_follows_a_download_piece_by_piece() {
+        let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+        let pkg = package(&data);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("1.0.0.partial");
+        let mut u = Unpacker::start(dest.clone(), Limits::default());
+        for piece in pkg.chunks(100_000) {
+            u.feed(piece.to_vec()).await;
+        }
+        assert_eq!(u.fed(), pkg.len() as u64);
+        assert_eq!(u.finish().await.expect("following").expect("unpacks"), 1);
+        assert_eq!(std::fs::read(dest.join("data.bin")).expect("data"), data);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cut_download_or_a_refused_entry_is_an_error_and_abandon_stops_it() {
+        let pkg = package(&vec![7u8; 1 << 20]);
+        let dir = tempfile::tempdir().expect("tempdir");
+
+        let mut cut = Unpacker::start(dir.path().join("cut"), Limits::default());
+        cut.feed_slice(&pkg[..pkg.len() / 2]).await;
+        let err = cut.finish().await.expect("following").expect_err("cut");
+        assert!(matches!(err, PackageError::Corrupt(_)), "{err}");
+
+        // Too big: the unpacker stops early; the rest of the download is still counted
+        // (it is hashed and cached) but not copied to it.
+        let limits = Limits {
+            max_unpacked_bytes: 1000,
+            max_entries: 10,
+        };
+        let mut big = Unpacker::start(dir.path().join("big"), limits);
+        for piece in pkg.chunks(4096) {
+            big.feed_slice(piece).await;
+        }
+        assert_eq!(big.fed(), pkg.len() as u64);
+        let err = big.finish().await.expect("following").expect_err("too big");
+        assert!(matches!(err, PackageError::TooBig { .. }), "{err}");
+
+        let mut gone = Unpacker::start(dir.path().join("gone"), Limits::default());
+        gone.feed_slice(&pkg[..1000]).await;
+        gone.abandon().await;
+        assert_eq!(gone.fed(), 0);
+        assert!(gone.finish().await.is_none(), "no longer following");
     }
 }
