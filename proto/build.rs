@@ -18,6 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("corral_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // Package chunks: the registry shares one read of a chunk between the downloads
+        // that send it, and the agent takes it out of the receive buffer without a copy.
+        .bytes(".corral.v1.DownloadChunk.data")
+        .compile_fds(descriptors)?;
     Ok(())
 }

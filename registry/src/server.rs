@@ -35,6 +35,8 @@ pub struct Shared {
     /// Rollouts this replica drives now.
     pub driven_rollouts: std::sync::Mutex<std::collections::HashSet<i64>>,
     pub discovery: crate::discovery::Discovery,
+    /// Package chunks read for the downloads running now.
+    pub chunks: crate::download::ChunkCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,7 @@ pub async fn run(
         replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
         driven_rollouts: Default::default(),
         discovery: Default::default(),
+        chunks: Default::default(),
     });
 
     shared.tracker.spawn(flush_heartbeats(shared.clone()));

@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use corral_proto::v1::agent_client::AgentClient;
 use corral_proto::v1::{DownloadRequest, PackageRef};
 use sha2::{Digest, Sha256};
@@ -356,7 +357,7 @@ impl Installer {
 /// first byte, it unpacks into the `.partial` directory on a blocking thread.
 enum Unpacker {
     Streaming {
-        tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+        tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
         fed: u64,
         task: tokio::task::JoinHandle<Result<u64, PackageError>>,
     },
@@ -369,7 +370,7 @@ impl Unpacker {
         let (tx, rx) = tokio::sync::mpsc::channel(UNPACK_QUEUE);
         let reader = ChannelReader {
             rx,
-            buf: Vec::new(),
+            buf: Bytes::new(),
             pos: 0,
         };
         let task = tokio::task::spawn_blocking(move || unpack(reader, &dest, limits));
@@ -390,7 +391,7 @@ impl Unpacker {
 
     /// The next bytes of the package. When the unpacker has stopped (a refused entry,
     /// or the end of the archive), the rest is not needed: it is dropped.
-    async fn feed(&mut self, data: Vec<u8>) {
+    async fn feed(&mut self, data: Bytes) {
         if let Unpacker::Streaming { tx, fed, .. } = self {
             *fed += data.len() as u64;
             if let Some(sender) = tx
@@ -404,7 +405,9 @@ impl Unpacker {
     /// As [`Unpacker::feed`], copying only if the unpacker still reads.
     async fn feed_slice(&mut self, data: &[u8]) {
         match self {
-            Unpacker::Streaming { tx: Some(_), .. } => self.feed(data.to_vec()).await,
+            Unpacker::Streaming { tx: Some(_), .. } => {
+                self.feed(Bytes::copy_from_slice(data)).await;
+            }
             Unpacker::Streaming { fed, .. } => *fed += data.len() as u64,
             Unpacker::Off => {}
         }
@@ -435,8 +438,8 @@ impl Unpacker {
 
 /// The package's bytes, as the download hands them over; the end when it stops.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    buf: Bytes,
     pos: usize,
 }
 
@@ -569,7 +572,7 @@ mod tests {
         let dest = dir.path().join("1.0.0.partial");
         let mut u = Unpacker::start(dest.clone(), Limits::default());
         for piece in pkg.chunks(100_000) {
-            u.feed(piece.to_vec()).await;
+            u.feed(Bytes::copy_from_slice(piece)).await;
         }
         assert_eq!(u.fed(), pkg.len() as u64);
         assert_eq!(u.finish().await.expect("following").expect("unpacks"), 1);
