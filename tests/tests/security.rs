@@ -340,6 +340,32 @@ fn services_do_not_run_as_root_unless_allowed() {
         uid.split_whitespace().nth(1) == Some(&nobody.to_string()),
         "{uid}"
     );
+    // Its groups are the user's, as a login (initgroups) or systemd's User= gives them:
+    // not none at all, and not the agent's.
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("lookup")
+        .expect("nobody exists");
+    let mut want: Vec<u32> = nix::unistd::getgrouplist(c"nobody", nobody.gid)
+        .expect("getgrouplist")
+        .iter()
+        .map(|g| g.as_raw())
+        .collect();
+    want.sort_unstable();
+    want.dedup();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line"))
+            .split_whitespace()
+            .skip(1)
+            .map(|g| g.parse::<u32>().expect("a number"))
+            .collect::<Vec<u32>>()
+    };
+    let mut groups = field("Groups:");
+    groups.sort_unstable();
+    assert_eq!(groups, want, "supplementary groups of the service");
+    assert_eq!(field("Gid:")[0], nobody.gid.as_raw(), "primary group");
 }
 
 /// The client resolver presents a token to a registry whose discovery is not public.

@@ -57,8 +57,38 @@ pub struct SpawnPlan {
     pub cwd: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
-    /// uid and gid to run as; None: the agent's own.
-    pub user: Option<(u32, u32)>,
+    /// The user to run as; None: the agent's.
+    pub user: Option<ServiceUser>,
+}
+
+/// Who a service runs as: the user's uid, primary gid and every group it belongs to
+/// (as `initgroups(3)` gives a login, and systemd's `User=` a service).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl ServiceUser {
+    /// Looks the user up by name.
+    pub fn lookup(name: &str) -> Result<(ServiceUser, nix::unistd::User), String> {
+        let u = nix::unistd::User::from_name(name)
+            .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
+            .ok_or_else(|| format!("unknown user {name:?}"))?;
+        let cname = std::ffi::CString::new(name)
+            .map_err(|_| format!("user name {name:?} contains a NUL byte"))?;
+        let groups = nix::unistd::getgrouplist(&cname, u.gid)
+            .map_err(|e| format!("cannot list the groups of user {name:?}: {e}"))?;
+        Ok((
+            ServiceUser {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                groups: groups.iter().map(|g| g.as_raw()).collect(),
+            },
+            u,
+        ))
+    }
 }
 
 enum Watch {
@@ -317,27 +347,54 @@ fn posix_spawn_session(
 }
 
 /// Starts a service that runs as another user: posix_spawn cannot change the user, so
-/// this forks (std's `Command`, setsid(2) before the exec).
+/// this forks (std's `Command`). In the child, before the exec: setsid(2), then the
+/// user's groups, gid and uid, then the working directory, entered as that user.
+#[allow(unsafe_code)]
 fn fork_as_user(
     program: &Path,
     plan: &SpawnPlan,
-    (uid, gid): (u32, u32),
+    user: &ServiceUser,
     stdout: File,
     stderr: File,
 ) -> std::io::Result<u32> {
+    use std::os::unix::ffi::OsStrExt as _;
     use std::os::unix::process::CommandExt as _;
+    let cwd = std::ffi::CString::new(plan.cwd.as_os_str().as_bytes()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the working directory contains a NUL byte",
+        )
+    })?;
+    let groups: Vec<libc::gid_t> = user.groups.clone();
+    let (uid, gid) = (user.uid, user.gid);
     let mut cmd = std::process::Command::new(program);
     cmd.arg0(&plan.program)
         .args(&plan.args)
         .env_clear()
         .envs(plan.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&plan.cwd)
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(stderr)
-        .uid(uid)
-        .gid(gid);
+        .stderr(stderr);
     new_session(&mut cmd);
+    // std's `uid()` would drop every supplementary group (its `groups()` is unstable), so
+    // the ids are set here. SAFETY: the closure runs in the forked child before exec and
+    // only calls setgroups(2), setgid(2), setuid(2) and chdir(2), which are
+    // async-signal-safe, on memory made before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))?;
+            check(libc::chdir(cwd.as_ptr()))
+        });
+    }
     // Dropping a std Child neither waits nor kills: the pidfd watches it from here on.
     Ok(cmd.spawn()?.id())
 }
@@ -365,7 +422,7 @@ pub fn spawn(plan: &SpawnPlan) -> Result<Proc, SpawnError> {
     };
     let program = resolve_program(&plan.program, &plan.env).map_err(exec_error)?;
     let pid = match plan.user {
-        Some(user) => fork_as_user(&program, plan, user, stdout, stderr),
+        Some(ref user) => fork_as_user(&program, plan, user, stdout, stderr),
         None => posix_spawn_session(&program, plan, &stdout, &stderr),
     }
     .map_err(exec_error)?;

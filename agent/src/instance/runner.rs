@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::health::{self, Health};
 use super::memory::{self, Memory};
-use super::process::{self, ExitInfo, Proc, SpawnPlan};
+use super::process::{self, ExitInfo, Proc, ServiceUser, SpawnPlan};
 use super::state::{Action, Event, Machine, Policy, RestartKind, State, step};
 use super::{Desired, spec_hash};
 use crate::package::install::{self, InstallError, Installer, Progress};
@@ -959,19 +959,19 @@ impl Runner {
         let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
         let mut user = None;
         if !spec.user.is_empty() {
-            let u = nix::unistd::User::from_name(&spec.user)
-                .map_err(|e| format!("cannot look up user {:?}: {e}", spec.user))?
-                .ok_or_else(|| format!("unknown user {:?}", spec.user))?;
+            let (service_user, u) = ServiceUser::lookup(&spec.user)?;
             env.push(("HOME".into(), u.dir.display().to_string()));
             env.push(("USER".into(), u.name.clone()));
             env.push(("LOGNAME".into(), u.name.clone()));
             let data = self.dir.join("data");
             let _ = nix::unistd::chown(&data, Some(u.uid), Some(u.gid));
-            user = Some((u.uid.as_raw(), u.gid.as_raw()));
+            user = Some(service_user);
         } else if let Ok(home) = std::env::var("HOME") {
             env.push(("HOME".into(), home));
         }
-        let uid = user.map_or_else(|| nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
+        let uid = user
+            .as_ref()
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid);
         if uid == 0 && !self.shared.allow_root {
             return Err(
                 "services may not run as root on this node: set user = \"...\" in the spec, \
