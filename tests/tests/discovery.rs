@@ -157,7 +157,8 @@ fn scale_out_flow() {
             && text.contains("nothing changed"),
         "{text}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // A preview adds no instance (the check below); so nothing new can start and
+    // enter discovery either.
     assert_eq!(
         endpoints(&f.registry, "chain0.gw.Main").expect("eps").len(),
         2,
@@ -555,7 +556,8 @@ impl Drop for ExternalSvc {
 }
 
 /// The client resolver follows a name through a locator list whose first registry is
-/// dead, and keeps the last list when the registry goes away.
+/// dead (it accepts connections and closes them at once), and keeps the last list when
+/// the registry goes away.
 #[test]
 fn resolver_follows_and_survives_registry_loss() {
     let mut f = fleet(1);
@@ -568,11 +570,20 @@ fn resolver_follows_and_survives_registry_loss() {
         e.len() == 1
     });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let locator = format!(
-        "http://127.0.0.1:{},{}",
-        corral_tests::free_port(),
-        f.registry.addr()
-    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    // How many connections the dead registry has had: it closes each at once. (The
+    // thread blocks in accept until the test process ends.)
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = tries.clone();
+    std::thread::spawn(move || {
+        for conn in dead.incoming() {
+            drop(conn);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let count_tries = || tries.load(std::sync::atomic::Ordering::SeqCst);
+    let locator = format!("http://{dead_addr},{}", f.registry.addr());
     let resolver = corral_client::Resolver::new(&locator, "demo.svc.Main").expect("resolver");
     let rx = rt.block_on(async { resolver.watch() });
     let seen = wait_until("the resolver's list", 20 * S, || {
@@ -584,8 +595,17 @@ fn resolver_follows_and_survives_registry_loss() {
         }
     });
     assert_eq!(seen[0].host, f.agents[0].ip);
+    let before = count_tries();
     f.registry.kill();
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the resolver tries the dead registry again, it has seen the live one go.
+    wait_until("the resolver to try the other registry", 20 * S, || {
+        let now = count_tries();
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("{now} tries"))
+        }
+    });
     assert_eq!(
         rx.borrow().len(),
         1,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use corral_proto::v1::agent_client::AgentClient;
 use corral_proto::v1::agent_message::Body;
-use corral_proto::v1::{AgentMessage, DownloadRequest, Hello, InstanceStatus};
+use corral_proto::v1::{AgentMessage, DownloadRequest, Hello, InstanceEvent, InstanceStatus};
 use corral_tests::packages::release;
 use corral_tests::{Agent, Backend, Registry, TestDb, bin, wait_until};
 use tokio_stream::StreamExt as _;
@@ -238,6 +238,20 @@ fn a_node_cannot_act_for_another() {
         })
         .await
         .expect("status");
+        // The registry handles a session's messages in order: once this event is
+        // recorded, the forged report has been handled too.
+        tx.send(AgentMessage {
+            body: Some(Body::Event(InstanceEvent {
+                app: "demo".into(),
+                server: "app".into(),
+                from: "forged".into(),
+                to: "barrier".into(),
+                reason: "the forged report has been handled".into(),
+                at_ms: 0,
+            })),
+        })
+        .await
+        .expect("event");
         // Its identity does not get it node-b's package, nor a server it does not run.
         let as_b = DownloadRequest {
             node: "node-b".into(),
@@ -271,7 +285,14 @@ fn a_node_cannot_act_for_another() {
         );
         drop(tx);
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the impostor's barrier event", 20 * S, || {
+        let events = registry.events("demo.app");
+        if events.iter().any(|e| e["to"] == "barrier") {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
+    });
     let after = registry
         .instance("demo.app", "node-b")
         .expect("node-b's instance");
