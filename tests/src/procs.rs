@@ -140,18 +140,27 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Starts a registry on fresh ports and waits until it answers.
+    /// Starts a registry on fresh ports and waits until it answers. A free port can be
+    /// taken by another test before the registry binds it: then it starts again on
+    /// other ports.
     pub fn start(dir: &Path, db_url: &str, extra: &[&str]) -> Registry {
-        Registry::start_on(dir, db_url, extra, free_port(), free_port())
+        let mut attempt = 1;
+        loop {
+            match Registry::start_on(dir, db_url, extra, free_port(), free_port()) {
+                Ok(r) => return r,
+                Err(e) if e.contains("Address already in use") && attempt < 5 => attempt += 1,
+                Err(e) => panic!("the registry did not start: {e}"),
+            }
+        }
     }
 
-    pub fn start_on(
+    fn start_on(
         dir: &Path,
         db_url: &str,
         extra: &[&str],
         grpc_port: u16,
         http_port: u16,
-    ) -> Registry {
+    ) -> Result<Registry, String> {
         // The CLI calls of the harness use the first admin token the registry was given.
         let token = extra
             .windows(2)
@@ -177,11 +186,12 @@ impl Registry {
             dir: dir.to_path_buf(),
             starts: 0,
         };
-        r.launch();
-        r
+        r.launch()?;
+        Ok(r)
     }
 
-    fn launch(&mut self) {
+    /// Starts the process and waits until it answers; Err(its log) if it exits first.
+    fn launch(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(bin("registry"));
         cmd.arg("serve")
             .arg("--listen")
@@ -210,15 +220,15 @@ impl Registry {
         let proc = &mut self.proc;
         wait_until("registry to answer", Duration::from_secs(30), || {
             if !proc.running() {
-                return Err(format!("registry exited: {}", proc.log_text()));
+                return Ok(Err(format!("registry exited: {}", proc.log_text())));
             }
             let out = probe.output().map_err(|e| e.to_string())?;
             if out.status.success() {
-                Ok(())
+                Ok(Ok(()))
             } else {
                 Err(String::from_utf8_lossy(&out.stderr).into())
             }
-        });
+        })
     }
 
     /// `http://127.0.0.1:PORT` (`https://` with TLS)
@@ -242,7 +252,9 @@ impl Registry {
     /// Starts the registry again on the same ports and database.
     pub fn restart(&mut self) {
         self.proc.kill();
-        self.launch();
+        if let Err(e) = self.launch() {
+            panic!("the registry did not start again: {e}");
+        }
     }
 
     /// Runs an admin command against this registry.
