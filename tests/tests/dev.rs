@@ -17,22 +17,53 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Starts `registry dev` in `dir` on free ports; its gRPC port. A free port can be taken
+/// by another test before it binds it: then it starts again on other ports.
+fn start_dev(dir: &std::path::Path) -> (KillOnDrop, u16) {
+    let stderr = dir.join("dev.stderr");
+    for _ in 0..5 {
+        let grpc = free_port();
+        let child = Command::new(bin("registry"))
+            .current_dir(dir)
+            .args(["dev", "--listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--http", &format!("127.0.0.1:{}", free_port())])
+            .args(["--agent-http", &format!("127.0.0.1:{}", free_port())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .process_group(0)
+            .spawn()
+            .expect("spawn registry dev");
+        let mut child = KillOnDrop(child);
+        let addr = format!("http://127.0.0.1:{grpc}");
+        let up = wait_until("registry dev to answer", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+                return Ok(Err(format!("registry dev exited ({status}): {log}")));
+            }
+            let out = Command::new(bin("registry"))
+                .args(["node", "list", "--addr", &addr])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(Ok(()))
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into())
+            }
+        });
+        match up {
+            Ok(()) => return (child, grpc),
+            Err(e) if e.contains("Address already in use") => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("registry dev found no free ports in 5 tries");
+}
+
 #[test]
 fn dev_shows_this_host_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let grpc = free_port();
-    let child = Command::new(bin("registry"))
-        .current_dir(dir.path())
-        .args(["dev", "--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http", &format!("127.0.0.1:{}", free_port())])
-        .args(["--agent-http", &format!("127.0.0.1:{}", free_port())])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn registry dev");
-    let mut child = KillOnDrop(child);
+    let (mut child, grpc) = start_dev(dir.path());
     let addr = format!("http://127.0.0.1:{grpc}");
     let host = corral_agent_host_name();
     let nodes = wait_until("this host up in node list", Duration::from_secs(30), || {
