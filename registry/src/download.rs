@@ -154,9 +154,13 @@ pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Strea
         let mut seq = req.offset / chunk;
         let mut skip = (req.offset % chunk) as usize;
         while seq * chunk < size {
-            let read = shared
-                .store
-                .read_chunk(&req.app, &req.server, &req.version, seq as i64);
+            let read = async {
+                shared.metrics.chunks_read.inc();
+                shared
+                    .store
+                    .read_chunk(&req.app, &req.server, &req.version, seq as i64)
+                    .await
+            };
             let data = match shared
                 .chunks
                 .get((pkg.sha256.clone(), chunk, seq), read)
@@ -182,6 +186,7 @@ pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Strea
             if tx.send(Ok(DownloadChunk { data })).await.is_err() {
                 return;
             }
+            shared.metrics.chunks_sent.inc();
             if let Some(rate) = rate {
                 // Pace to the configured rate: no faster than `rate` bytes per second.
                 let due = Duration::from_secs_f64(sent as f64 / rate as f64);

@@ -74,6 +74,10 @@ pub struct Metrics {
     pub sessions_open: Gauge,
     pub rpcs: Family<MethodLabels, Counter>,
     pub rpc_seconds: Family<MethodLabels, Histogram>,
+    /// Package chunks sent to agents, and those of them read from the database (the rest
+    /// were shared with another download running at the same time).
+    pub chunks_sent: Counter,
+    pub chunks_read: Counter,
 }
 
 impl Metrics {
@@ -110,6 +114,18 @@ impl Metrics {
             sessions_open.clone(),
         );
         registry.register("rpcs", "gRPC calls received, by method", rpcs.clone());
+        let chunks_sent = Counter::default();
+        let chunks_read = Counter::default();
+        registry.register(
+            "package_chunks_sent",
+            "Package chunks sent to agents",
+            chunks_sent.clone(),
+        );
+        registry.register(
+            "package_chunks_read",
+            "Package chunks read from the database for downloads (the others sent were shared between downloads running at the same time)",
+            chunks_read.clone(),
+        );
         registry.register(
             "rpc_duration_seconds",
             "Time to answer a gRPC call (to the response headers for streams), by method",
@@ -125,6 +141,8 @@ impl Metrics {
             sessions_open,
             rpcs,
             rpc_seconds,
+            chunks_sent,
+            chunks_read,
         })
     }
 

@@ -1,11 +1,10 @@
 //! Observability: the Prometheus `/metrics` of the registry and of the agent, and the
 //! standard gRPC health and reflection services on the registry's gRPC port.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use corral_tests::{Agent, Backend, Registry, TestDb, wait_until};
+use corral_tests::{Agent, Backend, Registry, TestDb, http_get, wait_until};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -17,31 +16,6 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 const S: Duration = Duration::from_secs(1);
-
-/// A plain HTTP/1.1 GET; the body when the answer is 200.
-fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, 2 * S).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(5 * S))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
-    if head.starts_with("HTTP/1.1 200") {
-        Ok(body.to_string())
-    } else {
-        Err(format!("GET {path}: {head}"))
-    }
-}
 
 /// Waits until `GET /metrics` at `addr` has every one of `lines`; returns the text.
 fn wait_metrics(what: &str, addr: SocketAddr, lines: &[&str]) -> String {

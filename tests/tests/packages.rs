@@ -460,6 +460,28 @@ fn an_agent_killed_mid_download_recovers() {
         std::fs::read(instance_dir.join("releases/1.0.0/data.bin")).expect("data"),
         noise
     );
+    // The registry counts the chunks it sent (the whole package at least once, over the
+    // two downloads) and those it read from the database for them.
+    let text = corral_tests::http_get(
+        format!("127.0.0.1:{}", f.registry.http_port)
+            .parse()
+            .expect("addr"),
+        "/metrics",
+    )
+    .expect("metrics");
+    let counter = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let sent = counter("corral_registry_package_chunks_sent_total");
+    let read = counter("corral_registry_package_chunks_read_total");
+    let chunks = (big.len() as u64).div_ceil(1 << 20);
+    assert!(
+        sent >= chunks,
+        "{sent} chunks sent, the package has {chunks}"
+    );
+    assert!((1..=sent).contains(&read), "{read} read for {sent} sent");
 }
 
 /// A registry killed during a rollout resumes it when it starts again: the rollout is
