@@ -76,8 +76,8 @@ impl ServiceUser {
         let u = nix::unistd::User::from_name(name)
             .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
             .ok_or_else(|| format!("unknown user {name:?}"))?;
-        let cname = std::ffi::CString::new(name)
-            .map_err(|_| format!("user name {name:?} contains a NUL byte"))?;
+        let cname =
+            CString::new(name).map_err(|_| format!("user name {name:?} contains a NUL byte"))?;
         let groups = nix::unistd::getgrouplist(&cname, u.gid)
             .map_err(|e| format!("cannot list the groups of user {name:?}: {e}"))?;
         Ok((
@@ -357,14 +357,8 @@ fn fork_as_user(
     stdout: File,
     stderr: File,
 ) -> std::io::Result<u32> {
-    use std::os::unix::ffi::OsStrExt as _;
     use std::os::unix::process::CommandExt as _;
-    let cwd = std::ffi::CString::new(plan.cwd.as_os_str().as_bytes()).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the working directory contains a NUL byte",
-        )
-    })?;
+    let cwd = c_string(plan.cwd.as_os_str().as_encoded_bytes())?;
     let groups: Vec<libc::gid_t> = user.groups.clone();
     let (uid, gid) = (user.uid, user.gid);
     let mut cmd = std::process::Command::new(program);
