@@ -28,7 +28,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use super::{Limits, PackageError, unpack::unpack};
+use super::unpack::{unpack, write_err};
+use super::{Limits, PackageError};
 
 /// Chunks queued between the download and the unpacker (1 MiB each, as the registry
 /// sends them): enough to keep both busy, little enough to keep memory flat.
@@ -160,12 +161,7 @@ impl Installer {
                 tokio::task::spawn_blocking(move || {
                     // Whatever an abandoned unpacker left goes first.
                     if partial.exists() {
-                        std::fs::remove_dir_all(&partial).map_err(|source| {
-                            PackageError::Write {
-                                path: partial.display().to_string(),
-                                source,
-                            }
-                        })?;
+                        std::fs::remove_dir_all(&partial).map_err(write_err(&partial))?;
                     }
                     unpack_file(&cached, &partial, limits)
                 })

@@ -11,7 +11,7 @@ use super::{Limits, PackageError};
 /// Bytes per write when unpacking a file.
 const WRITE_BUFFER: usize = 1 << 20;
 
-fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> PackageError + '_ {
+pub(super) fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> PackageError + '_ {
     move |source| PackageError::Write {
         path: path.display().to_string(),
         source,
