@@ -315,11 +315,10 @@ impl Inputs {
             .map(|a| (format!("{app}.{server}.{}", a.name), Vec::new()))
             .collect();
         for i in self.instances.get(&key).into_iter().flatten() {
+            let instance = (app.to_string(), server.to_string(), i.node.clone());
             let node_up = self.nodes.get(&i.node).is_some_and(|(up, _)| *up);
             let healthy = spec.health.is_none() || i.health == "healthy";
-            let draining =
-                self.drained
-                    .contains(&(app.to_string(), server.to_string(), i.node.clone()));
+            let draining = self.drained.contains(&instance);
             if i.state != "running" || !healthy || !node_up || draining || i.desired != "running" {
                 continue;
             }
@@ -331,9 +330,7 @@ impl Inputs {
                     .map(|(_, a)| a.clone())
                     .unwrap_or_default(),
             };
-            let ports = self
-                .ports
-                .get(&(app.to_string(), server.to_string(), i.node.clone()));
+            let ports = self.ports.get(&instance);
             for (a, (_, eps)) in spec.adapters.iter().zip(names.iter_mut()) {
                 let port = match &spec.external {
                     Some((_, port)) => Some(*port),
