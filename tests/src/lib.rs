@@ -8,7 +8,7 @@ pub mod packages;
 pub mod procs;
 
 pub use db::{Backend, TestDb};
-pub use procs::{Agent, Registry, bin, free_port, kill_services};
+pub use procs::{Agent, Registry, bin, free_port, kill_services, start_on_free_ports};
 
 use std::time::{Duration, Instant};
 

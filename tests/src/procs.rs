@@ -42,6 +42,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `start`, which picks free ports of its own, until it does not fail because one
+/// of them was taken by another test before the process bound it (5 tries at most);
+/// panics on any other failure, naming `what`.
+pub fn start_on_free_ports<T>(what: &str, mut start: impl FnMut() -> Result<T, String>) -> T {
+    for _ in 1..5 {
+        match start() {
+            Ok(started) => return started,
+            Err(e) if e.contains("Address already in use") => {}
+            Err(e) => panic!("{what} did not start: {e}"),
+        }
+    }
+    start().unwrap_or_else(|e| panic!("{what} did not start: {e}"))
+}
+
 /// A child process in its own process group, with stdout/stderr in files.
 struct Proc {
     child: Option<Child>,
@@ -144,14 +158,9 @@ impl Registry {
     /// taken by another test before the registry binds it: then it starts again on
     /// other ports.
     pub fn start(dir: &Path, db_url: &str, extra: &[&str]) -> Registry {
-        let mut attempt = 1;
-        loop {
-            match Registry::start_on(dir, db_url, extra, free_port(), free_port()) {
-                Ok(r) => return r,
-                Err(e) if e.contains("Address already in use") && attempt < 5 => attempt += 1,
-                Err(e) => panic!("the registry did not start: {e}"),
-            }
-        }
+        start_on_free_ports("the registry", || {
+            Registry::start_on(dir, db_url, extra, free_port(), free_port())
+        })
     }
 
     fn start_on(

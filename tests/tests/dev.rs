@@ -4,7 +4,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use corral_tests::{bin, free_port, wait_until};
+use corral_tests::{bin, free_port, start_on_free_ports, wait_until};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
@@ -21,7 +21,7 @@ impl Drop for KillOnDrop {
 /// by another test before it binds it: then it starts again on other ports.
 fn start_dev(dir: &std::path::Path) -> (KillOnDrop, u16) {
     let stderr = dir.join("dev.stderr");
-    for _ in 0..5 {
+    start_on_free_ports("registry dev", || {
         let grpc = free_port();
         let child = Command::new(bin("registry"))
             .current_dir(dir)
@@ -36,7 +36,7 @@ fn start_dev(dir: &std::path::Path) -> (KillOnDrop, u16) {
             .expect("spawn registry dev");
         let mut child = KillOnDrop(child);
         let addr = format!("http://127.0.0.1:{grpc}");
-        let up = wait_until("registry dev to answer", Duration::from_secs(30), || {
+        wait_until("registry dev to answer", Duration::from_secs(30), || {
             if let Ok(Some(status)) = child.0.try_wait() {
                 let log = std::fs::read_to_string(&stderr).unwrap_or_default();
                 return Ok(Err(format!("registry dev exited ({status}): {log}")));
@@ -50,14 +50,9 @@ fn start_dev(dir: &std::path::Path) -> (KillOnDrop, u16) {
             } else {
                 Err(String::from_utf8_lossy(&out.stderr).into())
             }
-        });
-        match up {
-            Ok(()) => return (child, grpc),
-            Err(e) if e.contains("Address already in use") => continue,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("registry dev found no free ports in 5 tries");
+        })
+        .map(|()| (child, grpc))
+    })
 }
 
 #[test]
