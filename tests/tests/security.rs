@@ -347,32 +347,7 @@ fn services_do_not_run_as_root_unless_allowed() {
     });
     corral_tests::assert_service_process(i["pid"].as_u64().expect("pid") as u32);
     let status = std::fs::read_to_string(format!("/proc/{}/status", i["pid"])).expect("status");
-    let uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .expect("Uid line")
-        .to_string();
-    let nobody = nix::unistd::User::from_name("nobody")
-        .expect("lookup")
-        .expect("nobody exists")
-        .uid
-        .as_raw();
-    assert!(
-        uid.split_whitespace().nth(1) == Some(&nobody.to_string()),
-        "{uid}"
-    );
-    // Its groups are the user's, as a login (initgroups) or systemd's User= gives them:
-    // not none at all, and not the agent's.
-    let nobody = nix::unistd::User::from_name("nobody")
-        .expect("lookup")
-        .expect("nobody exists");
-    let mut want: Vec<u32> = nix::unistd::getgrouplist(c"nobody", nobody.gid)
-        .expect("getgrouplist")
-        .iter()
-        .map(|g| g.as_raw())
-        .collect();
-    want.sort_unstable();
-    want.dedup();
+    // The numbers of a line of /proc/PID/status.
     let field = |name: &str| {
         status
             .lines()
@@ -383,6 +358,19 @@ fn services_do_not_run_as_root_unless_allowed() {
             .map(|g| g.parse::<u32>().expect("a number"))
             .collect::<Vec<u32>>()
     };
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("lookup")
+        .expect("nobody exists");
+    assert_eq!(field("Uid:")[0], nobody.uid.as_raw(), "{status}");
+    // Its groups are the user's, as a login (initgroups) or systemd's User= gives them:
+    // not none at all, and not the agent's.
+    let mut want: Vec<u32> = nix::unistd::getgrouplist(c"nobody", nobody.gid)
+        .expect("getgrouplist")
+        .iter()
+        .map(|g| g.as_raw())
+        .collect();
+    want.sort_unstable();
+    want.dedup();
     let mut groups = field("Groups:");
     groups.sort_unstable();
     assert_eq!(groups, want, "supplementary groups of the service");
