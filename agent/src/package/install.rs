@@ -17,7 +17,7 @@
 //! An agent killed at any point leaves at most a `.partial` file or directory, which
 //! the next attempt resumes or removes; `current` only ever points at a complete release.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -242,7 +242,7 @@ impl Installer {
             version: version.to_string(),
             reason,
         };
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
@@ -257,29 +257,52 @@ impl Installer {
             // It has seen bytes the file no longer holds: unpack from the file instead.
             unpacker.abandon().await;
         }
-        // The hash covers the whole file: what an earlier attempt wrote, then the rest.
-        let mut hasher = Sha256::new();
-        let mut existing = std::fs::File::open(partial).map_err(io_err(version, partial))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut hashed = 0;
-        while hashed < offset {
-            let want = usize::try_from(offset - hashed).unwrap_or(usize::MAX);
-            let n = existing
-                .read(&mut buf[..want.min(1 << 20)])
-                .map_err(io_err(version, partial))?;
-            if n == 0 {
-                break;
+        // The unpacker gets what it has not seen of the file (all of it, after a restart
+        // of the agent), while the writer hashes the file from its start.
+        let writer = CacheWriter::start(file, offset);
+        let resumed = feed_from_file(unpacker, partial, offset).await;
+        let streamed = match resumed {
+            Ok(()) => {
+                self.stream(app, server, pkg, offset, report, unpacker, &writer)
+                    .await
             }
-            hasher.update(&buf[..n]);
-            // The unpacker gets what it has not seen of the file (all of it, after a
-            // restart of the agent).
-            let seen = unpacker.fed().saturating_sub(hashed).min(n as u64) as usize;
-            if seen < n {
-                unpacker.feed_slice(&buf[seen..n]).await;
-            }
-            hashed += n as u64;
+            Err(e) => Err(io_err(version, partial)(e)),
+        };
+        // Whatever happened, the file is complete and synced before anyone opens it again.
+        let hashed = writer.finish().await.map_err(io_err(version, partial));
+        let received = streamed?;
+        let got = hashed?;
+        if received != pkg.size {
+            return Err(failed(format!("got {received} of {} bytes", pkg.size)));
         }
-        drop(buf);
+        if got != pkg.sha256 {
+            return Err(InstallError::Checksum {
+                version: version.to_string(),
+                expected: pkg.sha256.clone(),
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    /// Streams the package from `offset` on into the cache writer and the unpacker;
+    /// how many bytes of the package the file holds when the stream ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        &self,
+        app: &str,
+        server: &str,
+        pkg: &PackageRef,
+        offset: u64,
+        report: &impl Fn(&str, u32),
+        unpacker: &mut Unpacker,
+        writer: &CacheWriter,
+    ) -> Result<u64, InstallError> {
+        let version = pkg.version.as_str();
+        let failed = |reason: String| InstallError::Download {
+            version: version.to_string(),
+            reason,
+        };
         if offset > 0 {
             tracing::info!(version, offset, "resuming a download");
         }
@@ -321,9 +344,10 @@ impl Installer {
                     pkg.size
                 )));
             }
-            hasher.update(&chunk.data);
-            file.write_all(&chunk.data)
-                .map_err(io_err(version, partial))?;
+            if !writer.write(chunk.data.clone()).await {
+                // It stopped on an error, which finishing it returns.
+                return Ok(received);
+            }
             unpacker.feed(chunk.data).await;
             // Progress in steps of 5 %: each report is a status message the registry
             // writes to its database.
@@ -333,20 +357,78 @@ impl Installer {
                 report("downloading", percent);
             }
         }
-        file.sync_all().map_err(io_err(version, partial))?;
-        if received != pkg.size {
-            return Err(failed(format!("got {received} of {} bytes", pkg.size)));
-        }
-        let got = hex::encode(hasher.finalize());
-        if got != pkg.sha256 {
-            return Err(InstallError::Checksum {
-                version: version.to_string(),
-                expected: pkg.sha256.clone(),
-                got,
-            });
-        }
-        Ok(())
+        Ok(received)
     }
+}
+
+/// Chunks queued between the download and the cache writer.
+const WRITE_QUEUE: usize = 4;
+
+/// Appends a download to its `.partial` cache file and hashes it, on a blocking thread,
+/// so that disk writes, the final fsync and sha256 keep off the runtime's workers.
+struct CacheWriter {
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    task: tokio::task::JoinHandle<std::io::Result<String>>,
+}
+
+impl CacheWriter {
+    /// Hashes the first `offset` bytes already in `file`, then appends what it is
+    /// given.
+    fn start(mut file: std::fs::File, offset: u64) -> CacheWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut hasher = Sha256::new();
+            let existing = std::io::copy(&mut (&file).take(offset), &mut hasher)?;
+            if existing != offset {
+                return Err(std::io::Error::other(format!(
+                    "the file shrank to {existing} bytes while it was read"
+                )));
+            }
+            while let Some(data) = rx.blocking_recv() {
+                hasher.update(&data);
+                file.write_all(&data)?;
+            }
+            file.sync_all()?;
+            Ok(hex::encode(hasher.finalize()))
+        });
+        CacheWriter { tx, task }
+    }
+
+    /// Queues `data`; false if the writer stopped on an error.
+    async fn write(&self, data: Bytes) -> bool {
+        self.tx.send(data).await.is_ok()
+    }
+
+    /// Waits until everything queued is written and synced; the sha256 of the file.
+    async fn finish(self) -> std::io::Result<String> {
+        drop(self.tx);
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+/// Feeds the unpacker the bytes of `file` before `end` that it has not seen.
+async fn feed_from_file(unpacker: &mut Unpacker, file: &Path, end: u64) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut at = unpacker.fed();
+    if at >= end || matches!(unpacker, Unpacker::Off) {
+        return Ok(());
+    }
+    let mut f = tokio::fs::File::open(file).await?;
+    f.seek(std::io::SeekFrom::Start(at)).await?;
+    while at < end {
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX).min(1 << 20);
+        let mut buf = bytes::BytesMut::zeroed(want);
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.truncate(n);
+        unpacker.feed(buf.freeze()).await;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Unpacks a package's bytes as they arrive: fed the whole package in order, from its
@@ -398,17 +480,6 @@ impl Unpacker {
         }
     }
 
-    /// As [`Unpacker::feed`], copying only if the unpacker still reads.
-    async fn feed_slice(&mut self, data: &[u8]) {
-        match self {
-            Unpacker::Streaming { tx: Some(_), .. } => {
-                self.feed(Bytes::copy_from_slice(data)).await;
-            }
-            Unpacker::Streaming { fed, .. } => *fed += data.len() as u64,
-            Unpacker::Off => {}
-        }
-    }
-
     /// Stops following the download; whatever it unpacked is left for the caller to
     /// remove or redo.
     async fn abandon(&mut self) {
@@ -441,26 +512,45 @@ struct ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = {
+            let have = self.fill_buf()?;
+            let n = out.len().min(have.len());
+            out[..n].copy_from_slice(&have[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The gunzip reads the chunks in place: no copy into a buffer of its own.
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.pos == self.buf.len() {
             match self.rx.blocking_recv() {
                 Some(next) => {
                     self.buf = next;
                     self.pos = 0;
                 }
-                None => return Ok(0),
+                None => break,
             }
         }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(&self.buf[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
     }
 }
 
 /// Unpacks a cached package into `dest`.
 fn unpack_file(cached: &Path, dest: &Path, limits: Limits) -> Result<u64, PackageError> {
     let file = std::fs::File::open(cached).map_err(PackageError::Corrupt)?;
-    unpack(std::io::BufReader::new(file), dest, limits)
+    unpack(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        dest,
+        limits,
+    )
 }
 
 /// Makes the unpacked `releases/<version>.partial` the release `releases/<version>`.
@@ -581,7 +671,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
 
         let mut cut = Unpacker::start(dir.path().join("cut"), Limits::default());
-        cut.feed_slice(&pkg[..pkg.len() / 2]).await;
+        cut.feed(Bytes::copy_from_slice(&pkg[..pkg.len() / 2]))
+            .await;
         let err = cut.finish().await.expect("following").expect_err("cut");
         assert!(matches!(err, PackageError::Corrupt(_)), "{err}");
 
@@ -593,14 +684,14 @@ mod tests {
         };
         let mut big = Unpacker::start(dir.path().join("big"), limits);
         for piece in pkg.chunks(4096) {
-            big.feed_slice(piece).await;
+            big.feed(Bytes::copy_from_slice(piece)).await;
         }
         assert_eq!(big.fed(), pkg.len() as u64);
         let err = big.finish().await.expect("following").expect_err("too big");
         assert!(matches!(err, PackageError::TooBig { .. }), "{err}");
 
         let mut gone = Unpacker::start(dir.path().join("gone"), Limits::default());
-        gone.feed_slice(&pkg[..1000]).await;
+        gone.feed(Bytes::copy_from_slice(&pkg[..1000])).await;
         gone.abandon().await;
         assert_eq!(gone.fed(), 0);
         assert!(gone.finish().await.is_none(), "no longer following");

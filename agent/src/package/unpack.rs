@@ -1,7 +1,7 @@
 //! Checked unpacking of a package into a directory of its own.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -30,9 +30,9 @@ fn clear(path: &Path) -> Result<(), PackageError> {
 
 /// Unpacks a `.tar.gz` into `dest` (which must be empty or missing), checking every
 /// entry. On error `dest` may hold part of the package; the caller removes it.
-pub fn unpack(reader: impl Read, dest: &Path, limits: Limits) -> Result<u64, PackageError> {
+pub fn unpack(reader: impl BufRead, dest: &Path, limits: Limits) -> Result<u64, PackageError> {
     std::fs::create_dir_all(dest).map_err(write_err(dest))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+    let mut archive = tar::Archive::new(flate2::bufread::GzDecoder::new(reader));
     let mut budget = Budget::new(limits);
     let mut count = 0;
     for entry in archive.entries().map_err(PackageError::Corrupt)? {
