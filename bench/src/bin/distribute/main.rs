@@ -231,6 +231,23 @@ impl Run {
     fn tcp(&self) -> Duration {
         self.tcp_before.min(self.tcp_after)
     }
+
+    /// The CPU of the faster TCP copy.
+    fn tcp_cpu(&self) -> Duration {
+        if self.tcp_before <= self.tcp_after {
+            self.tcp_cpu.0
+        } else {
+            self.tcp_cpu.1
+        }
+    }
+
+    /// The best ratio to the TCP copy that `cores` allow when the distribution does
+    /// the copy's own work plus, on each of `agents`, `per_agent` (sha256, gunzip,
+    /// untar) and nothing else: no gRPC, HTTP/2, database or scheduling cost.
+    fn ceiling(&self, agents: u32, per_agent: Duration, cores: u32) -> f64 {
+        let floor = (self.tcp_cpu() + per_agent * agents) / cores.max(1);
+        self.tcp().as_secs_f64() / floor.as_secs_f64()
+    }
 }
 
 /// One run: a TCP copy, a fresh registry and agents, upload, distribution, a TCP copy.
@@ -563,6 +580,20 @@ async fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
         mib_s(pkg_size, sha_time),
         unpack.as_secs_f64(),
         mib_s(pkg_size, unpack),
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let ceilings: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.0} %",
+                100.0 * r.ceiling(n as u32, sha_time + unpack, cores)
+            )
+        })
+        .collect();
+    println!(
+        "- ceiling on these {cores} cores, if the distribution did the TCP copy's own work plus {n} x (sha256 + gunzip + untar) and nothing else, all cores busy: runs {} of the copy",
+        ceilings.join(", ")
     );
     println!(
         "- goal distribution >= 50 % of the TCP copy: {} (median {:.0} %, runs {})",
