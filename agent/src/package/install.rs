@@ -666,6 +666,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_writer_hashes_what_was_there_and_appends_the_rest() {
+        let data: Vec<u8> = (0..3_000_000).map(|i| (i % 253) as u8).collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pkg.partial");
+        std::fs::write(&path, &data[..1_000_000]).expect("write");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .read(true)
+                .open(&path)
+                .expect("open")
+        };
+        let writer = CacheWriter::start(open(), 1_000_000);
+        for piece in data[1_000_000..].chunks(300_000) {
+            assert!(writer.write(Bytes::copy_from_slice(piece)).await);
+        }
+        let got = writer.finish().await.expect("written");
+        assert_eq!(got, hex::encode(Sha256::digest(&data)));
+        assert_eq!(std::fs::read(&path).expect("read"), data);
+
+        // A file shorter than the offset it was started with is an error, not a hash
+        // of the wrong bytes.
+        let writer = CacheWriter::start(open(), 4_000_000);
+        let err = writer.finish().await.expect_err("shrank");
+        assert!(err.to_string().contains("shrank"), "{err}");
+
+        // A file it cannot write to: the write stops being taken and finish says why.
+        let read_only = std::fs::File::open(&path).expect("open");
+        let writer = CacheWriter::start(read_only, 0);
+        let mut refused = false;
+        for _ in 0..100 {
+            if !writer.write(Bytes::from_static(b"more")).await {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the writer stopped taking chunks");
+        assert!(writer.finish().await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cut_download_or_a_refused_entry_is_an_error_and_abandon_stops_it() {
         let pkg = package(&vec![7u8; 1 << 20]);
         let dir = tempfile::tempdir().expect("tempdir");
