@@ -195,12 +195,27 @@ fn never_and_on_failure_policies() {
         .wait_instance("demo.failing", "node-a", "restarted", 20 * S, |i| {
             i["restarts"].as_u64() >= Some(2)
         });
-    // Nothing restarts the exited ones later either.
-    std::thread::sleep(Duration::from_millis(500));
+    // Nothing restarts the exited ones later either: by the time the agent has restarted
+    // the failing one twice more (after 100 and 200 ms of backoff), a restart of the one
+    // that exited (due after at most its 100 ms initial delay) would have shown.
+    f.registry.wait_instance(
+        "demo.failing",
+        "node-a",
+        "restarted twice more",
+        20 * S,
+        |i| i["restarts"].as_u64() >= Some(4),
+    );
     assert_eq!(
         f.registry.instance("demo.never", "node-a").expect("never")["restarts"],
         0
     );
+}
+
+/// Deploys `demo.probe` and waits until it runs: a barrier after which the agent has
+/// handled every desired state sent before it.
+fn deployed_after(registry: &Registry) {
+    registry.apply(&spec("probe", &["sleep", "1000"], ""));
+    registry.wait_instance("demo.probe", "node-a", "running", 20 * S, running);
 }
 
 fn read_pid(path: &Path) -> Result<u32, String> {
@@ -369,7 +384,9 @@ fn registry_restart_and_restart_exactly_once() {
     f.registry.wait_node("node-a", "node-a back", 20 * S, |n| {
         n["state"] == "up" && n["connected_at_ms"].as_i64() > node["connected_at_ms"].as_i64()
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The agent handles desired state in order: once a server deployed after the replay
+    // runs, the replay has been handled.
+    deployed_after(&f.registry);
     let last = f
         .registry
         .instance("demo.steady", "node-a")
@@ -469,7 +486,7 @@ fn dry_run_and_rejected_specs_change_nothing() {
         err.contains("2 problems") && err.contains("state:") && err.contains("restart.policy:"),
         "{err}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    deployed_after(&f.registry);
     let after = f.registry.instance("demo.svc", "node-a").expect("svc");
     assert_eq!(
         (pid_of(&after), after["restarts"].as_u64()),
