@@ -127,6 +127,7 @@ pub async fn run(
             },
             keep_releases: config.keep_releases,
             channel: channel_rx,
+            locks: Default::default(),
         },
     });
     let reconciler = tokio::spawn(

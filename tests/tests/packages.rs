@@ -43,13 +43,17 @@ fn two_nodes() -> Fleet {
 }
 
 fn upload(f: &Fleet, version: &str, bytes: &[u8]) -> std::process::Output {
-    let path = write(f.dir.path(), &format!("pkg-{version}.tgz"), bytes);
+    upload_to(f, "demo.app", version, bytes)
+}
+
+fn upload_to(f: &Fleet, server: &str, version: &str, bytes: &[u8]) -> std::process::Output {
+    let path = write(f.dir.path(), &format!("pkg-{server}-{version}.tgz"), bytes);
     f.registry.cli(&[
         "package",
         "upload",
         path.to_str().expect("utf8"),
         "--server",
-        "demo.app",
+        server,
         "--version",
         version,
     ])
@@ -551,5 +555,66 @@ fn a_registry_restart_during_a_rollout_resumes_it() {
     assert!(
         f.registry.log_text().contains("resuming a rollout"),
         "the new registry took it over"
+    );
+}
+
+/// Two servers whose packages are the same bytes, deployed at once on one node, share
+/// its download: one cache file, whole and intact, and both releases complete, with no
+/// failed install on the way.
+#[test]
+fn two_servers_with_the_same_package_share_one_download() {
+    let f = fleet(&[("node-a", "127.0.0.2")], &["--download-rate", "4 MiB"]);
+    let noise: Vec<u8> = (0..4 << 20).map(|_| rand::random::<u8>()).collect();
+    let pkg = tar_gz(&[
+        Entry::Dir("bin"),
+        Entry::File("bin/server", b"#!/bin/sh\nexec sleep 1000\n", 0o755),
+        Entry::File("data.bin", &noise, 0o644),
+    ]);
+    let servers = ["one", "two"];
+    for server in servers {
+        let out = upload_to(&f, &format!("demo.{server}"), "1.0.0", &pkg);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for server in servers {
+        f.registry.apply(&format!(
+            "app = \"demo\"\nserver = \"{server}\"\nnodes = [\"node-a\"]\ncommand = [\"bin/server\"]\npackage = \"1.0.0\"\n"
+        ));
+    }
+    for server in servers {
+        f.registry.wait_instance(
+            &format!("demo.{server}"),
+            "node-a",
+            "running 1.0.0",
+            30 * S,
+            |i| i["state"] == "running" && i["version"] == "1.0.0",
+        );
+        let dir = f.agents[0].instance_dir(&format!("demo.{server}"));
+        assert_eq!(
+            std::fs::read(dir.join("releases/1.0.0/data.bin")).expect("data"),
+            noise
+        );
+    }
+    let cache = f.agents[0].data_dir.join("cache");
+    let files: Vec<String> = std::fs::read_dir(&cache)
+        .expect("cache")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files,
+        vec![sha256(&pkg)],
+        "one whole download, nothing partial"
+    );
+    assert_eq!(
+        std::fs::read(cache.join(sha256(&pkg))).expect("cached"),
+        pkg
+    );
+    let log = f.agents[0].log_text();
+    assert!(
+        !log.contains("sha256 mismatch") && !log.contains("install failed"),
+        "no install failed on the way:\n{log}"
     );
 }

@@ -17,8 +17,10 @@
 //! An agent killed at any point leaves at most a `.partial` file or directory, which
 //! the next attempt resumes or removes; `current` only ever points at a complete release.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,6 +70,34 @@ pub enum InstallError {
     },
 }
 
+/// Locks on the paths installs write to: one download per package on this host (two
+/// servers may ship the same bytes), one unpack per release directory. A lock is held
+/// until the last thread writing under it has ended, even when the install that took it
+/// was cancelled.
+#[derive(Clone, Default)]
+pub struct PathLocks(Arc<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>);
+
+/// A held lock, shared by the install and the threads it writes with.
+type Held = Arc<tokio::sync::OwnedMutexGuard<()>>;
+
+impl PathLocks {
+    async fn lock(&self, path: &Path) -> Held {
+        let mutex = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            // Locks nobody holds or waits for are dropped.
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+            map.entry(path.to_path_buf()).or_default().clone()
+        };
+        Arc::new(mutex.lock_owned().await)
+    }
+
+    #[cfg(test)]
+    fn is_locked(&self, path: &Path) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(path).is_some_and(|m| m.try_lock().is_err())
+    }
+}
+
 /// What an install needs to know about this agent.
 #[derive(Clone)]
 pub struct Installer {
@@ -77,6 +107,7 @@ pub struct Installer {
     pub keep_releases: usize,
     /// The channel of the registry session, when one is open.
     pub channel: watch::Receiver<Option<Channel>>,
+    pub locks: PathLocks,
 }
 
 fn io_err<'a>(
@@ -128,6 +159,10 @@ impl Installer {
         let version = pkg.version.as_str();
         let releases = instance_dir.join("releases");
         let partial = releases.join(format!("{version}.partial"));
+        let release_lock = self.locks.lock(&partial).await;
+        if let Some(dir) = ready_release(instance_dir, pkg) {
+            return Ok(dir);
+        }
         std::fs::create_dir_all(&releases).map_err(io_err(version, &releases))?;
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(io_err(version, &partial))?;
@@ -135,7 +170,7 @@ impl Installer {
         let mut unpacker = if self.is_cached(pkg) {
             Unpacker::Off
         } else {
-            Unpacker::start(partial.clone(), self.limits)
+            Unpacker::start(partial.clone(), self.limits, release_lock.clone())
         };
         let cached = match self
             .download(app, server, pkg, &report, &mut unpacker)
@@ -158,7 +193,9 @@ impl Installer {
             Some(result) => result,
             None => {
                 let (cached, partial, limits) = (cached.clone(), partial.clone(), self.limits);
+                let held = release_lock.clone();
                 tokio::task::spawn_blocking(move || {
+                    let _held = held;
                     // Whatever an abandoned unpacker left goes first.
                     if partial.exists() {
                         std::fs::remove_dir_all(&partial).map_err(write_err(&partial))?;
@@ -198,14 +235,19 @@ impl Installer {
         let cache = self.data_dir.join("cache");
         std::fs::create_dir_all(&cache).map_err(io_err(&pkg.version, &cache))?;
         let done = cache.join(&pkg.sha256);
-        if std::fs::metadata(&done).is_ok_and(|m| m.len() == pkg.size) {
+        if self.is_cached(pkg) {
+            return Ok(done);
+        }
+        let cache_lock = self.locks.lock(&done).await;
+        if self.is_cached(pkg) {
+            // Another install downloaded it meanwhile.
             return Ok(done);
         }
         let partial = cache.join(format!("{}.partial", pkg.sha256));
         let mut attempts = 0;
         loop {
             match self
-                .fetch(app, server, pkg, &partial, report, unpacker)
+                .fetch(app, server, pkg, &partial, report, unpacker, &cache_lock)
                 .await
             {
                 Ok(()) => break,
@@ -228,6 +270,7 @@ impl Installer {
     }
 
     /// One download attempt, from wherever the partial file ends.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         app: &str,
@@ -236,6 +279,7 @@ impl Installer {
         partial: &Path,
         report: &impl Fn(&str, u32),
         unpacker: &mut Unpacker,
+        cache_lock: &Held,
     ) -> Result<(), InstallError> {
         let version = pkg.version.as_str();
         let failed = |reason: String| InstallError::Download {
@@ -259,7 +303,7 @@ impl Installer {
         }
         // The unpacker gets what it has not seen of the file (all of it, after a restart
         // of the agent), while the writer hashes the file from its start.
-        let writer = CacheWriter::start(file, offset);
+        let writer = CacheWriter::start(file, offset, cache_lock.clone());
         let resumed = feed_from_file(unpacker, partial, offset).await;
         let streamed = match resumed {
             Ok(()) => {
@@ -373,10 +417,11 @@ struct CacheWriter {
 
 impl CacheWriter {
     /// Hashes the first `offset` bytes already in `file`, then appends what it is
-    /// given.
-    fn start(mut file: std::fs::File, offset: u64) -> CacheWriter {
+    /// given, holding `held` until it ends.
+    fn start(mut file: std::fs::File, offset: u64, held: Held) -> CacheWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let task = tokio::task::spawn_blocking(move || {
+            let _held = held;
             let mut hasher = Sha256::new();
             let existing = std::io::copy(&mut (&file).take(offset), &mut hasher)?;
             if existing != offset {
@@ -444,14 +489,18 @@ enum Unpacker {
 }
 
 impl Unpacker {
-    fn start(dest: PathBuf, limits: Limits) -> Unpacker {
+    /// Unpacks into `dest`, holding `held` until it ends.
+    fn start(dest: PathBuf, limits: Limits, held: Held) -> Unpacker {
         let (tx, rx) = tokio::sync::mpsc::channel(UNPACK_QUEUE);
         let reader = ChannelReader {
             rx,
             buf: Bytes::new(),
             pos: 0,
         };
-        let task = tokio::task::spawn_blocking(move || unpack(reader, &dest, limits));
+        let task = tokio::task::spawn_blocking(move || {
+            let _held = held;
+            unpack(reader, &dest, limits)
+        });
         Unpacker::Streaming {
             tx: Some(tx),
             fed: 0,
@@ -656,12 +705,18 @@ mod tests {
         let pkg = package(&data);
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("1.0.0.partial");
-        let mut u = Unpacker::start(dest.clone(), Limits::default());
+        let locks = PathLocks::default();
+        let mut u = Unpacker::start(dest.clone(), Limits::default(), locks.lock(&dest).await);
+        assert!(
+            locks.is_locked(&dest),
+            "the unpacker holds its directory's lock"
+        );
         for piece in pkg.chunks(100_000) {
             u.feed(Bytes::copy_from_slice(piece)).await;
         }
         assert_eq!(u.fed(), pkg.len() as u64);
         assert_eq!(u.finish().await.expect("following").expect("unpacks"), 1);
+        assert!(!locks.is_locked(&dest), "released when it ends");
         assert_eq!(std::fs::read(dest.join("data.bin")).expect("data"), data);
     }
 
@@ -678,23 +733,26 @@ mod tests {
                 .open(&path)
                 .expect("open")
         };
-        let writer = CacheWriter::start(open(), 1_000_000);
+        let locks = PathLocks::default();
+        let writer = CacheWriter::start(open(), 1_000_000, locks.lock(&path).await);
+        assert!(locks.is_locked(&path), "the writer holds the file's lock");
         for piece in data[1_000_000..].chunks(300_000) {
             assert!(writer.write(Bytes::copy_from_slice(piece)).await);
         }
         let got = writer.finish().await.expect("written");
+        assert!(!locks.is_locked(&path), "released when it ends");
         assert_eq!(got, hex::encode(Sha256::digest(&data)));
         assert_eq!(std::fs::read(&path).expect("read"), data);
 
         // A file shorter than the offset it was started with is an error, not a hash
         // of the wrong bytes.
-        let writer = CacheWriter::start(open(), 4_000_000);
+        let writer = CacheWriter::start(open(), 4_000_000, locks.lock(&path).await);
         let err = writer.finish().await.expect_err("shrank");
         assert!(err.to_string().contains("shrank"), "{err}");
 
         // A file it cannot write to: the write stops being taken and finish says why.
         let read_only = std::fs::File::open(&path).expect("open");
-        let writer = CacheWriter::start(read_only, 0);
+        let writer = CacheWriter::start(read_only, 0, locks.lock(&path).await);
         let mut refused = false;
         for _ in 0..100 {
             if !writer.write(Bytes::from_static(b"more")).await {
@@ -711,7 +769,12 @@ mod tests {
         let pkg = package(&vec![7u8; 1 << 20]);
         let dir = tempfile::tempdir().expect("tempdir");
 
-        let mut cut = Unpacker::start(dir.path().join("cut"), Limits::default());
+        let locks = PathLocks::default();
+        let mut cut = Unpacker::start(
+            dir.path().join("cut"),
+            Limits::default(),
+            locks.lock(&dir.path().join("cut")).await,
+        );
         cut.feed(Bytes::copy_from_slice(&pkg[..pkg.len() / 2]))
             .await;
         let err = cut.finish().await.expect("following").expect_err("cut");
@@ -723,7 +786,11 @@ mod tests {
             max_unpacked_bytes: 1000,
             max_entries: 10,
         };
-        let mut big = Unpacker::start(dir.path().join("big"), limits);
+        let mut big = Unpacker::start(
+            dir.path().join("big"),
+            limits,
+            locks.lock(&dir.path().join("big")).await,
+        );
         for piece in pkg.chunks(4096) {
             big.feed(Bytes::copy_from_slice(piece)).await;
         }
@@ -731,7 +798,11 @@ mod tests {
         let err = big.finish().await.expect("following").expect_err("too big");
         assert!(matches!(err, PackageError::TooBig { .. }), "{err}");
 
-        let mut gone = Unpacker::start(dir.path().join("gone"), Limits::default());
+        let mut gone = Unpacker::start(
+            dir.path().join("gone"),
+            Limits::default(),
+            locks.lock(&dir.path().join("gone")).await,
+        );
         gone.feed(Bytes::copy_from_slice(&pkg[..1000])).await;
         gone.abandon().await;
         assert_eq!(gone.fed(), 0);
