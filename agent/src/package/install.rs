@@ -8,11 +8,16 @@
 //!    download is verified;
 //! 3. [`switch`] the instance's `current` symlink by atomic rename.
 //!
-//! Steps 1 and 2 overlap: while the package downloads, every byte written to the cache
-//! is also handed to an unpacker on a thread of its own, so the release is all but
-//! unpacked when the last chunk arrives. Nothing it wrote is used before the sha256 of
-//! the whole download matches; on a mismatch it is thrown away. A cached package (or a
-//! download whose stream could not be followed) is unpacked from the cache file.
+//! Steps 1 and 2 overlap: while the package downloads, each chunk goes to a cache
+//! writer (file and sha256) and to an unpacker, each on a blocking thread of its own, so
+//! the release is all but unpacked when the last chunk arrives. Nothing the unpacker
+//! wrote is used before the sha256 of the whole download matches; on a mismatch it is
+//! thrown away. A cached package (or a download whose stream could not be followed) is
+//! unpacked from the cache file.
+//!
+//! One install at a time downloads a given package on this host, and one unpacks into a
+//! given release directory ([`PathLocks`]): servers that ship the same bytes share the
+//! cache file.
 //!
 //! An agent killed at any point leaves at most a `.partial` file or directory, which
 //! the next attempt resumes or removes; `current` only ever points at a complete release.
