@@ -149,6 +149,10 @@ impl Installer {
         pkg: &PackageRef,
         progress: &watch::Sender<Progress>,
     ) -> Result<PathBuf, InstallError> {
+        let version = pkg.version.as_str();
+        let releases = instance_dir.join("releases");
+        let partial = releases.join(format!("{version}.partial"));
+        let release_lock = self.locks.lock(&partial).await;
         if let Some(dir) = ready_release(instance_dir, pkg) {
             return Ok(dir);
         }
@@ -161,13 +165,6 @@ impl Installer {
             });
         };
         report("downloading", 0);
-        let version = pkg.version.as_str();
-        let releases = instance_dir.join("releases");
-        let partial = releases.join(format!("{version}.partial"));
-        let release_lock = self.locks.lock(&partial).await;
-        if let Some(dir) = ready_release(instance_dir, pkg) {
-            return Ok(dir);
-        }
         std::fs::create_dir_all(&releases).map_err(io_err(version, &releases))?;
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(io_err(version, &partial))?;
@@ -240,12 +237,9 @@ impl Installer {
         let cache = self.data_dir.join("cache");
         std::fs::create_dir_all(&cache).map_err(io_err(&pkg.version, &cache))?;
         let done = cache.join(&pkg.sha256);
-        if self.is_cached(pkg) {
-            return Ok(done);
-        }
+        // Another install of the same package may be downloading it: wait for it.
         let cache_lock = self.locks.lock(&done).await;
         if self.is_cached(pkg) {
-            // Another install downloaded it meanwhile.
             return Ok(done);
         }
         let partial = cache.join(format!("{}.partial", pkg.sha256));
@@ -287,10 +281,6 @@ impl Installer {
         cache_lock: &Held,
     ) -> Result<(), InstallError> {
         let version = pkg.version.as_str();
-        let failed = |reason: String| InstallError::Download {
-            version: version.to_string(),
-            reason,
-        };
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -318,12 +308,9 @@ impl Installer {
             Err(e) => Err(io_err(version, partial)(e)),
         };
         // Whatever happened, the file is complete and synced before anyone opens it again.
-        let hashed = writer.finish().await.map_err(io_err(version, partial));
-        let received = streamed?;
-        let got = hashed?;
-        if received != pkg.size {
-            return Err(failed(format!("got {received} of {} bytes", pkg.size)));
-        }
+        // A writer's error comes first: it is why a stream was cut short.
+        let got = writer.finish().await.map_err(io_err(version, partial))?;
+        streamed?;
         if got != pkg.sha256 {
             return Err(InstallError::Checksum {
                 version: version.to_string(),
@@ -334,8 +321,8 @@ impl Installer {
         Ok(())
     }
 
-    /// Streams the package from `offset` on into the cache writer and the unpacker;
-    /// how many bytes of the package the file holds when the stream ends.
+    /// Streams the package from `offset` to its end into the cache writer and the
+    /// unpacker.
     #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
@@ -346,7 +333,7 @@ impl Installer {
         report: &impl Fn(&str, u32),
         unpacker: &mut Unpacker,
         writer: &CacheWriter,
-    ) -> Result<u64, InstallError> {
+    ) -> Result<(), InstallError> {
         let version = pkg.version.as_str();
         let failed = |reason: String| InstallError::Download {
             version: version.to_string(),
@@ -394,8 +381,8 @@ impl Installer {
                 )));
             }
             if !writer.write(chunk.data.clone()).await {
-                // It stopped on an error, which finishing it returns.
-                return Ok(received);
+                // Finishing the writer returns the error it stopped on.
+                return Err(failed("the cache writer stopped".into()));
             }
             unpacker.feed(chunk.data).await;
             // Progress in steps of 5 %: each report is a status message the registry
@@ -406,7 +393,10 @@ impl Installer {
                 report("downloading", percent);
             }
         }
-        Ok(received)
+        if received != pkg.size {
+            return Err(failed(format!("got {received} of {} bytes", pkg.size)));
+        }
+        Ok(())
     }
 }
 
