@@ -233,7 +233,7 @@ impl Run {
     }
 
     /// The CPU of the faster TCP copy.
-    fn tcp_cpu(&self) -> Duration {
+    fn faster_tcp_cpu(&self) -> Duration {
         if self.tcp_before <= self.tcp_after {
             self.tcp_cpu.0
         } else {
@@ -245,7 +245,7 @@ impl Run {
     /// the copy's own work plus, on each of `agents`, `per_agent` (sha256, gunzip,
     /// untar) and nothing else: no gRPC, HTTP/2, database or scheduling cost.
     fn ceiling(&self, agents: u32, per_agent: Duration, cores: u32) -> f64 {
-        let floor = (self.tcp_cpu() + per_agent * agents) / cores.max(1);
+        let floor = (self.faster_tcp_cpu() + per_agent * agents) / cores.max(1);
         self.tcp().as_secs_f64() / floor.as_secs_f64()
     }
 }
