@@ -21,9 +21,9 @@
 //!
 //! An agent killed at any point leaves at most a `.partial` file or directory, which
 //! the next attempt resumes or removes; `current` only ever points at a complete release.
-//! The cache file and every file of a release are fsynced before they are renamed into
-//! place, so a power cut does not leave a release marked ready with files the disk never
-//! got. Both are written with [`Writeback`] hints, so the disk writes while the package
+//! The cache file is fsynced, and a release synced to disk (one `syncfs`), before they
+//! are renamed into place, so a power cut does not leave a release marked ready with
+//! files the disk never got. Both are written with [`Writeback`] hints, so the disk writes while the package
 //! arrives and the fsyncs at the end have little left to wait for.
 
 use std::collections::HashMap;
