@@ -23,8 +23,9 @@
 //! the next attempt resumes or removes; `current` only ever points at a complete release.
 //! The cache file is fsynced, and a release synced to disk (one `syncfs`), before they
 //! are renamed into place, so a power cut does not leave a release marked ready with
-//! files the disk never got. Both are written with [`Writeback`] hints, so the disk writes while the package
-//! arrives and the fsyncs at the end have little left to wait for.
+//! files the disk never got. Both are written with [`Writeback`] hints, so the disk
+//! writes while the package arrives and the syncs at the end have little left to wait
+//! for.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
