@@ -96,6 +96,7 @@ impl Reconciler {
                 restart_counter: inst.restart_counter,
                 prefetch: inst.prefetch,
                 configs: inst.configs,
+                ordinal: inst.ordinal,
             };
             match self.runners.get_mut(&name) {
                 Some(h) if !h.removing => {
@@ -160,6 +161,7 @@ impl Reconciler {
                 restart_counter: memory.acted_counter,
                 prefetch: None,
                 configs: Vec::new(),
+                ordinal: 0,
             };
             let (tx, task) =
                 Runner::spawn(self.shared.clone(), app.to_string(), server.to_string(), d);

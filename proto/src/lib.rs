@@ -9,6 +9,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 pub mod names;
 
+mod hash;
+pub use hash::spec_hash;
+
 /// Every Corral `.proto` file as an encoded `FileDescriptorSet`, for the gRPC reflection
 /// service (grpcurl lists and calls the API with it, without the `.proto` files).
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -1,5 +1,6 @@
 //! The `Agent.Session` RPC: one long-lived stream per joined agent.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::configs::instance::{self, Placement};
 use crate::join;
 use crate::server::Shared;
 use crate::sessions::Opened;
-use crate::spec::render::{RenderContext, render};
-use crate::store::{EventRow, LoadRow, StatusReport, Store, StoreError, now_ms};
+use crate::store::{Delivered, EventRow, LoadRow, StatusReport, Store, StoreError, now_ms};
 
 /// How long a new session may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -160,8 +161,11 @@ fn require_client_cert<T>(shared: &Shared, request: &Request<T>) -> Result<(), S
     Ok(())
 }
 
-/// The node's full desired state, from the database: specs with this node's ports and
-/// releases, and config files rendered with the current discovery table.
+/// The node's full desired state, from the database: specs with this node's ports,
+/// releases and rendered environment, and the config files delivered to each instance.
+/// Files are rendered here the first time an instance needs them and when its spec
+/// changed (the agent restarts it for the new spec anyway); every other change of a file
+/// is the config renderer's to deliver ([`crate::configs`]).
 pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, StoreError> {
     let store = &shared.store;
     let assignments = store.node_assignments(node).await?;
@@ -169,58 +173,87 @@ pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, 
     let (node_ip, data_dir) = node_row
         .map(|n| (n.address, n.data_dir))
         .unwrap_or_default();
-    let endpoints = shared.discovery.endpoint_strings();
+    let delivered = store.node_configs(node).await?;
+    let mut tables = None;
     let mut instances = Vec::with_capacity(assignments.len());
     for a in assignments {
-        let ports = store
-            .instance_ports(&a.spec.app, &a.spec.server, node)
-            .await?;
-        let mut spec = a.spec.to_proto();
-        for adapter in &mut spec.adapters {
-            if let Some(p) = ports.get(&adapter.name) {
-                adapter.port = u32::from(*p);
-            }
-        }
-        spec.package = package_ref(store, &a.spec.app, &a.spec.server, &a.desired_version).await?;
-        let ctx = RenderContext {
-            app: a.spec.app.clone(),
-            server: a.spec.server.clone(),
-            node: node.to_string(),
-            node_ip: node_ip.clone(),
-            ports: ports.clone(),
-            version: a.desired_version.clone(),
-            instance_dir: format!("{data_dir}/instances/{}.{}", a.spec.app, a.spec.server),
+        let (app, server) = (a.spec.app.clone(), a.spec.server.clone());
+        let placement = Placement {
+            node,
+            node_ip: &node_ip,
+            data_dir: &data_dir,
+            ordinal: u32::try_from(a.ordinal).unwrap_or(0),
+            ports: store.instance_ports(&app, &server, node).await?,
+            version: &a.desired_version,
         };
-        let mut configs = Vec::with_capacity(a.spec.configs.len());
-        for c in &a.spec.configs {
-            // Templates were checked at apply time; one that fails now (say, on a value
-            // only this node has) is left out, with the reason in the registry log.
-            match render(&c.template, &ctx, &endpoints) {
-                Ok(content) => configs.push(ConfigFile {
-                    name: c.name.clone(),
-                    content,
-                    on_change: c.on_change.clone(),
-                }),
-                Err(e) => {
-                    warn!(node, server = %a.spec.name(), config = %c.name, cause = %e, "cannot render a config")
+        let ctx = instance::context(&a.spec, &placement);
+        let env = instance::env(&a.spec, &ctx).unwrap_or_else(|f| {
+            warn!(node, server = %a.spec.name(), cause = %f, "cannot render env; sending it unrendered");
+            a.spec.env.clone()
+        });
+        let package = package_ref(store, &app, &server, &a.desired_version).await?;
+        let spec = instance::wire_spec(&a.spec, &placement.ports, package, env);
+        let fingerprint = corral_proto::spec_hash(&spec);
+        let key = (app.clone(), server.clone(), node.to_string());
+        let mut files = delivered.get(&key).cloned().unwrap_or_default();
+        let stale = files.is_empty() || files.values().any(|d| d.fingerprint != fingerprint);
+        if stale && !a.spec.configs.is_empty() {
+            let tables = tables.get_or_insert_with(|| shared.discovery.render_tables());
+            let mut fresh = BTreeMap::new();
+            for c in &a.spec.configs {
+                match instance::file(&a.spec, &c.name, &ctx, tables) {
+                    Ok(r) => {
+                        fresh.insert(
+                            c.name.clone(),
+                            Delivered {
+                                content: r.content,
+                                fingerprint: fingerprint.clone(),
+                            },
+                        );
+                    }
+                    // Checked at apply with this instance's values; a failure now is on
+                    // something only the running fleet has. It keeps its last file.
+                    Err(f) => {
+                        warn!(node, server = %a.spec.name(), cause = %f, "cannot render a config");
+                        if let Some(old) = files.get(&c.name) {
+                            fresh.insert(c.name.clone(), old.clone());
+                        }
+                    }
                 }
             }
+            store
+                .deliver_configs((&app, &server, node), &fresh, None, now_ms())
+                .await?;
+            files = fresh;
         }
+        let configs = a
+            .spec
+            .configs
+            .iter()
+            .filter_map(|c| {
+                files.get(&c.name).map(|d| ConfigFile {
+                    name: c.name.clone(),
+                    content: d.content.clone(),
+                    on_change: c.on_change.clone(),
+                })
+            })
+            .collect();
         instances.push(InstanceSpec {
-            app: a.spec.app.clone(),
-            server: a.spec.server.clone(),
+            app: app.clone(),
+            server: server.clone(),
             spec: Some(spec),
             running: a.running,
             restart_counter: u64::try_from(a.restart_counter).unwrap_or(0),
-            prefetch: package_ref(store, &a.spec.app, &a.spec.server, &a.prefetch_version).await?,
+            prefetch: package_ref(store, &app, &server, &a.prefetch_version).await?,
             configs,
+            ordinal: placement.ordinal,
         });
     }
     Ok(DesiredState { instances })
 }
 
 /// What an agent needs to fetch and verify a release; None for no version.
-async fn package_ref(
+pub async fn package_ref(
     store: &Store,
     app: &str,
     server: &str,
@@ -288,7 +321,7 @@ async fn record_status(shared: &Shared, node: &str, status: InstanceStatus) {
     };
     match shared.store.report_status(node, &report, now_ms()).await {
         Ok(true) => {
-            let changed = shared.discovery.instance_reported(
+            shared.discovery.instance_reported(
                 node,
                 &report.app,
                 &report.server,
@@ -296,9 +329,6 @@ async fn record_status(shared: &Shared, node: &str, status: InstanceStatus) {
                 &report.health,
             );
             shared.discovery_changed().await;
-            if changed {
-                crate::discovery::rerender(shared).await;
-            }
         }
         Ok(false) => {
             debug!(node, server = %format!("{}.{}", report.app, report.server), "status of an instance not assigned here")

@@ -27,6 +27,7 @@ use tracing::warn;
 
 use crate::server::Shared;
 use crate::spec::Spec;
+use crate::spec::render::{InstanceEntry, InstanceTable, Tables};
 use crate::store::{Store, StoreError};
 
 /// How often the table is recomputed with no poke. Every change that matters pokes (here,
@@ -43,6 +44,11 @@ pub type Watched = Arc<Vec<Endpoint>>;
 
 pub struct Discovery {
     table: watch::Sender<Arc<Table>>,
+    /// What `instances()` in templates lists, published with the table; its version
+    /// moves on every change, which wakes the config renderer.
+    instances: watch::Sender<InstanceTable>,
+    /// Bumped after every recomputation (something in the fleet changed).
+    recomputes: watch::Sender<u64>,
     /// The watched names, each with its own channel. A name leaves the map when its last
     /// watcher has gone (at the next publish); all of them at shutdown (None from then
     /// on), which ends every watch stream.
@@ -84,6 +90,7 @@ pub struct Inputs {
 
 struct Instance {
     node: String,
+    ordinal: u32,
     desired: String,
     state: String,
     health: String,
@@ -93,6 +100,8 @@ impl Default for Discovery {
     fn default() -> Self {
         Discovery {
             table: watch::Sender::new(Arc::new(Table::new())),
+            instances: watch::Sender::new(InstanceTable::default()),
+            recomputes: watch::Sender::new(0),
             watched: Mutex::new(Some(HashMap::new())),
             model: Mutex::new(Model::default()),
             poke: Notify::new(),
@@ -108,6 +117,40 @@ impl Discovery {
 
     pub fn table(&self) -> Arc<Table> {
         self.table.borrow().clone()
+    }
+
+    /// Every assigned instance by name, for `instances()` in templates.
+    pub fn instances(&self) -> InstanceTable {
+        self.instances.borrow().clone()
+    }
+
+    /// Wakes on every change of the endpoint or instance tables (the config renderer).
+    pub fn subscribe_instances(&self) -> watch::Receiver<InstanceTable> {
+        self.instances.subscribe()
+    }
+
+    /// Wakes after every recomputation of the tables, changed or not.
+    pub fn subscribe_recomputes(&self) -> watch::Receiver<u64> {
+        self.recomputes.subscribe()
+    }
+
+    /// The tables templates read.
+    pub fn render_tables(&self) -> Tables {
+        Tables {
+            endpoints: self.endpoint_strings(),
+            instances: self.instances(),
+        }
+    }
+
+    fn publish_instances(&self, table: HashMap<String, Vec<InstanceEntry>>) {
+        self.instances.send_if_modified(|current| {
+            if **current == table {
+                false
+            } else {
+                *current = Arc::new(table);
+                true
+            }
+        });
     }
 
     /// A receiver of `name`'s endpoints: the list now, then every change of it. After
@@ -192,6 +235,9 @@ impl Discovery {
         }
         let mut table = Table::clone(&self.table());
         table.extend(inputs.server_names(app, server));
+        let mut instances = HashMap::clone(&self.instances());
+        instances.extend(inputs.server_instances(app, server));
+        self.publish_instances(instances);
         self.publish(table)
     }
 
@@ -211,7 +257,9 @@ impl Discovery {
             inputs.apply(&report);
         }
         let table = inputs.table();
+        self.publish_instances(inputs.instances_table());
         model.inputs = Some(inputs);
+        self.recomputes.send_modify(|n| *n = n.wrapping_add(1));
         self.publish(table)
     }
 
@@ -263,6 +311,7 @@ impl Inputs {
                 .or_default()
                 .push(Instance {
                     node: i.node,
+                    ordinal: u32::try_from(i.ordinal).unwrap_or(0),
                     desired: i.desired,
                     state: i.state,
                     health: i.health,
@@ -292,6 +341,82 @@ impl Inputs {
         i.state.clone_from(&r.state);
         i.health.clone_from(&r.health);
         true
+    }
+
+    /// Every assigned instance of every server, by `APP.SERVER` and `APP.SERVER.ADAPTER`.
+    pub fn instances_table(&self) -> HashMap<String, Vec<InstanceEntry>> {
+        self.specs
+            .keys()
+            .flat_map(|(app, server)| self.server_instances(app, server))
+            .collect()
+    }
+
+    /// What `instances()` lists for one server: every instance the operator has not
+    /// stopped, healthy or not, by ordinal.
+    pub fn server_instances(&self, app: &str, server: &str) -> Vec<(String, Vec<InstanceEntry>)> {
+        let key = (app.to_string(), server.to_string());
+        let Some(spec) = self.specs.get(&key) else {
+            return Vec::new();
+        };
+        let mut entries: Vec<InstanceEntry> = Vec::new();
+        for i in self.instances.get(&key).into_iter().flatten() {
+            if i.desired != "running" {
+                continue;
+            }
+            let instance = (app.to_string(), server.to_string(), i.node.clone());
+            let host = match &spec.external {
+                Some((host, _)) => host.clone(),
+                None => self
+                    .nodes
+                    .get(&i.node)
+                    .map(|(_, a)| a.clone())
+                    .unwrap_or_default(),
+            };
+            let ports: BTreeMap<String, u16> = match &spec.external {
+                Some((_, port)) => spec
+                    .adapters
+                    .iter()
+                    .map(|a| (a.name.clone(), *port))
+                    .collect(),
+                None => self.ports.get(&instance).cloned().unwrap_or_default(),
+            };
+            entries.push(InstanceEntry {
+                node: i.node.clone(),
+                host,
+                port: 0,
+                ports,
+                ordinal: i.ordinal,
+                state: i.state.clone(),
+                healthy: i.state == "running" && (spec.health.is_none() || i.health == "healthy"),
+            });
+        }
+        entries.sort_by_key(|e| e.ordinal);
+        let with_port = |adapter: Option<&str>| -> Vec<InstanceEntry> {
+            entries
+                .iter()
+                .map(|e| {
+                    let port = match adapter {
+                        Some(a) => e.ports.get(a).copied(),
+                        None => spec
+                            .adapters
+                            .first()
+                            .and_then(|a| e.ports.get(&a.name).copied()),
+                    };
+                    InstanceEntry {
+                        port: port.unwrap_or(0),
+                        ..e.clone()
+                    }
+                })
+                .collect()
+        };
+        let mut out = vec![(format!("{app}.{server}"), with_port(None))];
+        for a in &spec.adapters {
+            out.push((
+                format!("{app}.{server}.{}", a.name),
+                with_port(Some(&a.name)),
+            ));
+        }
+        out
     }
 
     /// The whole table: every adapter of every server has a name, even with no endpoint.
@@ -349,14 +474,19 @@ impl Inputs {
             .into_iter()
             .map(|(name, mut eps)| {
                 eps.sort_by(|a, b| (&a.host, a.port, &a.node).cmp(&(&b.host, b.port, &b.node)));
+                // An external service has one address, however many nodes check it: it
+                // is listed once (named after the first node that finds it healthy).
+                if spec.external.is_some() {
+                    eps.dedup_by(|b, a| a.host == b.host && a.port == b.port);
+                }
                 (name, Arc::new(eps))
             })
             .collect()
     }
 }
 
-/// Keeps the table current until shutdown; when it changes, nodes whose config
-/// templates may list endpoints get their desired state again (re-rendered).
+/// Keeps the table current until shutdown. Configs that list endpoints or instances are
+/// re-rendered by the config renderer ([`crate::configs`]), which follows the tables.
 pub async fn run(shared: Arc<Shared>) {
     let mut safety = tokio::time::interval(SAFETY_NET);
     loop {
@@ -376,31 +506,8 @@ pub async fn run(shared: Arc<Shared>) {
                 continue;
             }
         };
-        if shared.discovery.recomputed(inputs) {
-            rerender(&shared).await;
-        }
+        shared.discovery.recomputed(inputs);
     }
-}
-
-/// Nodes running instances with config templates that call `endpoints(...)` are sent
-/// their desired state again, rendered with the new table.
-pub async fn rerender(shared: &Shared) {
-    let Ok(servers) = shared.store.list_servers().await else {
-        return;
-    };
-    let mut nodes: Vec<String> = servers
-        .iter()
-        .filter(|s| {
-            s.spec
-                .configs
-                .iter()
-                .any(|c| c.template.contains("endpoints"))
-        })
-        .flat_map(|s| s.spec.nodes.iter().cloned())
-        .collect();
-    nodes.sort();
-    nodes.dedup();
-    shared.sessions.notify(&nodes);
 }
 
 #[cfg(test)]
@@ -472,6 +579,7 @@ mod tests {
                 .or_default()
                 .push(Instance {
                     node: node.into(),
+                    ordinal: if node == "n1" { 0 } else { 1 },
                     desired: "running".into(),
                     state: "running".into(),
                     health: String::new(),

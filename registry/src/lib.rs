@@ -11,12 +11,15 @@
 //! * [`rollout`] — rolling patches; [`download`] — packages to agents.
 //! * [`dev`] — `registry dev`: a registry and an agent for this host in one process.
 //! * [`config`] — defaults, config file, validation.
+//! * [`configs`] — config templates: rendered, checked at apply, delivered so that every
+//!   configuration converges (quiescence, rolling restarts, flapping held).
 
 pub mod admin;
 pub mod agent_service;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod configs;
 pub mod dev;
 pub mod discovery;
 pub mod download;

@@ -96,6 +96,9 @@ pub async fn run(
     shared.tracker.spawn(resume_rollouts(shared.clone()));
     shared.tracker.spawn(crate::discovery::run(shared.clone()));
     shared.tracker.spawn(crate::feed::follow(shared.clone()));
+    shared
+        .tracker
+        .spawn(crate::configs::renderer::run(shared.clone()));
     shared.discovery.poke();
 
     let http_shutdown = shutdown.clone();

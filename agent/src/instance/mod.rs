@@ -8,8 +8,6 @@ pub mod runner;
 pub mod state;
 
 use corral_proto::v1::{ConfigFile, PackageRef, ServerSpec};
-use prost::Message;
-use sha2::{Digest, Sha256};
 
 /// What the registry wants of one instance.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,22 +19,8 @@ pub struct Desired {
     pub prefetch: Option<PackageRef>,
     /// Rendered config files for conf/.
     pub configs: Vec<ConfigFile>,
+    /// 0-based within the server, stable: `CORRAL_ORDINAL`.
+    pub ordinal: u32,
 }
 
-/// A stable hash of a spec: a process started from another spec must be restarted.
-pub fn spec_hash(spec: &ServerSpec) -> String {
-    // Maps encode in arbitrary order; hash a copy with the environment sorted.
-    let mut env: Vec<(&String, &String)> = spec.env.iter().collect();
-    env.sort();
-    let mut h = Sha256::new();
-    let mut copy = spec.clone();
-    copy.env.clear();
-    h.update(copy.encode_to_vec());
-    for (k, v) in env {
-        h.update(k.as_bytes());
-        h.update([0]);
-        h.update(v.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(h.finalize())
-}
+pub use corral_proto::spec_hash;

@@ -984,6 +984,7 @@ impl Runner {
         env.push(("CORRAL_NODE".into(), self.shared.node.clone()));
         env.push(("CORRAL_NODE_IP".into(), self.shared.node_ip.clone()));
         env.push(("CORRAL_INSTANCE_DIR".into(), self.dir.display().to_string()));
+        env.push(("CORRAL_ORDINAL".into(), self.desired.ordinal.to_string()));
         if let Some(release) = release {
             env.push(("CORRAL_RELEASE_DIR".into(), release.display().to_string()));
         }

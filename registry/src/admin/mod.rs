@@ -1,6 +1,7 @@
 //! The `Admin` gRPC service. Each RPC delegates to a function in the module of its
 //! noun; this file only routes.
 
+mod apply;
 mod events;
 mod nodes;
 mod packages;
@@ -52,7 +53,7 @@ impl Admin for AdminService {
     }
 
     async fn apply(&self, r: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
-        servers::apply(&self.shared, r.into_inner())
+        apply::apply(&self.shared, r.into_inner())
             .await
             .map(Response::new)
     }
@@ -159,7 +160,16 @@ impl Admin for AdminService {
     }
 
     async fn expand(&self, r: Request<ExpandRequest>) -> Result<Response<ExpandResponse>, Status> {
-        servers::expand(&self.shared, r.into_inner())
+        apply::expand(&self.shared, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn export_server(
+        &self,
+        r: Request<ExportServerRequest>,
+    ) -> Result<Response<ExportServerResponse>, Status> {
+        apply::export(&self.shared, r.into_inner())
             .await
             .map(Response::new)
     }

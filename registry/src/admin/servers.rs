@@ -1,81 +1,18 @@
-//! Admin RPCs on servers: apply a spec, list, status, start/stop/restart/undeploy.
+//! Admin RPCs on servers: list, status, start/stop/restart/undeploy (apply and expand
+//! are in [`super::apply`]).
 
 use std::collections::{BTreeMap, HashMap};
 
 use corral_proto::v1::{
-    ApplyRequest, ApplyResponse, ControlServerRequest, ControlServerResponse, ExpandRequest,
-    ExpandResponse, ExpandRow, InstanceInfo, ListServersRequest, ListServersResponse,
-    ServerStatusRequest, ServerStatusResponse, ServerSummary,
+    ControlServerRequest, ControlServerResponse, InstanceInfo, ListServersRequest,
+    ListServersResponse, ServerStatusRequest, ServerStatusResponse, ServerSummary,
 };
 use tonic::Status;
 use tracing::info;
 
 use super::split_server;
 use crate::server::Shared;
-use crate::spec;
-use crate::store::{Action, StoreError, now_ms};
-
-pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, Status> {
-    let source = if req.source.is_empty() {
-        "spec"
-    } else {
-        req.source.as_str()
-    };
-    let new = spec::parse(&req.spec_toml, source).map_err(|e| {
-        Status::invalid_argument(format!(
-            "{source} has {} problem{}:\n{e}",
-            e.0.len(),
-            if e.0.len() == 1 { "" } else { "s" }
-        ))
-    })?;
-    let name = new.name();
-    if let Some(version) = &new.package
-        && shared
-            .store
-            .get_package(&new.app, &new.server, version)
-            .await?
-            .is_none()
-    {
-        return Err(Status::invalid_argument(format!(
-            "{source} has 1 problem:\npackage: {name} {version} has not been uploaded (see `registry package list --server {name}`)"
-        )));
-    }
-    let (old, changed_nodes) = if req.dry_run {
-        let old = shared
-            .store
-            .get_server(&new.app, &new.server)
-            .await?
-            .map(|r| r.spec);
-        (old, Vec::new())
-    } else {
-        let applied = shared.store.apply_spec(&new, now_ms()).await?;
-        (applied.old, applied.nodes)
-    };
-    let mut changes = spec::describe_changes(old.as_ref(), &new);
-    if !changes.is_empty() {
-        let known: Vec<String> = shared
-            .store
-            .list_nodes()
-            .await?
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
-        for node in new.nodes.iter().filter(|n| !known.contains(n)) {
-            changes.push(format!(
-                "note: node {node} has not joined yet; its instance starts when it does"
-            ));
-        }
-    }
-    if !req.dry_run && !changed_nodes.is_empty() {
-        shared.changed(&changed_nodes).await;
-        info!(server = %name, changes = changes.len(), "spec applied");
-    }
-    Ok(ApplyResponse {
-        server: name,
-        changes,
-        dry_run: req.dry_run,
-    })
-}
+use crate::store::{Action, StoreError};
 
 pub async fn list(
     shared: &Shared,
@@ -147,6 +84,8 @@ pub async fn status(
                 version: i.version,
                 reported_at_ms: i.reported_at_ms,
                 health: i.health,
+                ordinal: u32::try_from(i.ordinal).unwrap_or(0),
+                config_hold: i.config_hold,
             })
             .collect(),
     })
@@ -173,94 +112,4 @@ pub async fn control(
     shared.changed(&nodes).await;
     info!(server = %req.server, action = %req.action, nodes = ?nodes, "instances changed");
     Ok(ControlServerResponse { nodes })
-}
-
-pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandResponse, Status> {
-    let (app, server) = split_server(&req.server)?;
-    if req.nodes.is_empty() {
-        return Err(Status::invalid_argument("name at least one node with --to"));
-    }
-    for n in &req.nodes {
-        corral_proto::names::check_node_name(n).map_err(Status::invalid_argument)?;
-    }
-    let current = shared
-        .store
-        .get_server(app, server)
-        .await?
-        .ok_or_else(|| StoreError::ServerNotFound(req.server.clone()))?;
-    let from = (!req.from.is_empty()).then_some(req.from.as_str());
-    if let Some(f) = from
-        && !current.spec.nodes.iter().any(|n| n == f)
-    {
-        return Err(Status::invalid_argument(format!(
-            "--from {f}: {} has no instance there",
-            req.server
-        )));
-    }
-    let nodes: HashMap<String, String> = shared
-        .store
-        .list_nodes()
-        .await?
-        .into_iter()
-        .map(|n| (n.name, n.address))
-        .collect();
-    let mut rows = Vec::new();
-    for node in &req.nodes {
-        let exists = current.spec.nodes.contains(node);
-        let ports: Vec<(String, u16)> = if exists {
-            shared
-                .store
-                .instance_ports(app, server, node)
-                .await?
-                .into_iter()
-                .collect()
-        } else {
-            shared.store.plan_ports(&current.spec, node).await?
-        };
-        let bind = nodes
-            .get(node)
-            .cloned()
-            .unwrap_or_else(|| "(node not joined)".into());
-        if ports.is_empty() {
-            rows.push(ExpandRow {
-                node: node.clone(),
-                adapter: String::new(),
-                bind: bind.clone(),
-                port: 0,
-                exists,
-            });
-        }
-        for (adapter, port) in ports {
-            rows.push(ExpandRow {
-                node: node.clone(),
-                adapter,
-                bind: bind.clone(),
-                port: u32::from(port),
-                exists,
-            });
-        }
-    }
-    if req.preview {
-        return Ok(ExpandResponse {
-            rows,
-            added: Vec::new(),
-        });
-    }
-    let added = shared.store.expand(app, server, &req.nodes, from).await?;
-    if !added.is_empty() {
-        shared.changed(&added).await;
-        info!(server = %req.server, nodes = ?added, "expanded");
-    }
-    // The ports actually allocated, now that they are.
-    for row in rows.iter_mut().filter(|r| added.contains(&r.node)) {
-        if let Some(p) = shared
-            .store
-            .instance_ports(app, server, &row.node)
-            .await?
-            .get(&row.adapter)
-        {
-            row.port = u32::from(*p);
-        }
-    }
-    Ok(ExpandResponse { rows, added })
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use corral_proto::v1::{
-    ApplyRequest, ControlServerRequest, Event, ExpandRequest, FindRequest, InstanceInfo,
-    ListEventsRequest, ListServersRequest, ServerStatusRequest,
+    ApplyRequest, ControlServerRequest, Event, ExpandRequest, ExportServerRequest, FindRequest,
+    InstanceInfo, ListEventsRequest, ListServersRequest, ServerStatusRequest,
 };
 use serde_json::{Value, json};
 
@@ -21,6 +21,10 @@ pub struct ApplyArgs {
     /// Print what would change and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Apply even though it undoes an expand, patch, rollback or undeploy made since the
+    /// server's last apply.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -40,6 +44,9 @@ pub enum ServerCommand {
     /// Add instances on more nodes: ports allocated, configs rendered, in one
     /// transaction; --preview only shows what would happen.
     Expand(ExpandArgs),
+    /// Print the live spec as TOML that `apply -f` accepts and that changes nothing
+    /// (with what changed since the last apply, as comments).
+    Export { server: String },
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +97,7 @@ pub async fn apply(args: ApplyArgs, client_args: &ClientArgs) -> Result<(), CliE
             spec_toml: text,
             dry_run: args.dry_run,
             source: args.file.display().to_string(),
+            force: args.force,
         })
         .await?
         .into_inner();
@@ -140,6 +148,8 @@ fn instance_json(i: &InstanceInfo) -> Value {
         "healthy": match i.health.as_str() { "healthy" => json!(true), "unhealthy" => json!(false), _ => Value::Null },
         "health": i.health,
         "reported_at_ms": i.reported_at_ms,
+        "ordinal": i.ordinal,
+        "config_hold": i.config_hold,
     })
 }
 
@@ -247,6 +257,24 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
             return Ok(());
         }
         ServerCommand::Expand(a) => return expand(&mut client, a, args).await,
+        ServerCommand::Export { server } => {
+            let resp = client
+                .export_server(ExportServerRequest { server })
+                .await?
+                .into_inner();
+            if args.output == Format::Json {
+                println!(
+                    "{}",
+                    json!({"spec_toml": resp.spec_toml, "drift": resp.drift})
+                );
+            } else {
+                for line in &resp.drift {
+                    println!("# since the last apply: {line}");
+                }
+                print!("{}", resp.spec_toml);
+            }
+            return Ok(());
+        }
         ServerCommand::Start(t) => ("start", t),
         ServerCommand::Stop(t) => ("stop", t),
         ServerCommand::Restart(t) => ("restart", t),

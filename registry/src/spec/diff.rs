@@ -6,8 +6,9 @@ fn list(items: &[String]) -> String {
     items.join(", ")
 }
 
-/// One line per change from `old` (None: a new server) to `new`. Empty: no change.
-pub fn describe_changes(old: Option<&Spec>, new: &Spec) -> Vec<String> {
+/// One line per change from `old` (None: a new server) to `new`. Empty: no change. A
+/// dry run says what would happen, in the conditional.
+pub fn describe_changes(old: Option<&Spec>, new: &Spec, dry_run: bool) -> Vec<String> {
     let Some(old) = old else {
         return vec![format!(
             "create server {} on {} ({} instance{})",
@@ -35,8 +36,13 @@ pub fn describe_changes(old: Option<&Spec>, new: &Spec) -> Vec<String> {
     }
     if !removed.is_empty() {
         out.push(format!(
-            "remove instances on {} (they are stopped)",
-            list(&removed)
+            "remove instances on {} ({})",
+            list(&removed),
+            if dry_run {
+                "they would be stopped"
+            } else {
+                "stopping them"
+            }
         ));
     }
     if old.package != new.package {
@@ -83,6 +89,62 @@ pub fn describe_changes(old: Option<&Spec>, new: &Spec) -> Vec<String> {
     }
     if old.stop != new.stop {
         out.push(format!("stop: {:?} -> {:?}", old.stop, new.stop));
+    }
+    if old.health != new.health {
+        out.push(format!("health: {:?} -> {:?}", old.health, new.health));
+    }
+    if old.external != new.external {
+        out.push(format!("address: {:?} -> {:?}", old.external, new.external));
+    }
+    let restarts = old.command != new.command
+        || old.env != new.env
+        || old.user != new.user
+        || old.adapters != new.adapters
+        || old.restart != new.restart
+        || old.stop != new.stop
+        || old.health != new.health
+        || old.package != new.package
+        || old.external != new.external;
+    if restarts {
+        out.push(format!(
+            "running instances restart{} for the new spec, all at once",
+            if dry_run { " would" } else { "" }
+        ));
+    }
+    for c in &new.configs {
+        let how = match c.on_change.as_str() {
+            "restart" if !restarts => format!(
+                "running instances are restarted for it {} at a time, each once healthy again",
+                new.config_restart.batch
+            ),
+            "restart" => "written before the restart".to_string(),
+            "none" => "written; nothing else is done".to_string(),
+            signal => format!(
+                "written, then {} sent",
+                signal.trim_start_matches("signal:")
+            ),
+        };
+        match old.configs.iter().find(|o| o.name == c.name) {
+            None => out.push(format!("config {}: added ({how})", c.name)),
+            Some(o) if o != c => out.push(format!("config {}: changed ({how})", c.name)),
+            Some(_) => {}
+        }
+    }
+    for o in old
+        .configs
+        .iter()
+        .filter(|o| !new.configs.iter().any(|c| c.name == o.name))
+    {
+        out.push(format!(
+            "config {}: no longer rendered (the file stays)",
+            o.name
+        ));
+    }
+    if old.config_restart != new.config_restart {
+        out.push(format!(
+            "config_restart: {:?} -> {:?}",
+            old.config_restart, new.config_restart
+        ));
     }
     out
 }

@@ -34,6 +34,41 @@ pub struct ConfigTemplate {
     pub template: String,
     /// restart | signal:SIGNAME | none
     pub on_change: String,
+    /// How long a new render must stay the same before it is delivered (a burst of
+    /// changes gives one render), as consul-template's `wait.min`.
+    #[serde(with = "humantime_serde", default = "default_wait_min")]
+    pub wait_min: Duration,
+    /// A render that keeps changing is delivered after this long anyway (`wait.max`).
+    #[serde(with = "humantime_serde", default = "default_wait_max")]
+    pub wait_max: Duration,
+}
+
+fn default_wait_min() -> Duration {
+    defaults::RENDER_WAIT_MIN
+}
+
+fn default_wait_max() -> Duration {
+    defaults::RENDER_WAIT_MAX
+}
+
+/// How config changes that restart instances (`on_change = "restart"`) are rolled out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRestart {
+    /// Instances restarted at once; the next batch waits until they are healthy again
+    /// (or their health check's start period has passed).
+    pub batch: u32,
+    /// More config restarts of one instance than this within a minute: its config
+    /// changes are held (`config_flapping`) until the next apply or restart.
+    pub max_per_minute: u32,
+}
+
+impl Default for ConfigRestart {
+    fn default() -> Self {
+        ConfigRestart {
+            batch: defaults::CONFIG_RESTART_BATCH,
+            max_per_minute: defaults::CONFIG_RESTARTS_PER_MINUTE,
+        }
+    }
 }
 
 pub mod defaults {
@@ -45,6 +80,10 @@ pub mod defaults {
     pub const HEALTHY_AFTER: u32 = 1;
     pub const UNHEALTHY_AFTER: u32 = 3;
     pub const HTTP_PATH: &str = "/health";
+    pub const RENDER_WAIT_MIN: Duration = Duration::from_millis(500);
+    pub const RENDER_WAIT_MAX: Duration = Duration::from_secs(5);
+    pub const CONFIG_RESTART_BATCH: u32 = 1;
+    pub const CONFIG_RESTARTS_PER_MINUTE: u32 = 5;
 }
 
 fn count(c: &mut Checker, t: &Table, key: &str, default: u32) -> u32 {
@@ -168,7 +207,7 @@ pub(super) fn configs(c: &mut Checker, table: &Table) -> Vec<ConfigTemplate> {
             c.err(&path, format!("must be a table, not {}", type_name(item)));
             continue;
         };
-        c.unknown_keys(t, &path, &["name", "template", "on_change"]);
+        c.unknown_keys(t, &path, &["name", "template", "on_change", "render_wait"]);
         let name = c
             .required_string(t, "name", &format!("{path}.name"))
             .unwrap_or_default();
@@ -194,7 +233,7 @@ pub(super) fn configs(c: &mut Checker, table: &Table) -> Vec<ConfigTemplate> {
         let template = c
             .required_string(t, "template", &format!("{path}.template"))
             .unwrap_or_default();
-        if let Err(e) = super::render::check(&template) {
+        if let Err(e) = super::render::check_syntax(&template) {
             c.err(&format!("{path}.template"), e);
         }
         let on_change = c
@@ -219,13 +258,73 @@ pub(super) fn configs(c: &mut Checker, table: &Table) -> Vec<ConfigTemplate> {
                 ),
             );
         }
+        let (wait_min, wait_max) = render_wait(c, t, &path);
         out.push(ConfigTemplate {
             name,
             template,
             on_change,
+            wait_min,
+            wait_max,
         });
     }
     out
+}
+
+/// `render_wait = { min = "500ms", max = "5s" }` of a `[[config]]`.
+fn render_wait(c: &mut Checker, t: &Table, path: &str) -> (Duration, Duration) {
+    let path = format!("{path}.render_wait");
+    let defaults = (defaults::RENDER_WAIT_MIN, defaults::RENDER_WAIT_MAX);
+    let Some(value) = t.get("render_wait") else {
+        return defaults;
+    };
+    let Value::Table(w) = value else {
+        c.err(
+            &path,
+            format!(
+                "must be a table like {{ min = \"500ms\", max = \"5s\" }}, not {}",
+                type_name(value)
+            ),
+        );
+        return defaults;
+    };
+    c.unknown_keys(w, &path, &["min", "max"]);
+    let min = c.duration(w, "min", &format!("{path}.min"), defaults.0);
+    let max = c.duration(w, "max", &format!("{path}.max"), defaults.1);
+    if max < min {
+        c.err(
+            &format!("{path}.max"),
+            format!(
+                "{} is shorter than min ({})",
+                humantime::format_duration(max),
+                humantime::format_duration(min)
+            ),
+        );
+    }
+    if max > Duration::from_secs(3600) {
+        c.err(&format!("{path}.max"), "must be at most 1h");
+    }
+    (min, max)
+}
+
+/// The `[config_restart]` table.
+pub(super) fn config_restart(c: &mut Checker, table: &Table) -> ConfigRestart {
+    let empty = Table::new();
+    let t = c.subtable(table, "config_restart").unwrap_or(&empty);
+    c.unknown_keys(t, "config_restart", &["batch", "max_per_minute"]);
+    let d = ConfigRestart::default();
+    ConfigRestart {
+        batch: c
+            .integer(t, "batch", "config_restart.batch", 1..=10_000)
+            .map_or(d.batch, |n| n as u32),
+        max_per_minute: c
+            .integer(
+                t,
+                "max_per_minute",
+                "config_restart.max_per_minute",
+                1..=1_000,
+            )
+            .map_or(d.max_per_minute, |n| n as u32),
+    }
 }
 
 /// `host:port` of an external service.

@@ -5,6 +5,7 @@
 //! (`restart.min_uptime: ...`, `adapters[1].port: ...`), not just the first.
 
 mod diff;
+mod export;
 mod extra;
 mod proto;
 pub mod render;
@@ -16,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
 pub use diff::describe_changes;
-pub use extra::{ConfigTemplate, Health};
+pub use export::to_toml;
+pub use extra::{ConfigRestart, ConfigTemplate, Health};
 
 /// A checked spec, as stored (JSON) in the `servers` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +44,9 @@ pub struct Spec {
     /// do not run.
     #[serde(default)]
     pub external: Option<(String, u16)>,
+    /// How config changes that restart instances roll out.
+    #[serde(default)]
+    pub config_restart: ConfigRestart,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,8 +296,22 @@ impl Checker {
 }
 
 const TOP_KEYS: &[&str] = &[
-    "app", "server", "nodes", "command", "env", "user", "state", "adapters", "restart", "stop",
-    "package", "health", "config", "kind", "address",
+    "app",
+    "server",
+    "nodes",
+    "command",
+    "env",
+    "user",
+    "state",
+    "adapters",
+    "restart",
+    "stop",
+    "package",
+    "health",
+    "config",
+    "kind",
+    "address",
+    "config_restart",
 ];
 
 /// Checks a package version: `[A-Za-z0-9._+-]{1,63}`, not starting with a dot.
@@ -417,6 +436,9 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
             match value {
                 Value::String(s) if s.contains('\0') => c.err(&path, "must not contain NUL"),
                 Value::String(s) => {
+                    if let Err(e) = render::check_syntax(s) {
+                        c.err(&path, e);
+                    }
                     env.insert(key.clone(), s.clone());
                 }
                 other => c.err(&path, format!("must be a string, not {}", type_name(other))),
@@ -486,6 +508,7 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
     }
     let restart = restart(&mut c, &table);
     let stop = stop(&mut c, &table);
+    let config_restart = extra::config_restart(&mut c, &table);
 
     if c.errors.is_empty() {
         Ok(Spec {
@@ -503,6 +526,7 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
             health,
             configs,
             external,
+            config_restart,
         })
     } else {
         Err(SpecErrors(c.errors))

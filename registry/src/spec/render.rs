@@ -1,17 +1,32 @@
-//! Config templates, rendered per instance with minijinja.
+//! Config templates and `env` values, rendered per instance with minijinja.
 //!
 //! Variables: `app`, `server`, `node`, `node_ip`, `ports` (adapter name to port),
-//! `version`, `instance_dir`; function `endpoints(name)`: the sorted `host:port` list of
-//! the active endpoints of `APP.SERVER.ADAPTER`. Undefined variables are errors, so a
-//! typo is found at apply time rather than rendered as an empty string.
+//! `version`, `instance_dir`, `ordinal`. Functions (config files only):
+//! * `instances('APP.SERVER[.ADAPTER]')`: every instance assigned to the server that the
+//!   operator has not stopped, healthy or not, sorted by ordinal, each with `node`,
+//!   `host`, `port` (the adapter's; the first adapter's without one), `ports`, `ordinal`,
+//!   `state` and `healthy`. It changes only when instances are added, removed, stopped
+//!   or started by the operator, so a peers list built on it is stable.
+//! * `endpoints('APP.SERVER.ADAPTER')`: the sorted `host:port` list of the endpoints that
+//!   are up and healthy right now (what discovery lists).
+//!
+//! Filters: minijinja's built-ins plus `tojson`. Undefined variables are errors, so a
+//! typo is found at apply time rather than rendered as an empty string. A template runs
+//! on a fuel budget and its output is capped, so no spec can stall the registry.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use minijinja::{Environment, UndefinedBehavior, context};
+use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, context};
+use serde::Serialize;
+
+/// The most a rendered file (or env value) may hold.
+pub const MAX_RENDERED: usize = 1024 * 1024;
+/// Instructions a template may run for one render.
+const FUEL: u64 = 2_000_000;
 
 /// What a template sees of its instance.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RenderContext {
     pub app: String,
     pub server: String,
@@ -20,50 +35,174 @@ pub struct RenderContext {
     pub ports: BTreeMap<String, u16>,
     pub version: String,
     pub instance_dir: String,
+    pub ordinal: u32,
+}
+
+/// One instance as `instances()` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceEntry {
+    pub node: String,
+    pub host: String,
+    pub port: u16,
+    pub ports: BTreeMap<String, u16>,
+    pub ordinal: u32,
+    pub state: String,
+    pub healthy: bool,
 }
 
 /// Endpoints by name, as `host:port` strings.
 pub type EndpointTable = Arc<HashMap<String, Vec<String>>>;
+/// Instances by name (`APP.SERVER` and `APP.SERVER.ADAPTER`), sorted by ordinal.
+pub type InstanceTable = Arc<HashMap<String, Vec<InstanceEntry>>>;
 
-fn describe(e: &minijinja::Error) -> String {
-    let detail = e
-        .detail()
-        .map_or_else(|| e.kind().to_string(), |d| format!("{}: {d}", e.kind()));
-    match e.line() {
-        Some(line) => format!("line {line}: {detail}"),
-        None => detail,
+/// What the functions of a template read.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    pub endpoints: EndpointTable,
+    pub instances: InstanceTable,
+}
+
+/// A rendered template, and what it called.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub content: String,
+    /// The names passed to `endpoints()`: the render depends on liveness.
+    pub endpoints: BTreeSet<String>,
+    /// The names passed to `instances()`.
+    pub instances: BTreeSet<String>,
+}
+
+/// Why a template did not render: its line (when known) and what went wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for RenderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => write!(f, "{}", self.message),
+        }
     }
 }
 
+fn describe(e: &Error) -> RenderError {
+    let message = match e.detail() {
+        Some(d) => format!("{}: {d}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    RenderError {
+        line: e.line(),
+        message,
+    }
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env
+}
+
+fn variables(ctx: &RenderContext) -> minijinja::Value {
+    context! {
+        app => ctx.app,
+        server => ctx.server,
+        node => ctx.node,
+        node_ip => ctx.node_ip,
+        ports => ctx.ports,
+        version => ctx.version,
+        instance_dir => ctx.instance_dir,
+        ordinal => ctx.ordinal,
+    }
+}
+
+fn capped(content: String) -> Result<String, RenderError> {
+    if content.len() > MAX_RENDERED {
+        return Err(RenderError {
+            line: None,
+            message: format!(
+                "the rendered text is {} bytes; the limit is {MAX_RENDERED}",
+                content.len()
+            ),
+        });
+    }
+    Ok(content)
+}
+
+/// Renders a config template for one instance.
 pub fn render(
     template: &str,
     ctx: &RenderContext,
-    endpoints: &EndpointTable,
-) -> Result<String, String> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    let table = endpoints.clone();
+    tables: &Tables,
+) -> Result<Rendered, RenderError> {
+    let mut env = environment();
+    let called: Arc<Mutex<(BTreeSet<String>, BTreeSet<String>)>> = Arc::default();
+    let (table, seen) = (tables.endpoints.clone(), called.clone());
     env.add_function("endpoints", move |name: String| -> Vec<String> {
-        table.get(&name).cloned().unwrap_or_default()
+        let list = table.get(&name).cloned().unwrap_or_default();
+        seen.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .insert(name);
+        list
     });
-    env.render_str(
-        template,
-        context! {
-            app => ctx.app,
-            server => ctx.server,
-            node => ctx.node,
-            node_ip => ctx.node_ip,
-            ports => ctx.ports,
-            version => ctx.version,
-            instance_dir => ctx.instance_dir,
-        },
-    )
-    .map_err(|e| describe(&e))
+    let (table, seen) = (tables.instances.clone(), called.clone());
+    env.add_function("instances", move |name: String| -> Vec<minijinja::Value> {
+        let list = table
+            .get(&name)
+            .map(|l| l.iter().map(minijinja::Value::from_serialize).collect())
+            .unwrap_or_default();
+        seen.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .insert(name);
+        list
+    });
+    let content = env
+        .render_str(template, variables(ctx))
+        .map_err(|e| describe(&e))?;
+    let (endpoints, instances) =
+        std::mem::take(&mut *called.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok(Rendered {
+        content: capped(content)?,
+        endpoints,
+        instances,
+    })
 }
 
-/// Checks a template at apply time: it must parse and render for a sample instance.
-pub fn check(template: &str) -> Result<(), String> {
-    let sample = RenderContext {
+/// Renders an `env` value for one instance: variables only, since the environment is
+/// fixed when the process starts (a list that changes belongs in a config file).
+pub fn render_env(value: &str, ctx: &RenderContext) -> Result<String, RenderError> {
+    if !value.contains("{{") && !value.contains("{%") {
+        return Ok(value.to_string());
+    }
+    let mut env = environment();
+    for function in ["endpoints", "instances"] {
+        env.add_function(
+            function,
+            move |_: minijinja::Value| -> Result<String, Error> {
+                Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "{function}() cannot be used in env: the environment is fixed when the \
+                     process starts; render the list into a [[config]] file instead"
+                    ),
+                ))
+            },
+        );
+    }
+    env.render_str(value, variables(ctx))
+        .map_err(|e| describe(&e))
+        .and_then(capped)
+}
+
+/// A sample instance, for tests of templates.
+#[cfg(test)]
+pub fn sample_context() -> RenderContext {
+    RenderContext {
         app: "app".into(),
         server: "server".into(),
         node: "node".into(),
@@ -71,41 +210,141 @@ pub fn check(template: &str) -> Result<(), String> {
         ports: BTreeMap::new(),
         version: "0.0.0".into(),
         instance_dir: "/var/lib/corral/instances/app.server".into(),
-    };
-    render(template, &sample, &EndpointTable::default()).map(|_| ())
+        ordinal: 0,
+    }
+}
+
+/// Checks a template's syntax at parse time. Variables are checked later, at apply,
+/// with each instance's real values (a port of an adapter exists only then).
+pub fn check_syntax(template: &str) -> Result<(), RenderError> {
+    environment()
+        .template_from_str(template)
+        .map(|_| ())
+        .map_err(|e| describe(&e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn renders_peers_and_variables() {
-        let mut table = HashMap::new();
-        table.insert(
+    fn entry(node: &str, ordinal: u32, port: u16) -> InstanceEntry {
+        InstanceEntry {
+            node: node.into(),
+            host: format!("10.0.0.{}", ordinal + 1),
+            port,
+            ports: BTreeMap::from([("P2P".into(), port)]),
+            ordinal,
+            state: "running".into(),
+            healthy: ordinal == 0,
+        }
+    }
+
+    fn tables() -> Tables {
+        let mut endpoints = HashMap::new();
+        endpoints.insert(
             "chain0.Gateway.P2P".to_string(),
             vec!["10.0.0.1:30300".to_string(), "10.0.0.2:30300".to_string()],
         );
+        let mut instances = HashMap::new();
+        instances.insert(
+            "chain0.Gateway.P2P".to_string(),
+            vec![entry("node-a", 0, 30300), entry("node-b", 1, 30301)],
+        );
+        Tables {
+            endpoints: Arc::new(endpoints),
+            instances: Arc::new(instances),
+        }
+    }
+
+    #[test]
+    fn renders_peers_and_variables() {
         let ctx = RenderContext {
             node: "node-a".into(),
             ports: BTreeMap::from([("P2P".into(), 30300)]),
+            ordinal: 2,
             ..RenderContext::default()
         };
         let out = render(
-            "{% for e in endpoints('chain0.Gateway.P2P') %}{{ e }}\n{% endfor %}me={{ node }}:{{ ports.P2P }}",
+            "{% for e in endpoints('chain0.Gateway.P2P') %}{{ e }}\n{% endfor %}me={{ node }}:{{ ports.P2P }}#{{ ordinal }}",
             &ctx,
-            &Arc::new(table),
+            &tables(),
         )
         .expect("renders");
-        assert_eq!(out, "10.0.0.1:30300\n10.0.0.2:30300\nme=node-a:30300");
+        assert_eq!(
+            out.content,
+            "10.0.0.1:30300\n10.0.0.2:30300\nme=node-a:30300#2"
+        );
+        assert_eq!(
+            out.endpoints,
+            BTreeSet::from(["chain0.Gateway.P2P".to_string()])
+        );
+        assert!(out.instances.is_empty());
+    }
+
+    #[test]
+    fn instances_lists_every_assigned_instance_with_its_fields() {
+        let out = render(
+            "{% for i in instances('chain0.Gateway.P2P') %}{{ i.ordinal }} {{ i.node }} {{ i.host }}:{{ i.port }} {{ i.state }} {{ i.healthy }}\n{% endfor %}",
+            &RenderContext::default(),
+            &tables(),
+        )
+        .expect("renders");
+        assert_eq!(
+            out.content,
+            "0 node-a 10.0.0.1:30300 running True\n1 node-b 10.0.0.2:30301 running False\n"
+        );
+        assert!(out.endpoints.is_empty(), "instances() is not liveness");
+        let json = render(
+            "{{ instances('chain0.Gateway.P2P') | map(attribute='node') | list | tojson }}",
+            &RenderContext::default(),
+            &tables(),
+        )
+        .expect("tojson");
+        assert_eq!(json.content, r#"["node-a","node-b"]"#);
     }
 
     #[test]
     fn errors_name_the_line() {
-        let err = check("ok\n{% for x in %}\n").expect_err("syntax");
-        assert!(err.starts_with("line 2:"), "{err}");
-        let err = check("{{ nodee }}").expect_err("undefined");
-        assert!(err.contains("line 1") && err.contains("undefined"), "{err}");
-        check("{{ endpoints('a.b.C') | join(',') }} {{ app }}").expect("valid");
+        let err = check_syntax("ok\n{% for x in %}\n").expect_err("syntax");
+        assert_eq!(err.line, Some(2), "{err}");
+        let err =
+            render("a\n{{ nodee }}", &sample_context(), &Tables::default()).expect_err("undefined");
+        assert!(
+            err.to_string().starts_with("line 2") && err.message.contains("undefined"),
+            "{err}"
+        );
+        let err = render("{{ ports.P2P }}", &sample_context(), &Tables::default())
+            .expect_err("no such port");
+        assert!(err.message.contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn runaway_templates_are_stopped() {
+        let err = render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            &sample_context(),
+            &Tables::default(),
+        )
+        .expect_err("out of fuel");
+        assert!(err.message.contains("fuel"), "{err}");
+        let err = render("{{ 'x' * 2000000 }}", &sample_context(), &Tables::default())
+            .expect_err("too big");
+        assert!(err.message.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn env_values_take_variables_but_no_functions() {
+        let ctx = RenderContext {
+            ordinal: 3,
+            node: "n".into(),
+            ..RenderContext::default()
+        };
+        assert_eq!(
+            render_env("id-{{ ordinal }}-{{ node }}", &ctx).expect("env"),
+            "id-3-n"
+        );
+        assert_eq!(render_env("plain", &ctx).expect("plain"), "plain");
+        let err = render_env("{{ endpoints('a.b.C') }}", &ctx).expect_err("no functions");
+        assert!(err.message.contains("cannot be used in env"), "{err}");
     }
 }

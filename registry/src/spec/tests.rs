@@ -140,18 +140,26 @@ fn toml_syntax_errors_name_the_file_and_line() {
 #[test]
 fn changes_are_described() {
     let old = parse(FULL, "a").expect("valid");
-    assert_eq!(describe_changes(Some(&old), &old), Vec::<String>::new());
+    assert_eq!(
+        describe_changes(Some(&old), &old, false),
+        Vec::<String>::new()
+    );
     let mut new = old.clone();
     new.nodes = vec!["node-b".into(), "node-c".into()];
     new.command = vec!["bin/echo".into()];
     new.env.insert("X".into(), "1".into());
-    let lines = describe_changes(Some(&old), &new);
+    let lines = describe_changes(Some(&old), &new, false);
     assert_eq!(lines[0], "add instances on node-c");
-    assert_eq!(lines[1], "remove instances on node-a (they are stopped)");
+    assert_eq!(lines[1], "remove instances on node-a (stopping them)");
+    assert_eq!(
+        describe_changes(Some(&old), &new, true)[1],
+        "remove instances on node-a (they would be stopped)",
+        "a dry run stops nothing"
+    );
     assert!(lines[2].starts_with("command: "));
     assert_eq!(lines[3], "env.X: set to \"1\"");
     assert_eq!(
-        describe_changes(None, &old),
+        describe_changes(None, &old, false),
         ["create server demo.echo on node-a, node-b (2 instances)"]
     );
 }

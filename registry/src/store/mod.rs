@@ -5,12 +5,15 @@
 //! are Unix milliseconds in `BIGINT` columns, so both backends agree on them.
 
 mod changes;
+pub mod configs;
+mod leases;
 mod metrics;
 mod nodes;
 mod packages;
 pub mod ports;
 mod rollouts;
 mod servers;
+mod staging;
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,10 +22,12 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor};
 
+pub use configs::{Delivered, DeliveredTable};
 pub use nodes::{HeartbeatRow, JoinRecord, LoadRow, NodeRow, NodeState};
 pub use packages::{CHUNK_SIZE, PackageRow};
 pub use rollouts::{RolloutInstanceRow, RolloutRow};
-pub use servers::{Action, Applied, Assignment, EventRow, InstanceRow, ServerRow, StatusReport};
+pub use servers::{Action, Assignment, EventRow, InstanceRow, ServerRow, StatusReport};
+pub use staging::{Applied, Staged, StagedInstance};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/mysql");

@@ -342,4 +342,24 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(query_err("finding drained instances"))
     }
+
+    /// Instances a rollout is restarting on purpose right now (draining, switching,
+    /// starting on the new release, or going back to the old one): config renders treat
+    /// them as still listed.
+    pub async fn rollout_absences(
+        &self,
+    ) -> Result<std::collections::HashSet<(String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.app, r.server, i.node FROM rollout_instances i JOIN rollouts r ON r.id = i.rollout_id \
+             WHERE (r.state = 'running' AND i.phase IN ('draining', 'switching', 'starting')) \
+                OR (r.state = 'rolling-back' AND i.phase IN ('rolled-back', 'failed') AND i.switched_at_ms > 0)",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("finding instances a rollout restarts"))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("app")?, r.try_get("server")?, r.try_get("node")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(query_err("finding instances a rollout restarts"))
+    }
 }

@@ -32,11 +32,20 @@ pub struct InstanceRow {
     pub install_error: String,
     /// healthy | unhealthy | unknown | "" (no check)
     pub health: String,
+    /// 0-based within the server, kept for the instance's life.
+    pub ordinal: i64,
+    /// When a config change that restarts the instance was last delivered to it.
+    pub config_restart_at_ms: i64,
+    /// The config whose changes are held because they restarted it too often.
+    pub config_hold: String,
 }
 
 #[derive(Clone, Debug)]
 pub struct ServerRow {
     pub spec: Spec,
+    /// The spec as last applied with `registry apply` (None: never, e.g. rows older
+    /// than drift tracking); `spec` differs after expand, patch, rollback, undeploy.
+    pub applied: Option<Spec>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -45,6 +54,7 @@ pub struct ServerRow {
 #[derive(Clone, Debug)]
 pub struct Assignment {
     pub spec: Spec,
+    pub ordinal: i64,
     pub running: bool,
     pub restart_counter: i64,
     pub desired_version: String,
@@ -91,18 +101,10 @@ pub enum Action {
     Undeploy,
 }
 
-/// What `apply_spec` did.
-#[derive(Debug)]
-pub struct Applied {
-    /// The spec before, if the server existed.
-    pub old: Option<Spec>,
-    /// Nodes whose desired state changed.
-    pub nodes: Vec<String>,
-}
-
 const INSTANCE_COLUMNS: &str = "app, server, node, desired, restart_counter, state, pid, restarts, \
      started_at_ms, last_exit, last_error, version, reported_at_ms, desired_version, prefetch_version, \
-     install_version, install_state, install_percent, install_error, health";
+     install_version, install_state, install_percent, install_error, health, ordinal, \
+     config_restart_at_ms, config_hold";
 
 fn instance_from_row(r: &AnyRow) -> Result<InstanceRow, sqlx::Error> {
     Ok(InstanceRow {
@@ -126,22 +128,44 @@ fn instance_from_row(r: &AnyRow) -> Result<InstanceRow, sqlx::Error> {
         install_percent: r.try_get("install_percent")?,
         install_error: r.try_get("install_error")?,
         health: r.try_get("health")?,
+        ordinal: r.try_get("ordinal")?,
+        config_restart_at_ms: r.try_get("config_restart_at_ms")?,
+        config_hold: r.try_get("config_hold")?,
     })
 }
 
 /// The `spec` column as text. MySQL keeps it in a MEDIUMTEXT, which the Any driver
 /// hands out as bytes; SQLite as text.
 fn spec_text(row: &AnyRow) -> Result<String, sqlx::Error> {
-    row.try_get::<String, _>("spec").or_else(|_| {
-        let bytes: Vec<u8> = row.try_get("spec")?;
+    text_column(row, "spec")
+}
+
+/// A TEXT / MEDIUMTEXT column as a string, whichever way the backend hands it out.
+pub(crate) fn text_column(row: &AnyRow, column: &str) -> Result<String, sqlx::Error> {
+    row.try_get::<String, _>(column).or_else(|_| {
+        let bytes: Vec<u8> = row.try_get(column)?;
         String::from_utf8(bytes).map_err(|e| sqlx::Error::Decode(Box::new(e)))
     })
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+fn server_from_row(r: &AnyRow) -> Result<ServerRow, sqlx::Error> {
+    let applied = text_column(r, "applied_spec")?;
+    Ok(ServerRow {
+        spec: spec_from_json(&spec_text(r)?)?,
+        applied: if applied.is_empty() {
+            None
+        } else {
+            Some(spec_from_json(&applied)?)
+        },
+        created_at_ms: r.try_get("created_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+    })
+}
+
+pub(crate) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// A server's spec, read inside a write transaction (its row locked on MySQL).
-async fn locked_spec(
+pub(crate) async fn locked_spec(
     store: &Store,
     tx: &mut Tx,
     app: &str,
@@ -164,7 +188,7 @@ async fn locked_spec(
 }
 
 /// Replaces a server's spec inside a transaction.
-async fn write_spec(
+pub(crate) async fn write_spec(
     tx: &mut Tx,
     spec: &Spec,
     now_ms: i64,
@@ -183,7 +207,7 @@ async fn write_spec(
     Ok(())
 }
 
-fn spec_from_json(text: &str) -> Result<Spec, sqlx::Error> {
+pub(crate) fn spec_from_json(text: &str) -> Result<Spec, sqlx::Error> {
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
@@ -215,125 +239,30 @@ impl Store {
         server: &str,
     ) -> Result<Option<ServerRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT spec, created_at_ms, updated_at_ms FROM servers WHERE app = ? AND server = ?",
+            "SELECT spec, applied_spec, created_at_ms, updated_at_ms FROM servers WHERE app = ? AND server = ?",
         )
         .bind(app)
         .bind(server)
         .fetch_optional(&self.pool)
         .await
         .map_err(query_err("reading a server"))?;
-        row.map(|r| {
-            Ok(ServerRow {
-                spec: spec_from_json(&spec_text(&r)?)?,
-                created_at_ms: r.try_get("created_at_ms")?,
-                updated_at_ms: r.try_get("updated_at_ms")?,
-            })
-        })
-        .transpose()
-        .map_err(query_err("decoding a server"))
+        row.as_ref()
+            .map(server_from_row)
+            .transpose()
+            .map_err(query_err("decoding a server"))
     }
 
     pub async fn list_servers(&self) -> Result<Vec<ServerRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT spec, created_at_ms, updated_at_ms FROM servers ORDER BY app, server",
+            "SELECT spec, applied_spec, created_at_ms, updated_at_ms FROM servers ORDER BY app, server",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(query_err("listing servers"))?;
         rows.iter()
-            .map(|r| {
-                Ok(ServerRow {
-                    spec: spec_from_json(&spec_text(r)?)?,
-                    created_at_ms: r.try_get("created_at_ms")?,
-                    updated_at_ms: r.try_get("updated_at_ms")?,
-                })
-            })
+            .map(server_from_row)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(query_err("decoding a server"))
-    }
-
-    /// Creates or updates a server and its instances in one transaction.
-    pub async fn apply_spec(&self, spec: &Spec, now_ms: i64) -> Result<Applied, StoreError> {
-        let json = serde_json::to_string(spec)
-            .map_err(|e| query_err("applying a spec")(sqlx::Error::Encode(Box::new(e))))?;
-        let mut tx = self
-            .begin_write()
-            .await
-            .map_err(query_err("applying a spec"))?;
-        let old = locked_spec(self, &mut tx, &spec.app, &spec.server, "applying a spec").await?;
-        if old.as_ref() == Some(spec) {
-            tx.rollback().await.map_err(query_err("applying a spec"))?;
-            return Ok(Applied {
-                old,
-                nodes: Vec::new(),
-            });
-        }
-        if old.is_some() {
-            write_spec(&mut tx, spec, now_ms, "applying a spec").await?;
-        } else {
-            sqlx::query("INSERT INTO servers (app, server, spec, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?)")
-                .bind(&spec.app)
-                .bind(&spec.server)
-                .bind(&json)
-                .bind(now_ms)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("applying a spec"))?;
-        }
-        let old_nodes: Vec<String> = old.as_ref().map(|o| o.nodes.clone()).unwrap_or_default();
-        let state_changed = old.as_ref().is_some_and(|o| o.state != spec.state);
-        let package_changed = old.as_ref().is_some_and(|o| o.package != spec.package);
-        let version = spec.package.clone().unwrap_or_default();
-        for node in spec.nodes.iter().filter(|n| !old_nodes.contains(n)) {
-            sqlx::query("INSERT INTO instances (app, server, node, desired, desired_version) VALUES (?, ?, ?, ?, ?)")
-                .bind(&spec.app)
-                .bind(&spec.server)
-                .bind(node)
-                .bind(spec.state.as_str())
-                .bind(&version)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("adding an instance"))?;
-        }
-        for node in old_nodes.iter().filter(|n| !spec.nodes.contains(n)) {
-            sqlx::query("DELETE FROM instances WHERE app = ? AND server = ? AND node = ?")
-                .bind(&spec.app)
-                .bind(&spec.server)
-                .bind(node)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("removing an instance"))?;
-        }
-        if state_changed {
-            sqlx::query("UPDATE instances SET desired = ? WHERE app = ? AND server = ?")
-                .bind(spec.state.as_str())
-                .bind(&spec.app)
-                .bind(&spec.server)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("applying a spec"))?;
-        }
-        for node in old_nodes.iter().filter(|n| !spec.nodes.contains(n)) {
-            super::ports::release(&mut tx, &spec.app, &spec.server, Some(node)).await?;
-        }
-        for node in &spec.nodes {
-            super::ports::assign(&mut tx, spec, node).await?;
-        }
-        if package_changed {
-            sqlx::query("UPDATE instances SET desired_version = ? WHERE app = ? AND server = ?")
-                .bind(&version)
-                .bind(&spec.app)
-                .bind(&spec.server)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err("applying a spec"))?;
-        }
-        tx.commit().await.map_err(query_err("applying a spec"))?;
-        let mut nodes: Vec<String> = spec.nodes.iter().chain(old_nodes.iter()).cloned().collect();
-        nodes.sort();
-        nodes.dedup();
-        Ok(Applied { old, nodes })
     }
 
     pub async fn instances_of(
@@ -342,7 +271,7 @@ impl Store {
         server: &str,
     ) -> Result<Vec<InstanceRow>, StoreError> {
         let sql = format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE app = ? AND server = ? ORDER BY node"
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE app = ? AND server = ? ORDER BY ordinal"
         );
         let rows = sqlx::query(&sql)
             .bind(app)
@@ -413,7 +342,7 @@ impl Store {
                 "UPDATE instances SET desired = 'stopped' WHERE app = ? AND server = ?{filter}"
             ),
             Action::Restart => format!(
-                "UPDATE instances SET desired = 'running', restart_counter = restart_counter + 1 WHERE app = ? AND server = ?{filter}"
+                "UPDATE instances SET desired = 'running', restart_counter = restart_counter + 1, config_hold = '' WHERE app = ? AND server = ?{filter}"
             ),
             Action::Undeploy => {
                 format!("DELETE FROM instances WHERE app = ? AND server = ?{filter}")
@@ -429,6 +358,7 @@ impl Store {
         if action == Action::Undeploy {
             for n in &nodes {
                 super::ports::release(&mut tx, app, server, Some(n)).await?;
+                super::configs::forget(&mut tx, app, server, n).await?;
             }
             // Keep the spec's node list in step, or forget the server with its last instance.
             let left: i64 =
@@ -461,7 +391,7 @@ impl Store {
     /// Everything `node` must run.
     pub async fn node_assignments(&self, node: &str) -> Result<Vec<Assignment>, StoreError> {
         let rows = sqlx::query(
-            "SELECT s.spec, i.desired, i.restart_counter, i.desired_version, i.prefetch_version FROM instances i \
+            "SELECT s.spec, i.ordinal, i.desired, i.restart_counter, i.desired_version, i.prefetch_version FROM instances i \
              JOIN servers s ON s.app = i.app AND s.server = i.server \
              WHERE i.node = ? ORDER BY i.app, i.server",
         )
@@ -473,6 +403,7 @@ impl Store {
             .map(|r| {
                 Ok(Assignment {
                     spec: spec_from_json(&spec_text(r)?)?,
+                    ordinal: r.try_get("ordinal")?,
                     running: r.try_get::<String, _>("desired")? == RunState::Running.as_str(),
                     restart_counter: r.try_get("restart_counter")?,
                     desired_version: r.try_get("desired_version")?,
@@ -625,69 +556,5 @@ impl Store {
         tx.commit()
             .await
             .map_err(query_err("recording the new release"))
-    }
-}
-
-impl Store {
-    /// Adds instances of a server on `nodes` (those it is not on yet), in one
-    /// transaction: the spec's node list, the instances (release and running state copied
-    /// from `from`'s instance, else from the spec) and their ports. The added nodes.
-    pub async fn expand(
-        &self,
-        app: &str,
-        server: &str,
-        nodes: &[String],
-        from: Option<&str>,
-    ) -> Result<Vec<String>, StoreError> {
-        let err = || query_err("expanding a server");
-        let mut tx = self.begin_write().await.map_err(err())?;
-        let mut spec = locked_spec(self, &mut tx, app, server, "expanding a server")
-            .await?
-            .ok_or_else(|| StoreError::ServerNotFound(format!("{app}.{server}")))?;
-        let (desired, version) = match from {
-            Some(f) => {
-                let r = sqlx::query("SELECT desired, desired_version FROM instances WHERE app = ? AND server = ? AND node = ?")
-                    .bind(app)
-                    .bind(server)
-                    .bind(f)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(err())?
-                    .ok_or_else(|| StoreError::InstanceNotFound(format!("{app}.{server}@{f}")))?;
-                (
-                    r.try_get::<String, _>("desired").map_err(err())?,
-                    r.try_get::<String, _>("desired_version").map_err(err())?,
-                )
-            }
-            None => (
-                spec.state.as_str().to_string(),
-                spec.package.clone().unwrap_or_default(),
-            ),
-        };
-        let mut added = Vec::new();
-        let new: Vec<String> = nodes
-            .iter()
-            .filter(|n| !spec.nodes.contains(n))
-            .cloned()
-            .collect();
-        for node in &new {
-            sqlx::query("INSERT INTO instances (app, server, node, desired, desired_version) VALUES (?, ?, ?, ?, ?)")
-                .bind(app)
-                .bind(server)
-                .bind(node)
-                .bind(&desired)
-                .bind(&version)
-                .execute(&mut *tx)
-                .await
-                .map_err(err())?;
-            spec.nodes.push(node.clone());
-            super::ports::assign(&mut tx, &spec, node).await?;
-            added.push(node.clone());
-        }
-        if !added.is_empty() {
-            write_spec(&mut tx, &spec, super::now_ms(), "expanding a server").await?;
-        }
-        tx.commit().await.map_err(err())?;
-        Ok(added)
     }
 }

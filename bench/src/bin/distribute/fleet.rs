@@ -259,6 +259,7 @@ pub async fn apply(admin: &mut AdminClient<Channel>, spec: &str) -> anyhow::Resu
             spec_toml: spec.to_string(),
             dry_run: false,
             source: "bench.toml".into(),
+            force: false,
         })
         .await
         .context("apply")?;

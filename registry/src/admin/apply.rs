@@ -1,0 +1,287 @@
+//! `Apply`, `Expand` and `ExportServer`: changes to a server are staged in one
+//! transaction, every template is rendered for every instance with its real values, and
+//! the change commits only when all of them render (a dry run or preview rolls back, so
+//! it says exactly what would happen). An apply that would undo an expand, patch,
+//! rollback or undeploy made since the server's last apply needs `force`.
+
+use std::collections::HashMap;
+
+use corral_proto::v1::{
+    ApplyRequest, ApplyResponse, ExpandRequest, ExpandResponse, ExpandRow, ExportServerRequest,
+    ExportServerResponse,
+};
+use tonic::Status;
+use tracing::info;
+
+use super::split_server;
+use crate::configs::check::{self, NodeInfo};
+use crate::server::Shared;
+use crate::spec::{self, Spec};
+use crate::store::{Staged, StoreError, now_ms};
+
+fn problems(source: &str, list: &[String]) -> Status {
+    Status::invalid_argument(format!(
+        "{source} has {} problem{}:\n{}",
+        list.len(),
+        if list.len() == 1 { "" } else { "s" },
+        list.join("\n")
+    ))
+}
+
+async fn node_info(shared: &Shared) -> Result<NodeInfo, Status> {
+    Ok(shared
+        .store
+        .list_nodes()
+        .await?
+        .into_iter()
+        .map(|n| (n.name, (n.address, n.data_dir)))
+        .collect())
+}
+
+/// Renders every template of the staged server for every instance; rolls the change
+/// back and names every problem when one fails. The notes for the operator otherwise.
+async fn check_staged(
+    shared: &Shared,
+    staged: Staged,
+    source: &str,
+) -> Result<(Staged, Vec<String>), Status> {
+    let nodes = node_info(shared).await?;
+    let live = shared.discovery.render_tables();
+    let name = staged.spec.name();
+    let states: HashMap<String, String> = live
+        .instances
+        .get(&name)
+        .into_iter()
+        .flatten()
+        .map(|e| (e.node.clone(), e.state.clone()))
+        .collect();
+    let tables = check::staged_tables(&live, &staged.spec, &staged.instances, &nodes, &states);
+    match check::check(&staged.spec, &staged.instances, &nodes, &tables) {
+        Ok(notes) => Ok((staged, notes)),
+        Err(list) => {
+            staged.rollback().await;
+            Err(problems(source, &list))
+        }
+    }
+}
+
+/// What applying `new` would undo of the changes made since the last apply: the live
+/// spec's nodes and release, where they moved away from the applied spec.
+pub fn drift(applied: Option<&Spec>, live: Option<&Spec>, new: &Spec) -> Vec<String> {
+    let (Some(applied), Some(live)) = (applied, live) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for node in live.nodes.iter().filter(|n| !applied.nodes.contains(n)) {
+        if !new.nodes.contains(node) {
+            out.push(format!(
+                "removes the instance on {node}, added by `registry server expand` since the last apply"
+            ));
+        }
+    }
+    for node in applied.nodes.iter().filter(|n| !live.nodes.contains(n)) {
+        if new.nodes.contains(node) {
+            out.push(format!(
+                "adds back the instance on {node}, undeployed since the last apply"
+            ));
+        }
+    }
+    if live.package != applied.package && new.package != live.package {
+        let show = |p: &Option<String>| p.clone().unwrap_or_else(|| "none".into());
+        out.push(format!(
+            "switches the release from {} (set by `registry patch` or `rollback` since the last apply) to {}",
+            show(&live.package),
+            show(&new.package)
+        ));
+    }
+    out
+}
+
+/// How the live spec moved away from the last applied one, for `export`.
+fn drift_summary(applied: &Spec, live: &Spec) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in live.nodes.iter().filter(|n| !applied.nodes.contains(n)) {
+        out.push(format!("node {node} was added (registry server expand)"));
+    }
+    for node in applied.nodes.iter().filter(|n| !live.nodes.contains(n)) {
+        out.push(format!(
+            "node {node} was removed (registry server undeploy)"
+        ));
+    }
+    if live.package != applied.package {
+        let show = |p: &Option<String>| p.clone().unwrap_or_else(|| "none".into());
+        out.push(format!(
+            "the release went from {} to {} (registry patch or rollback)",
+            show(&applied.package),
+            show(&live.package)
+        ));
+    }
+    out
+}
+
+pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, Status> {
+    let source = if req.source.is_empty() {
+        "spec"
+    } else {
+        req.source.as_str()
+    };
+    let new = spec::parse(&req.spec_toml, source).map_err(|e| problems(source, &e.0))?;
+    let name = new.name();
+    if let Some(version) = &new.package
+        && shared
+            .store
+            .get_package(&new.app, &new.server, version)
+            .await?
+            .is_none()
+    {
+        return Err(problems(
+            source,
+            &[format!(
+                "package: {name} {version} has not been uploaded (see `registry package list --server {name}`)"
+            )],
+        ));
+    }
+    let staged = shared.store.stage_apply(&new, now_ms()).await?;
+    let undone = drift(staged.applied_before.as_ref(), staged.old.as_ref(), &new);
+    if !undone.is_empty() && !req.force && !req.dry_run {
+        staged.rollback().await;
+        return Err(Status::failed_precondition(format!(
+            "{source} would undo changes made to {name} since its last apply:\n  {}\n\
+             Update the file (`registry server export {name}` prints the live spec), or apply with --force.",
+            undone.join("\n  ")
+        )));
+    }
+    let (staged, notes) = check_staged(shared, staged, source).await?;
+    let mut changes = spec::describe_changes(staged.old.as_ref(), &new, req.dry_run);
+    if !changes.is_empty() {
+        for i in staged.instances.iter().filter(|i| i.added) {
+            let ports: Vec<String> = i.ports.iter().map(|(a, p)| format!("{a}:{p}")).collect();
+            changes.push(format!(
+                "instance on {}: ordinal {}{}",
+                i.node,
+                i.ordinal,
+                if ports.is_empty() {
+                    String::new()
+                } else {
+                    format!(", ports {}", ports.join(", "))
+                }
+            ));
+        }
+        let known = node_info(shared).await?;
+        for node in new.nodes.iter().filter(|n| !known.contains_key(*n)) {
+            changes.push(format!(
+                "note: node {node} has not joined yet; its instance starts when it does"
+            ));
+        }
+    }
+    for line in undone {
+        changes.push(format!(
+            "undoes: {line}{}",
+            if req.force { "" } else { " (needs --force)" }
+        ));
+    }
+    changes.extend(notes);
+    let nodes = staged.nodes.clone();
+    if req.dry_run {
+        staged.rollback().await;
+    } else {
+        staged.commit().await?;
+        if !nodes.is_empty() {
+            shared.changed(&nodes).await;
+            info!(server = %name, changes = changes.len(), "spec applied");
+        }
+    }
+    Ok(ApplyResponse {
+        server: name,
+        changes,
+        dry_run: req.dry_run,
+    })
+}
+
+pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandResponse, Status> {
+    let (app, server) = split_server(&req.server)?;
+    if req.nodes.is_empty() {
+        return Err(Status::invalid_argument("name at least one node with --to"));
+    }
+    for n in &req.nodes {
+        corral_proto::names::check_node_name(n).map_err(Status::invalid_argument)?;
+    }
+    let from = (!req.from.is_empty()).then_some(req.from.as_str());
+    let staged = shared
+        .store
+        .stage_expand(app, server, &req.nodes, from)
+        .await?;
+    if let Some(f) = from
+        && staged
+            .old
+            .as_ref()
+            .is_some_and(|o| !o.nodes.iter().any(|n| n == f))
+    {
+        staged.rollback().await;
+        return Err(Status::invalid_argument(format!(
+            "--from {f}: {} has no instance there",
+            req.server
+        )));
+    }
+    let (staged, _notes) =
+        check_staged(shared, staged, &format!("expanding {}", req.server)).await?;
+    let nodes = node_info(shared).await?;
+    let mut rows = Vec::new();
+    for node in &req.nodes {
+        let Some(i) = staged.instances.iter().find(|i| &i.node == node) else {
+            continue;
+        };
+        let bind = nodes
+            .get(node)
+            .map(|n| n.0.clone())
+            .unwrap_or_else(|| "(node not joined)".into());
+        let row = |adapter: &str, port: u16| ExpandRow {
+            node: node.clone(),
+            adapter: adapter.to_string(),
+            bind: bind.clone(),
+            port: u32::from(port),
+            exists: !i.added,
+        };
+        if i.ports.is_empty() {
+            rows.push(row("", 0));
+        }
+        for (adapter, port) in &i.ports {
+            rows.push(row(adapter, *port));
+        }
+    }
+    let added: Vec<String> = staged.nodes.clone();
+    if req.preview {
+        staged.rollback().await;
+        return Ok(ExpandResponse {
+            rows,
+            added: Vec::new(),
+        });
+    }
+    staged.commit().await?;
+    if !added.is_empty() {
+        shared.changed(&added).await;
+        info!(server = %req.server, nodes = ?added, "expanded");
+    }
+    Ok(ExpandResponse { rows, added })
+}
+
+pub async fn export(
+    shared: &Shared,
+    req: ExportServerRequest,
+) -> Result<ExportServerResponse, Status> {
+    let (app, server) = split_server(&req.server)?;
+    let row = shared
+        .store
+        .get_server(app, server)
+        .await?
+        .ok_or_else(|| StoreError::ServerNotFound(req.server.clone()))?;
+    let drift = row
+        .applied
+        .as_ref()
+        .map(|applied| drift_summary(applied, &row.spec))
+        .unwrap_or_default();
+    Ok(ExportServerResponse {
+        spec_toml: spec::to_toml(&row.spec),
+        drift,
+    })
+}
