@@ -55,6 +55,9 @@ pub struct Discovery {
     watched: Mutex<Option<HashMap<String, watch::Sender<Watched>>>>,
     model: Mutex<Model>,
     poke: Notify,
+    /// Held through a recomputation: the reports applied during its reads are kept for
+    /// one reader at a time.
+    recomputing: tokio::sync::Mutex<()>,
 }
 
 /// What the table was last computed from, and the reports applied since.
@@ -105,6 +108,7 @@ impl Default for Discovery {
             watched: Mutex::new(Some(HashMap::new())),
             model: Mutex::new(Model::default()),
             poke: Notify::new(),
+            recomputing: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -239,6 +243,17 @@ impl Discovery {
         instances.extend(inputs.server_instances(app, server));
         self.publish_instances(instances);
         self.publish(table)
+    }
+
+    /// Recomputes the tables from the database now. Changes that sessions are about to
+    /// send call this first, so the files rendered for them see the fleet as it now is
+    /// (a server's own new instances in its peers list).
+    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+        let _one_at_a_time = self.recomputing.lock().await;
+        self.reading();
+        let inputs = Inputs::read(store).await?;
+        self.recomputed(inputs);
+        Ok(())
     }
 
     /// Marks the start of a recomputation's reads.
@@ -498,15 +513,9 @@ pub async fn run(shared: Arc<Shared>) {
             () = shared.discovery.poke.notified() => {}
             _ = safety.tick() => {}
         }
-        shared.discovery.reading();
-        let inputs = match Inputs::read(&shared.store).await {
-            Ok(i) => i,
-            Err(e) => {
-                warn!(cause = %e, "cannot compute the discovery table");
-                continue;
-            }
-        };
-        shared.discovery.recomputed(inputs);
+        if let Err(e) = shared.discovery.refresh(&shared.store).await {
+            warn!(cause = %e, "cannot compute the discovery table");
+        }
     }
 }
 

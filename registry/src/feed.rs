@@ -18,10 +18,19 @@ const KEEP: Duration = Duration::from_secs(600);
 
 impl Shared {
     /// The desired state of these nodes changed: resend it to their sessions, here
-    /// and on every other replica.
+    /// and on every other replica. Discovery is recomputed first, so files rendered for
+    /// the new state list the fleet as it now is.
     pub async fn changed(&self, nodes: &[String]) {
+        if let Err(e) = self.discovery.refresh(&self.store).await {
+            warn!(cause = %e, "cannot recompute discovery before sending a change");
+        }
+        self.resend(nodes).await;
+    }
+
+    /// Only what these nodes are sent changed (new config files), nothing discovery
+    /// depends on: resend their desired state here and on every other replica.
+    pub async fn resend(&self, nodes: &[String]) {
         self.sessions.notify(nodes);
-        self.discovery.poke();
         if let Err(e) = self.store.record_changes(nodes, "desired", now_ms()).await {
             warn!(cause = %e, "cannot record a change for the other replicas");
         }
@@ -66,8 +75,14 @@ pub async fn follow(shared: std::sync::Arc<Shared>) {
                 .filter(|c| !c.node.is_empty())
                 .map(|c| c.node.clone())
                 .collect();
-            shared.sessions.notify(&nodes);
-            shared.discovery.poke();
+            if nodes.is_empty() {
+                shared.discovery.poke();
+            } else {
+                if let Err(e) = shared.discovery.refresh(&shared.store).await {
+                    warn!(cause = %e, "cannot recompute discovery before sending a change");
+                }
+                shared.sessions.notify(&nodes);
+            }
         }
         if trimmed.elapsed() > Duration::from_secs(60) {
             trimmed = std::time::Instant::now();

@@ -4,11 +4,14 @@
 //! test leaves nothing running. Waiting is always polling with a deadline.
 
 pub mod db;
+pub mod fleet;
 pub mod packages;
 pub mod procs;
 
 pub use db::{Backend, TestDb};
-pub use procs::{Agent, Registry, bin, free_port, kill_services, start_on_free_ports};
+pub use procs::{
+    Agent, Registry, RespawnedAgent, bin, free_port, kill_services, start_on_free_ports,
+};
 
 use std::time::{Duration, Instant};
 

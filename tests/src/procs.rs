@@ -9,7 +9,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::wait_until;
+use crate::{alive, wait_until};
 
 /// A built binary of the workspace (`registry` or `agent`). `scripts/test.sh` builds them
 /// first; `CORRAL_BIN_DIR` points elsewhere if needed.
@@ -534,5 +534,40 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         self.proc.log_text()
+    }
+}
+
+/// The agent that `agent check` starts is no child of this test: this kills it on drop,
+/// by the pid in its data dir, and only if that process is an agent of this data dir.
+pub struct RespawnedAgent {
+    pub data_dir: PathBuf,
+}
+
+impl Drop for RespawnedAgent {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(self.data_dir.join("agent.pid")) else {
+            return;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ours = String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|arg| Path::new(arg) == self.data_dir);
+        if ours && alive(pid as u32) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            wait_until(
+                "the respawned agent to die",
+                Duration::from_secs(10),
+                || {
+                    if alive(pid as u32) {
+                        Err(format!("pid {pid} still alive"))
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+        }
     }
 }

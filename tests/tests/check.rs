@@ -1,12 +1,10 @@
 //! `agent check` against a real agent, and `scripts/install.sh` into a temp dir.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use corral_tests::{Agent, Backend, Registry, TestDb, alive, bin, wait_until};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use corral_tests::{Agent, Backend, Registry, RespawnedAgent, TestDb, alive, bin, wait_until};
 
 const NODE: &str = "check-a";
 const IP: &str = "127.0.0.2";
@@ -35,41 +33,6 @@ fn node_state(registry: &Registry) -> String {
         .node(NODE)
         .map(|n| n["state"].as_str().unwrap_or_default().to_string())
         .unwrap_or_default()
-}
-
-/// The agent that `agent check` starts is no child of this test: this kills it on drop,
-/// by the pid in its data dir, and only if that process is an agent of this data dir.
-struct RespawnedAgent {
-    data_dir: PathBuf,
-}
-
-impl Drop for RespawnedAgent {
-    fn drop(&mut self) {
-        let Ok(text) = std::fs::read_to_string(self.data_dir.join("agent.pid")) else {
-            return;
-        };
-        let Ok(pid) = text.trim().parse::<i32>() else {
-            return;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let ours = String::from_utf8_lossy(&cmdline)
-            .split('\0')
-            .any(|arg| Path::new(arg) == self.data_dir);
-        if ours && alive(pid as u32) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            wait_until(
-                "the respawned agent to die",
-                Duration::from_secs(10),
-                || {
-                    if alive(pid as u32) {
-                        Err(format!("pid {pid} still alive"))
-                    } else {
-                        Ok(())
-                    }
-                },
-            );
-        }
-    }
 }
 
 /// A healthy agent passes; a SIGKILLed one fails the check, which brings it back: the

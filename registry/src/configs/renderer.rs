@@ -397,7 +397,7 @@ impl Renderer {
             restart = restart_at.is_some(),
             "config delivered"
         );
-        shared.changed(std::slice::from_ref(node)).await;
+        shared.resend(std::slice::from_ref(node)).await;
         Ok(true)
     }
 
