@@ -250,10 +250,13 @@ impl AgentConfig {
             locators,
             node,
             advertise_ip,
-            data_dir: over
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+            // Absolute: services run in their release or instance directory, so a path
+            // relative to where the agent started would point nowhere from there.
+            data_dir: absolute(
+                over.data_dir
+                    .or(file.data_dir)
+                    .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+            ),
             http,
             reconnect_initial: file
                 .reconnect_initial
@@ -297,6 +300,11 @@ impl AgentConfig {
         }
         Ok(config)
     }
+}
+
+/// `path` made absolute against the current directory (as it is when given).
+pub fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ use corral_proto::v1::DesiredState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::AgentConfig;
 
@@ -106,6 +106,12 @@ pub async fn run(
         http = %http.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
         "agent starting"
     );
+    if nix::unistd::geteuid().is_root() && !config.allow_root {
+        warn!(
+            "the agent runs as root without --allow-root: services whose spec has no `user` \
+             will be refused (their last error says so)"
+        );
+    }
     let instances_dir = config.data_dir.join("instances");
     let board = Arc::new(status::Board::default());
     // Start from the last desired state kept on disk: services stay as they were told

@@ -65,6 +65,63 @@ async fn bind(
         })
 }
 
+/// `sqlite://PATH` with PATH made absolute, so messages show where the file really is.
+fn absolute_sqlite(url: &str) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.starts_with('/') && !path.starts_with(':') => {
+            let (file, query) = path
+                .split_once('?')
+                .map_or((path, None), |(f, q)| (f, Some(q)));
+            let abs = corral_agent::config::absolute(PathBuf::from(file));
+            match query {
+                Some(q) => format!("sqlite://{}?{q}", abs.display()),
+                None => format!("sqlite://{}", abs.display()),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// What `registry dev` prints: where everything is, and commands that work as printed
+/// (the registry binary by its full path, with `--addr` when it is not the default).
+fn banner(
+    node: &str,
+    listen: SocketAddr,
+    http: SocketAddr,
+    agent_http: SocketAddr,
+    db: &str,
+    data_dir: &std::path::Path,
+) -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "registry".into());
+    let dir = std::path::Path::new(&exe)
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    let addr = if listen.to_string() == defaults::LISTEN {
+        String::new()
+    } else {
+        format!(" --addr http://{listen}")
+    };
+    format!(
+        "Corral dev: a registry and an agent for this host (node {node:?}).\n\
+         \n  registry gRPC   http://{listen}   (the CLI's --addr)\
+         \n  registry HTTP   http://{http}/health  http://{http}/metrics\
+         \n  agent HTTP      http://{agent_http}/health\
+         \n  database        {db}\
+         \n  agent data dir  {data}\n\
+         \nRuns without admin tokens, services as the user running it: for one machine only.\
+         \nTry next, in another terminal:\
+         \n  {exe} node list{addr}\
+         \n  {exe} node show {node}{addr}\
+         \n(or put the binaries on your PATH: export PATH=\"{dir}:$PATH\", then `registry node list`)\n\
+         \nCtrl-C stops both.",
+        db = crate::store::redact_url(db),
+        data = data_dir.display(),
+    )
+}
+
 pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), DevError> {
     let grpc = bind("gRPC", "listen", opts.listen).await?;
     let http = bind("HTTP", "http", opts.http).await?;
@@ -73,11 +130,13 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
     let node = opts.node.unwrap_or_else(corral_agent::facts::host_name);
     corral_proto::names::check_node_name(&node)
         .map_err(corral_agent::config::ConfigError::NodeName)?;
+    let data_dir = corral_agent::config::absolute(opts.data_dir.clone());
+    let db = absolute_sqlite(&opts.db);
     let agent_config = AgentConfig {
         locators: parse_locator(&format!("http://{listen}"))?,
         node: node.clone(),
         advertise_ip: listen.ip(),
-        data_dir: opts.data_dir.clone(),
+        data_dir: data_dir.clone(),
         http: opts.agent_http,
         reconnect_initial: agent_defaults::RECONNECT_INITIAL,
         reconnect_max: agent_defaults::RECONNECT_MAX,
@@ -97,7 +156,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
     let registry_config = RegistryConfig {
         listen,
         http: opts.http,
-        db: opts.db.clone(),
+        db: db.clone(),
         heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
         node_timeout: defaults::NODE_TIMEOUT,
         flush_interval: defaults::FLUSH_INTERVAL,
@@ -114,16 +173,8 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
         http_tls: None,
     };
     println!(
-        "Corral dev: a registry and an agent for this host (node {node:?}).\n\
-         \n  registry gRPC   http://{listen}\n  registry HTTP   http://{http}/health  http://{http}/metrics\
-         \n  agent HTTP      http://{agent}/health\n  database        {db}\n  agent data dir  {data}\n\
-         \nRuns without admin tokens: for trying Corral on one machine only.\
-         \nTry next, in another terminal:\n  registry node list\n  registry node show {node}\n\
-         \nCtrl-C stops both.",
-        http = opts.http,
-        agent = opts.agent_http,
-        db = crate::store::redact_url(&opts.db),
-        data = opts.data_dir.display(),
+        "{}",
+        banner(&node, listen, opts.http, opts.agent_http, &db, &data_dir)
     );
     let registry = tokio::spawn(crate::server::run(
         registry_config,

@@ -95,3 +95,77 @@ fn corral_agent_host_name() -> String {
         .into_string()
         .expect("utf8 hostname")
 }
+
+/// The README's package walk-through under `registry dev`, with its defaults (a data dir
+/// relative to where dev started): a packaged server starts from its release directory
+/// and runs. It used to fail with "No such file": the relative data dir pointed nowhere
+/// from the release directory the service starts in.
+#[test]
+fn dev_runs_a_packaged_server() {
+    use corral_tests::packages::{Entry, tar_gz, write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, grpc) = start_dev(dir.path());
+    let addr = format!("http://127.0.0.1:{grpc}");
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin("registry"))
+            .args(args)
+            .args(["--addr", &addr])
+            .current_dir(dir.path())
+            .output()
+            .expect("registry CLI");
+        assert!(
+            out.status.success(),
+            "registry {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let svc = std::fs::read(bin("corral-testsvc")).expect("test service binary");
+    let pkg = tar_gz(&[Entry::Dir("bin"), Entry::File("bin/hello", &svc, 0o755)]);
+    let path = write(dir.path(), "hello-1.0.0.tgz", &pkg);
+    cli(&[
+        "package",
+        "upload",
+        path.to_str().expect("utf8"),
+        "--server",
+        "demo.hello",
+        "--version",
+        "1.0.0",
+    ]);
+    let spec = format!(
+        "app = \"demo\"\nserver = \"hello\"\nnodes = [{:?}]\ncommand = [\"bin/hello\"]\npackage = \"1.0.0\"\n\
+         [[adapters]]\nname = \"Main\"\nport = \"auto\"\n[health]\nkind = \"http\"\ninterval = \"200ms\"\n",
+        corral_agent_host_name()
+    );
+    std::fs::write(dir.path().join("hello.toml"), spec).expect("spec");
+    cli(&["apply", "-f", "hello.toml"]);
+    wait_until(
+        "the packaged server healthy",
+        Duration::from_secs(60),
+        || {
+            let out = cli(&["server", "status", "demo.hello", "-o", "json"]);
+            let list: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let i = &list[0];
+            if i["state"] == "running" && i["health"] == "healthy" && i["version"] == "1.0.0" {
+                Ok(())
+            } else {
+                Err(i.to_string())
+            }
+        },
+    );
+    let _ = killpg(Pid::from_raw(child.0.id() as i32), Signal::SIGINT);
+    let out = std::mem::replace(&mut child.0, Command::new("true").spawn().expect("true"))
+        .wait_with_output()
+        .expect("dev output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let registry = bin("registry").display().to_string();
+    assert!(
+        text.contains(&format!("{registry} node list")),
+        "the banner's commands work as printed: {text}"
+    );
+    assert!(
+        text.contains(&dir.path().join(".corral/agent").display().to_string()),
+        "the data dir is shown absolute: {text}"
+    );
+}
