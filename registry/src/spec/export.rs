@@ -13,154 +13,127 @@ fn strings(items: &[String]) -> Value {
     Value::Array(items.iter().cloned().map(Value::String).collect())
 }
 
-fn table(entries: Vec<(&str, Value)>) -> Table {
-    entries
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+fn string(s: &str) -> Value {
+    Value::String(s.to_string())
+}
+
+fn int(n: u32) -> Value {
+    Value::Integer(i64::from(n))
+}
+
+/// A TOML document written in the order a person reads a spec, values inline.
+#[derive(Default)]
+struct Doc(String);
+
+impl Doc {
+    fn line(&mut self, key: &str, value: &Value) {
+        self.0.push_str(&format!("{key} = {value}\n"));
+    }
+
+    fn table(&mut self, header: &str) {
+        self.0.push_str(&format!("\n{header}\n"));
+    }
+
+    /// A template: a multi-line literal string when it can be one (exactly the text,
+    /// no escapes), else a basic string with escapes.
+    fn text(&mut self, key: &str, text: &str) {
+        if text.contains('\n') && !text.contains("'''") && !text.contains('\r') {
+            self.0.push_str(&format!("{key} = '''\n{text}'''\n"));
+        } else {
+            self.line(key, &string(text));
+        }
+    }
 }
 
 /// The spec as a TOML document that [`super::parse`] turns back into the same spec.
 pub fn to_toml(spec: &Spec) -> String {
-    let mut t = Table::new();
-    t.insert("app".into(), Value::String(spec.app.clone()));
-    t.insert("server".into(), Value::String(spec.server.clone()));
+    let mut d = Doc::default();
+    d.0.push_str(&format!(
+        "# {} as it runs now (`registry server export`); `registry apply -f` of this file changes nothing.\n",
+        spec.name()
+    ));
+    d.line("app", &string(&spec.app));
+    d.line("server", &string(&spec.server));
     if let Some((host, port)) = &spec.external {
-        t.insert("kind".into(), Value::String("external".into()));
+        d.line("kind", &string("external"));
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
             host.clone()
         };
-        t.insert("address".into(), Value::String(format!("{host}:{port}")));
+        d.line("address", &string(&format!("{host}:{port}")));
     }
-    t.insert("nodes".into(), strings(&spec.nodes));
+    d.line("nodes", &strings(&spec.nodes));
     if spec.external.is_none() {
-        t.insert("command".into(), strings(&spec.command));
+        d.line("command", &strings(&spec.command));
     }
-    t.insert(
-        "state".into(),
-        Value::String(spec.state.as_str().to_string()),
-    );
+    d.line("state", &string(spec.state.as_str()));
     if let Some(user) = &spec.user {
-        t.insert("user".into(), Value::String(user.clone()));
+        d.line("user", &string(user));
     }
     if let Some(package) = &spec.package {
-        t.insert("package".into(), Value::String(package.clone()));
+        d.line("package", &string(package));
     }
-    t.insert(
-        "env".into(),
-        Value::Table(
-            spec.env
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect(),
-        ),
-    );
-    t.insert(
-        "adapters".into(),
-        Value::Array(
-            spec.adapters
-                .iter()
-                .map(|a| {
-                    let port = if a.port == 0 {
-                        Value::String("auto".into())
-                    } else {
-                        Value::Integer(i64::from(a.port))
-                    };
-                    Value::Table(table(vec![
-                        ("name", Value::String(a.name.clone())),
-                        ("port", port),
-                    ]))
-                })
-                .collect(),
-        ),
-    );
+    let env: Table = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), string(v)))
+        .collect();
+    d.line("env", &Value::Table(env));
+    for a in &spec.adapters {
+        d.table("[[adapters]]");
+        d.line("name", &string(&a.name));
+        let port = if a.port == 0 {
+            string("auto")
+        } else {
+            Value::Integer(i64::from(a.port))
+        };
+        d.line("port", &port);
+    }
     let r = &spec.restart;
-    t.insert(
-        "restart".into(),
-        Value::Table(table(vec![
-            ("policy", Value::String(r.policy.clone())),
-            ("min_uptime", duration(r.min_uptime)),
-            ("initial_delay", duration(r.initial_delay)),
-            ("max_delay", duration(r.max_delay)),
-            (
-                "max_quick_failures",
-                Value::Integer(i64::from(r.max_quick_failures)),
-            ),
-        ])),
-    );
-    t.insert(
-        "stop".into(),
-        Value::Table(table(vec![
-            ("signal", Value::String(spec.stop.signal.clone())),
-            ("timeout", duration(spec.stop.timeout)),
-        ])),
-    );
+    d.table("[restart]");
+    d.line("policy", &string(&r.policy));
+    d.line("min_uptime", &duration(r.min_uptime));
+    d.line("initial_delay", &duration(r.initial_delay));
+    d.line("max_delay", &duration(r.max_delay));
+    d.line("max_quick_failures", &int(r.max_quick_failures));
+    d.table("[stop]");
+    d.line("signal", &string(&spec.stop.signal));
+    d.line("timeout", &duration(spec.stop.timeout));
     if let Some(h) = &spec.health {
-        let mut health = table(vec![
-            ("kind", Value::String(h.kind.clone())),
-            ("path", Value::String(h.path.clone())),
-            ("interval", duration(h.interval)),
-            ("timeout", duration(h.timeout)),
-            ("start_period", duration(h.start_period)),
-            ("healthy_after", Value::Integer(i64::from(h.healthy_after))),
-            (
-                "unhealthy_after",
-                Value::Integer(i64::from(h.unhealthy_after)),
-            ),
-            ("restart_after", Value::Integer(i64::from(h.restart_after))),
-        ]);
+        d.table("[health]");
+        d.line("kind", &string(&h.kind));
         if let Some(a) = &h.adapter {
-            health.insert("adapter".into(), Value::String(a.clone()));
+            d.line("adapter", &string(a));
         }
+        d.line("path", &string(&h.path));
         if !h.command.is_empty() {
-            health.insert("command".into(), strings(&h.command));
+            d.line("command", &strings(&h.command));
         }
-        t.insert("health".into(), Value::Table(health));
+        d.line("interval", &duration(h.interval));
+        d.line("timeout", &duration(h.timeout));
+        d.line("start_period", &duration(h.start_period));
+        d.line("healthy_after", &int(h.healthy_after));
+        d.line("unhealthy_after", &int(h.unhealthy_after));
+        d.line("restart_after", &int(h.restart_after));
     }
-    if !spec.configs.is_empty() {
-        t.insert(
-            "config".into(),
-            Value::Array(
-                spec.configs
-                    .iter()
-                    .map(|c| {
-                        Value::Table(table(vec![
-                            ("name", Value::String(c.name.clone())),
-                            ("template", Value::String(c.template.clone())),
-                            ("on_change", Value::String(c.on_change.clone())),
-                            (
-                                "render_wait",
-                                Value::Table(table(vec![
-                                    ("min", duration(c.wait_min)),
-                                    ("max", duration(c.wait_max)),
-                                ])),
-                            ),
-                        ]))
-                    })
-                    .collect(),
-            ),
-        );
+    for c in &spec.configs {
+        d.table("[[config]]");
+        d.line("name", &string(&c.name));
+        d.text("template", &c.template);
+        d.line("on_change", &string(&c.on_change));
+        let wait: Table = [
+            ("min".to_string(), duration(c.wait_min)),
+            ("max".to_string(), duration(c.wait_max)),
+        ]
+        .into_iter()
+        .collect();
+        d.line("render_wait", &Value::Table(wait));
     }
-    t.insert(
-        "config_restart".into(),
-        Value::Table(table(vec![
-            (
-                "batch",
-                Value::Integer(i64::from(spec.config_restart.batch)),
-            ),
-            (
-                "max_per_minute",
-                Value::Integer(i64::from(spec.config_restart.max_per_minute)),
-            ),
-        ])),
-    );
-    let body = toml::to_string_pretty(&t).unwrap_or_else(|e| format!("# cannot write TOML: {e}\n"));
-    format!(
-        "# {} as it runs now (`registry server export`); `registry apply -f` of this file changes nothing.\n{body}",
-        spec.name()
-    )
+    d.table("[config_restart]");
+    d.line("batch", &int(spec.config_restart.batch));
+    d.line("max_per_minute", &int(spec.config_restart.max_per_minute));
+    d.0
 }
 
 #[cfg(test)]
