@@ -275,3 +275,67 @@ fn a_flapping_config_is_held() {
     assert_eq!(now["restarts"], 3, "no more config restarts: {now}");
     assert_eq!(now["state"], "running", "{now}");
 }
+
+/// A registry restart restarts nothing, even services whose config lists endpoints: while
+/// the agents reconnect, what `endpoints()` lists is not the fleet yet, and the renderer
+/// does not trust it until they are back.
+#[test]
+fn a_registry_restart_restarts_no_service_with_an_endpoints_config() {
+    let mut f = Fleet::start(2);
+    f.registry.apply(&format!(
+        "app = \"demo\"\nserver = \"mesh\"\nnodes = [\"node-a\", \"node-b\"]\ncommand = [{:?}]\n\
+         [[adapters]]\nname = \"Main\"\nport = \"auto\"\n\
+         [health]\nkind = \"http\"\ninterval = \"100ms\"\nstart_period = \"1s\"\n\
+         [[config]]\nname = \"peers.txt\"\n\
+         template = \"{{% for e in endpoints('demo.mesh.Main') %}}{{{{ e }}}}\\n{{% endfor %}}\"\n\
+         render_wait = {{ min = \"200ms\", max = \"1s\" }}\n",
+        corral_tests::fleet::testsvc()
+    ));
+    for node in ["node-a", "node-b"] {
+        let path = f.instance_file(node, "demo.mesh", "conf/peers.txt");
+        wait_until(&format!("two peers on {node}"), 60 * S, || {
+            let l = lines(&path);
+            if l.len() == 2 {
+                Ok(())
+            } else {
+                Err(format!("{l:?}"))
+            }
+        });
+    }
+    let restarts = |f: &Fleet| -> Vec<u64> {
+        instances(&f.registry, "demo.mesh")
+            .unwrap_or_default()
+            .iter()
+            .map(|i| i["restarts"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    // Settled: the same restart counts for a while.
+    let mut before = restarts(&f);
+    wait_until("the mesh to settle", 60 * S, || {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let now = restarts(&f);
+        if now == before {
+            Ok(())
+        } else {
+            let msg = format!("{before:?} -> {now:?}");
+            before = now;
+            Err(msg)
+        }
+    });
+    f.registry.restart();
+    for node in ["node-a", "node-b"] {
+        f.registry
+            .wait_node(node, "up again", 30 * S, |v| v["state"] == "up");
+    }
+    // Past the renderer's wait for agents to come back (half the node timeout, 5 s) and
+    // a render wait more, nothing restarted.
+    let start = std::time::Instant::now();
+    while start.elapsed() < 10 * S {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(
+            restarts(&f),
+            before,
+            "a registry restart restarted a service"
+        );
+    }
+}

@@ -145,6 +145,11 @@ impl Renderer {
             .filter(|s| !s.spec.configs.is_empty())
             .map(|s| ((s.spec.app.clone(), s.spec.server.clone()), s.spec))
             .collect();
+        if servers.is_empty() {
+            self.planner.retain(|_| false);
+            self.memory.retain(|_| false);
+            return Ok(None);
+        }
         let instances: Vec<InstanceRow> = store
             .all_instances()
             .await?
