@@ -230,11 +230,13 @@ impl AgentConfig {
             .or_else(|| file.locator.as_ref().map(Locator::joined))
             .ok_or(ConfigError::NoLocator(shown))?;
         let locators = parse_locator(&locator)?;
-        let node = over
-            .node
-            .or(file.node)
-            .unwrap_or_else(crate::facts::host_name);
-        corral_proto::names::check_node_name(&node).map_err(ConfigError::NodeName)?;
+        let node = match over.node.or(file.node) {
+            Some(node) => {
+                corral_proto::names::check_node_name(&node).map_err(ConfigError::NodeName)?;
+                node
+            }
+            None => crate::facts::default_node_name().map_err(ConfigError::NodeName)?,
+        };
         let advertise_ip = match over.advertise_ip.or(file.advertise_ip) {
             Some(ip) => ip.parse().map_err(|_| ConfigError::AdvertiseIp(ip))?,
             None => route_ip(&locators)?,
