@@ -85,7 +85,7 @@ fn node_names_must_be_dns_labels() {
     for name in NOT_LABELS {
         assert_refused(
             &registry.cli(&["server", "expand", "demo.names", &format!("--to={name}")]),
-            &["node name", "DNS label"],
+            &["--to[0]: node name", "DNS label"],
         );
     }
 

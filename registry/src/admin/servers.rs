@@ -21,10 +21,11 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
     } else {
         req.source.as_str()
     };
+    let source = corral_proto::text::prefix(source, 256);
     let new = spec::parse(&req.spec_toml, source).map_err(|e| {
         Status::invalid_argument(format!(
             "{source} has {} problem{}:\n{e}",
-            e.0.len(),
+            corral_proto::text::count(e.0.len()),
             if e.0.len() == 1 { "" } else { "s" }
         ))
     })?;
@@ -164,11 +165,15 @@ pub async fn control(
         "undeploy" => Action::Undeploy,
         other => {
             return Err(Status::invalid_argument(format!(
-                "action {other:?} is not one of start, stop, restart, undeploy"
+                "action {} is not one of start, stop, restart, undeploy",
+                corral_proto::text::quoted(other)
             )));
         }
     };
     let node = (!req.node.is_empty()).then_some(req.node.as_str());
+    if let Some(n) = node {
+        super::nodes::check_length(n)?;
+    }
     let nodes = shared.store.control(app, server, node, action).await?;
     shared.changed(&nodes).await;
     info!(server = %req.server, action = %req.action, nodes = ?nodes, "instances changed");
@@ -180,9 +185,7 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
     if req.nodes.is_empty() {
         return Err(Status::invalid_argument("name at least one node with --to"));
     }
-    for n in &req.nodes {
-        corral_proto::names::check_node_name(n).map_err(Status::invalid_argument)?;
-    }
+    check_node_names("--to", &req.nodes)?;
     let current = shared
         .store
         .get_server(app, server)
@@ -193,7 +196,8 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
         && !current.spec.nodes.iter().any(|n| n == f)
     {
         return Err(Status::invalid_argument(format!(
-            "--from {f}: {} has no instance there",
+            "--from {}: {} has no instance there",
+            corral_proto::text::quoted(f),
             req.server
         )));
     }
@@ -263,4 +267,24 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
         }
     }
     Ok(ExpandResponse { rows, added })
+}
+
+/// Checks every node name of a list, reporting the first problems and how many more
+/// there are (10,000 bad names make a few lines, not a status too big to send).
+fn check_node_names(flag: &str, nodes: &[String]) -> Result<(), Status> {
+    let problems: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            corral_proto::names::check_node_name(n)
+                .err()
+                .map(|e| format!("{flag}[{i}]: {e}"))
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(
+        corral_proto::text::first_problems(&problems, crate::spec::PROBLEMS_SHOWN),
+    ))
 }

@@ -108,7 +108,8 @@ pub async fn start(shared: Arc<Shared>, req: StartRolloutRequest) -> Result<Roll
     for n in &req.nodes {
         if !instances.iter().any(|i| &i.node == n) {
             return Err(Status::invalid_argument(format!(
-                "{app}.{server} has no instance on node {n:?}"
+                "{app}.{server} has no instance on node {}",
+                corral_proto::text::quoted(n)
             )));
         }
     }
