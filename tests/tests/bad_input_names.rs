@@ -1,5 +1,5 @@
 //! Names that cannot work are refused, by the same rule on both ends: node names are DNS
-//! labels.
+//! labels; adapter names are unique by the variable that carries their port.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -121,4 +121,31 @@ fn node_names_must_be_dns_labels() {
     for name in NOT_LABELS {
         assert!(registry.node(name).is_none(), "{name} was recorded");
     }
+}
+
+/// Adapters whose names map to one CORRAL_PORT_* variable (`Main` and `MAIN`, `a-b` and
+/// `a_b`) are refused, naming both and the variable; nothing is applied.
+#[test]
+fn adapter_names_are_unique_by_their_port_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new(Backend::Sqlite, dir.path()).expect("sqlite");
+    let registry = Registry::start(dir.path(), &db.url, &[]);
+    for (a, b, var) in [
+        ("Main", "MAIN", "CORRAL_PORT_MAIN"),
+        ("a-b", "a_b", "CORRAL_PORT_A_B"),
+        ("P2p", "p2P", "CORRAL_PORT_P2P"),
+    ] {
+        assert_refused(
+            &registry.try_apply(&spec(&["node-a"], &["Other", a, b]), &[]),
+            &[
+                "adapters[2].name",
+                &format!("{a:?}"),
+                &format!("{b:?}"),
+                var,
+            ],
+        );
+    }
+    assert_eq!(registry.json(&["server", "list"]), serde_json::json!([]));
+    // Distinct variables are fine.
+    registry.apply(&spec(&["node-a"], &["Main", "Admin", "a-b", "a-c"]));
 }

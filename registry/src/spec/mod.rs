@@ -568,16 +568,26 @@ fn adapters(c: &mut Checker, table: &Table) -> Vec<Adapter> {
         let name = c
             .required_string(t, "name", &format!("{path}.name"))
             .unwrap_or_default();
-        if t.contains_key("name") && !is_name(&name, &['_', '-']) {
+        if t.contains_key("name")
+            && let Err(e) = check_name("adapter", &name, &['_', '-'])
+        {
+            c.err(&format!("{path}.name"), e);
+        } else if let Some(other) = out.iter().find(|a: &&Adapter| a.name == name) {
             c.err(
                 &format!("{path}.name"),
-                format!("{name:?} must match [A-Za-z0-9_-]{{1,63}}"),
+                format!("adapter {:?} is defined twice", other.name),
             );
-        }
-        if out.iter().any(|a: &Adapter| a.name == name) {
+        } else if let Some(other) = out.iter().find(|a: &&Adapter| {
+            corral_proto::names::port_env_var(&a.name) == corral_proto::names::port_env_var(&name)
+        }) {
+            // The agent passes each port as CORRAL_PORT_<NAME>: these two would be one.
             c.err(
                 &format!("{path}.name"),
-                format!("adapter {name:?} is defined twice"),
+                format!(
+                    "adapter {name:?} and adapter {:?} both map to {}; adapter names must differ by more than case and '-'/'_'",
+                    other.name,
+                    corral_proto::names::port_env_var(&name)
+                ),
             );
         }
         let port_path = format!("{path}.port");

@@ -181,3 +181,24 @@ fn many_problems_show_the_first_and_a_count() {
     assert_eq!(text.lines().count(), PROBLEMS_SHOWN + 1, "{text}");
     assert!(text.ends_with("… and 9,980 more problems"), "{text}");
 }
+
+#[test]
+fn adapters_that_map_to_one_variable_are_refused() {
+    for (a, b) in [("Main", "MAIN"), ("a-b", "a_b"), ("p2p", "P2P")] {
+        let spec = format!(
+            "app = \"a\"\nserver = \"s\"\nnodes = [\"n\"]\ncommand = [\"x\"]\n\
+             [[adapters]]\nname = \"{a}\"\nport = \"auto\"\n\
+             [[adapters]]\nname = \"{b}\"\nport = \"auto\"\n"
+        );
+        let errors = parse(&spec, "s.toml").expect_err("duplicate").0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert!(
+            e.starts_with("adapters[1].name: ")
+                && e.contains(&format!("{a:?}"))
+                && e.contains(&format!("{b:?}"))
+                && e.contains(&corral_proto::names::port_env_var(a)),
+            "{e}"
+        );
+    }
+}
