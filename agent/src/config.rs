@@ -268,7 +268,7 @@ impl AgentConfig {
                 .log_max_size
                 .map_or(defaults::LOG_MAX_SIZE, |b| b.as_u64()),
             log_keep: file.log_keep.unwrap_or(defaults::LOG_KEEP),
-            keep_releases: file.keep_releases.unwrap_or(defaults::KEEP_RELEASES).max(1),
+            keep_releases: file.keep_releases.unwrap_or(defaults::KEEP_RELEASES),
             max_unpacked_size: file
                 .max_unpacked_size
                 .map_or(defaults::MAX_UNPACKED_SIZE, |b| b.as_u64()),
@@ -283,10 +283,16 @@ impl AgentConfig {
                 .max_package_entries
                 .unwrap_or(defaults::MAX_PACKAGE_ENTRIES),
         };
-        if config.log_max_size == 0 {
-            return Err(ConfigError::Zero {
-                what: "log_max_size",
-            });
+        // Zero cannot work for these; refused rather than quietly turned into 1.
+        for (what, n) in [
+            ("log_max_size", config.log_max_size),
+            ("keep_releases", config.keep_releases as u64),
+            ("max_unpacked_size", config.max_unpacked_size),
+            ("max_package_entries", config.max_package_entries),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero { what });
+            }
         }
         for (what, d) in [
             ("reconnect_initial", config.reconnect_initial),

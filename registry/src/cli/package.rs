@@ -53,10 +53,10 @@ pub struct PatchArgs {
     /// Only these nodes (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub node: Vec<String>,
-    /// Instances switched at once.
-    #[arg(long, default_value_t = 1)]
-    pub batch: u32,
-    /// How long each instance must run on the new release [default: 5s].
+    /// Instances switched at once, at least 1 [default: 1].
+    #[arg(long)]
+    pub batch: Option<u32>,
+    /// How long each instance must run on the new release; 0s: running is enough [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub min_healthy: Option<Duration>,
     /// How long an instance may take to get there before the rollout fails [default: 60s].
@@ -71,8 +71,9 @@ pub struct RollbackArgs {
     /// The version to go back to [default: the previous one].
     #[arg(long)]
     pub to: Option<String>,
-    #[arg(long, default_value_t = 1)]
-    pub batch: u32,
+    /// Instances switched at once, at least 1 [default: 1].
+    #[arg(long)]
+    pub batch: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -232,7 +233,7 @@ pub async fn run(cmd: PackageCommand, args: &ClientArgs) -> Result<(), CliError>
 
 fn rollout_json(r: &Rollout) -> Value {
     json!({"id": r.id, "server": r.server, "to_version": r.to_version, "state": r.state, "error": r.error,
-           "batch": r.batch, "created_at": time_ms(r.created_at_ms), "updated_at": time_ms(r.updated_at_ms),
+           "batch": r.batch, "min_healthy_ms": r.min_healthy_ms, "deadline_ms": r.deadline_ms, "created_at": time_ms(r.created_at_ms), "updated_at": time_ms(r.updated_at_ms),
            "instances": r.instances.iter().map(|i| json!({"node": i.node, "batch": i.batch, "from_version": i.from_version,
                "phase": i.phase, "percent": i.percent, "error": i.error})).collect::<Vec<_>>()})
 }
@@ -305,15 +306,17 @@ async fn follow(client: &mut super::Client, id: i64, args: &ClientArgs) -> Resul
 
 pub async fn patch(a: PatchArgs, args: &ClientArgs) -> Result<(), CliError> {
     let mut client = connect(args).await?;
-    let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+    // Only what was given is sent: the registry applies its defaults to the rest and
+    // takes (or refuses) an explicit 0 as what it is. Rounded up: 500us is 1 ms, not 0.
+    let ms = |d: Duration| u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
     let r = client
         .start_rollout(StartRolloutRequest {
             server: a.server,
             version: a.version,
             nodes: a.node,
             batch: a.batch,
-            min_healthy_ms: ms(a.min_healthy),
-            deadline_ms: ms(a.deadline),
+            min_healthy_ms: a.min_healthy.map(ms),
+            deadline_ms: a.deadline.map(ms),
             rollback: false,
         })
         .await?
@@ -335,8 +338,8 @@ pub async fn rollback(a: RollbackArgs, args: &ClientArgs) -> Result<(), CliError
             version: a.to.unwrap_or_default(),
             nodes: Vec::new(),
             batch: a.batch,
-            min_healthy_ms: 0,
-            deadline_ms: 0,
+            min_healthy_ms: None,
+            deadline_ms: None,
             rollback: true,
         })
         .await?

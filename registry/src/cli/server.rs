@@ -74,7 +74,7 @@ pub struct EventsArgs {
     /// Keep printing new events as they happen.
     #[arg(short, long)]
     pub follow: bool,
-    /// How many past events to show.
+    /// How many past events to show, at most 10000; 0 with --follow: only new ones.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
 }
@@ -276,7 +276,7 @@ pub async fn events(a: EventsArgs, args: &ClientArgs) -> Result<(), CliError> {
     let req = ListEventsRequest {
         server: a.server.unwrap_or_default(),
         after_id: 0,
-        limit: a.limit,
+        limit: Some(a.limit),
     };
     let print = |e: &Event| {
         if args.output == Format::Json {
