@@ -37,7 +37,7 @@ pub enum PackageCommand {
     /// List packages.
     List {
         /// Only this server's (APP.SERVER).
-        #[arg(long)]
+        #[arg(long, value_parser = super::args::non_empty)]
         server: Option<String>,
     },
     /// Remove a package (refused while an instance uses it).
@@ -51,7 +51,7 @@ pub struct PatchArgs {
     #[arg(long)]
     pub version: String,
     /// Only these nodes (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = super::args::non_empty)]
     pub node: Vec<String>,
     /// Instances switched at once, at least 1 [default: 1].
     #[arg(long)]
@@ -69,7 +69,7 @@ pub struct RollbackArgs {
     /// APP.SERVER
     pub server: String,
     /// The version to go back to [default: the previous one].
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::non_empty)]
     pub to: Option<String>,
     /// Instances switched at once, at least 1 [default: 1].
     #[arg(long)]
@@ -80,7 +80,8 @@ pub struct RollbackArgs {
 pub enum RolloutCommand {
     /// Recent rollouts, newest first.
     List {
-        #[arg(long)]
+        /// Only this server's (APP.SERVER).
+        #[arg(long, value_parser = super::args::non_empty)]
         server: Option<String>,
     },
     /// One rollout with its instances.
@@ -282,10 +283,18 @@ async fn follow(client: &mut super::Client, id: i64, args: &ClientArgs) -> Resul
     for (_, b) in &bars {
         b.finish();
     }
-    let Some(r) = last else {
-        return Err(CliError::Failed(
-            "the rollout stream ended without news".into(),
-        ));
+    let Some(r) =
+        last.filter(|r| matches!(r.state.as_str(), "succeeded" | "failed" | "interrupted"))
+    else {
+        // The registry ends a watch early only when it shuts down; the rollout itself
+        // lives in the database and goes on.
+        return Err(CliError::Unreachable {
+            addr: args.addr.clone(),
+            reason: format!(
+                "it ended the stream of rollout {id} before the rollout ended (it is shutting \
+                 down); see `registry rollout status {id}` once a registry answers"
+            ),
+        });
     };
     if args.output == Format::Json {
         println!("{}", rollout_json(&r));
@@ -307,16 +316,15 @@ async fn follow(client: &mut super::Client, id: i64, args: &ClientArgs) -> Resul
 pub async fn patch(a: PatchArgs, args: &ClientArgs) -> Result<(), CliError> {
     let mut client = connect(args).await?;
     // Only what was given is sent: the registry applies its defaults to the rest and
-    // takes (or refuses) an explicit 0 as what it is. Rounded up: 500us is 1 ms, not 0.
-    let ms = |d: Duration| u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    // takes (or refuses) an explicit 0 as what it is.
     let r = client
         .start_rollout(StartRolloutRequest {
             server: a.server,
             version: a.version,
             nodes: a.node,
             batch: a.batch,
-            min_healthy_ms: a.min_healthy.map(ms),
-            deadline_ms: a.deadline.map(ms),
+            min_healthy_ms: a.min_healthy.map(super::args::millis),
+            deadline_ms: a.deadline.map(super::args::millis),
             rollback: false,
         })
         .await?
