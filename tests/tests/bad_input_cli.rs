@@ -72,6 +72,14 @@ fn bad_flag_values_are_usage_errors() {
     ] {
         assert_exit(&registry_cli(args), 2, &["must not be empty"]);
     }
+    // A CORRAL_ADDR meant for the CLI does not stop the daemon: serve names its own flag.
+    let out = Command::new(bin("registry"))
+        .args(["serve", "--listen", "nonsense"])
+        .env("CORRAL_ADDR", "ftp://x")
+        .output()
+        .expect("run registry");
+    assert_exit(&out, 2, &["--listen", "nonsense"]);
+    assert!(!stderr(&out).contains("ftp://x"), "{}", stderr(&out));
     // The admin options belong to the admin commands: not silently ignored elsewhere.
     assert_exit(
         &registry_cli(&["serve", "--addr", "http://127.0.0.1:1"]),

@@ -1,6 +1,7 @@
-//! Value parsers for the admin CLI's flags. clap runs them before anything is sent, so a
-//! value that cannot work is a usage error (exit 2) whose message names the flag and the
-//! value: `invalid value 'ftp://x' for '--addr <ADDR>': scheme "ftp" is not supported …`.
+//! Checks of the admin CLI's flag values, run before anything is sent, so a value that
+//! cannot work is a usage error (exit 2) whose message names the flag and the value:
+//! `--addr (or CORRAL_ADDR) "ftp://x": scheme "ftp" is not supported …`. The value
+//! parsers among them run in clap (`invalid value '' for '--node <NODE>': …`).
 
 use std::time::Duration;
 

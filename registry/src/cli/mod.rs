@@ -2,8 +2,8 @@
 //!
 //! Every command connects through [`connect`] and ends through [`finish`], so a registry
 //! that does not answer reads the same everywhere: "cannot reach the registry at ADDR: …"
-//! (exit 1). A flag whose value cannot work is a usage error (exit 2), refused by clap
-//! before anything is sent ([`args`]).
+//! (exit 1). A flag whose value cannot work is a usage error (exit 2), refused before
+//! anything is sent ([`args`]).
 
 pub mod args;
 pub mod node;
@@ -20,11 +20,13 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {
     /// The registry's gRPC address (http:// or https://, host and port).
+    ///
+    /// Checked when a command connects ([`args::registry_addr`]), not by clap: the option
+    /// is global, and a CORRAL_ADDR meant for the CLI must not stop `registry serve`.
     #[arg(
         long,
         env = "CORRAL_ADDR",
         default_value = "http://127.0.0.1:17890",
-        value_parser = args::registry_addr,
         global = true
     )]
     pub addr: String,
@@ -63,8 +65,8 @@ pub const CLIENT_OPTIONS: [(&str, &str); 6] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("--addr {addr:?} is not a valid URL (expected e.g. http://127.0.0.1:17890)")]
-    BadAddr { addr: String },
+    #[error("--addr (or CORRAL_ADDR) {addr:?}: {why}")]
+    BadAddr { addr: String, why: String },
     #[error("cannot reach the registry at {addr}: {}", chain(.source))]
     Connect {
         addr: String,
@@ -247,10 +249,13 @@ const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A channel to the registry, for any of its services.
 pub async fn connect_channel(args: &ClientArgs) -> Result<Channel, CliError> {
+    let bad = |why: String| CliError::BadAddr {
+        addr: args.addr.clone(),
+        why,
+    };
+    args::registry_addr(&args.addr).map_err(bad)?;
     let endpoint = Endpoint::from_shared(args.addr.clone())
-        .map_err(|_| CliError::BadAddr {
-            addr: args.addr.clone(),
-        })?
+        .map_err(|e| bad(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
