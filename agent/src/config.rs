@@ -230,11 +230,13 @@ impl AgentConfig {
             .or_else(|| file.locator.as_ref().map(Locator::joined))
             .ok_or(ConfigError::NoLocator(shown))?;
         let locators = parse_locator(&locator)?;
-        let node = over
-            .node
-            .or(file.node)
-            .unwrap_or_else(crate::facts::host_name);
-        corral_proto::names::check_node_name(&node).map_err(ConfigError::NodeName)?;
+        let node = match over.node.or(file.node) {
+            Some(node) => {
+                corral_proto::names::check_node_name(&node).map_err(ConfigError::NodeName)?;
+                node
+            }
+            None => crate::facts::default_node_name().map_err(ConfigError::NodeName)?,
+        };
         let advertise_ip = match over.advertise_ip.or(file.advertise_ip) {
             Some(ip) => ip.parse().map_err(|_| ConfigError::AdvertiseIp(ip))?,
             None => route_ip(&locators)?,
@@ -269,7 +271,7 @@ impl AgentConfig {
                 .log_max_size
                 .map_or(defaults::LOG_MAX_SIZE, |b| b.as_u64()),
             log_keep: file.log_keep.unwrap_or(defaults::LOG_KEEP),
-            keep_releases: file.keep_releases.unwrap_or(defaults::KEEP_RELEASES).max(1),
+            keep_releases: file.keep_releases.unwrap_or(defaults::KEEP_RELEASES),
             max_unpacked_size: file
                 .max_unpacked_size
                 .map_or(defaults::MAX_UNPACKED_SIZE, |b| b.as_u64()),
@@ -284,10 +286,16 @@ impl AgentConfig {
                 .max_package_entries
                 .unwrap_or(defaults::MAX_PACKAGE_ENTRIES),
         };
-        if config.log_max_size == 0 {
-            return Err(ConfigError::Zero {
-                what: "log_max_size",
-            });
+        // Zero cannot work for these; refused rather than quietly turned into 1.
+        for (what, n) in [
+            ("log_max_size", config.log_max_size),
+            ("keep_releases", config.keep_releases as u64),
+            ("max_unpacked_size", config.max_unpacked_size),
+            ("max_package_entries", config.max_package_entries),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero { what });
+            }
         }
         for (what, d) in [
             ("reconnect_initial", config.reconnect_initial),

@@ -66,7 +66,50 @@ impl Sampler {
     }
 }
 
-/// The host name, the default node name.
+/// The default node name: the first label of the host name (`web-1` of
+/// `web-1.example.com`), since a node name is a DNS label.
 pub fn host_name() -> String {
-    System::host_name().unwrap_or_else(|| "localhost".to_string())
+    first_label(&System::host_name().unwrap_or_else(|| "localhost".to_string())).to_string()
+}
+
+/// The node name the host name gives, checked; the error says it came from the host name
+/// and how to choose another.
+pub fn default_node_name() -> Result<String, String> {
+    let full = System::host_name().unwrap_or_else(|| "localhost".to_string());
+    node_name_from_host(&full)
+}
+
+fn first_label(host: &str) -> &str {
+    host.split('.').next().unwrap_or(host)
+}
+
+fn node_name_from_host(full: &str) -> Result<String, String> {
+    let name = first_label(full);
+    corral_proto::names::check_node_name(name).map_err(|e| {
+        format!(
+            "the host name {} does not give a valid node name ({e}); \
+             pass --node NAME (or CORRAL_NODE, or `node` in the config file)",
+            corral_proto::text::quoted(full)
+        )
+    })?;
+    Ok(name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_name_from_host;
+
+    #[test]
+    fn the_default_node_name_is_the_host_names_first_label() {
+        assert_eq!(node_name_from_host("web-1").as_deref(), Ok("web-1"));
+        assert_eq!(
+            node_name_from_host("web-1.dc2.example.com").as_deref(),
+            Ok("web-1")
+        );
+        let err = node_name_from_host("build_box.example").expect_err("underscore");
+        assert!(
+            err.contains("host name \"build_box.example\"") && err.contains("--node"),
+            "{err}"
+        );
+    }
 }

@@ -2,12 +2,16 @@
 //!
 //! * `corral.v1.Agent` — the one long-lived session an agent opens with the registry.
 //! * `corral.v1.Admin` — the admin API the `registry` CLI talks to.
+//!
+//! Beside the wire: [`names`], the name rules both ends check, and [`text`], how error
+//! messages show user input without echoing it whole.
 
 /// The protocol version an agent announces in its first message. The registry refuses
 /// versions it does not speak with a message naming both.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 pub mod names;
+pub mod text;
 
 mod hash;
 pub use hash::spec_hash;

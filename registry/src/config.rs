@@ -167,6 +167,21 @@ impl RegistryConfig {
                 return Err(ConfigError::Zero { what });
             }
         }
+        // Zero cannot work for these (no package could be uploaded, a download would
+        // never end): refused rather than taken.
+        for (what, n) in [
+            ("max_package_size", self.max_package_size),
+            ("max_unpacked_size", self.package_limits.max_unpacked_bytes),
+            ("max_package_entries", self.package_limits.max_entries),
+            (
+                "download_rate (--download-rate)",
+                self.download_rate.unwrap_or(1),
+            ),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero { what });
+            }
+        }
         if self.admin_tokens.iter().any(String::is_empty) {
             return Err(ConfigError::EmptyToken {
                 what: "an admin token",

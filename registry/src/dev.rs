@@ -127,9 +127,15 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
     let http = bind("HTTP", "http", opts.http).await?;
     let agent_http = bind("agent HTTP", "agent-http", opts.agent_http).await?;
     let listen = grpc.local_addr().unwrap_or(opts.listen);
-    let node = opts.node.unwrap_or_else(corral_agent::facts::host_name);
-    corral_proto::names::check_node_name(&node)
-        .map_err(corral_agent::config::ConfigError::NodeName)?;
+    let node = match opts.node {
+        Some(node) => {
+            corral_proto::names::check_node_name(&node)
+                .map_err(corral_agent::config::ConfigError::NodeName)?;
+            node
+        }
+        None => corral_agent::facts::default_node_name()
+            .map_err(corral_agent::config::ConfigError::NodeName)?,
+    };
     let data_dir = corral_agent::config::absolute(opts.data_dir.clone());
     let db = absolute_sqlite(&opts.db);
     let agent_config = AgentConfig {

@@ -24,15 +24,17 @@ async fn authorize(shared: &Shared, req: &DownloadRequest) -> Result<(), Status>
     let known = node.is_some_and(|n| crate::join::identity_hash(&req.identity) == n.identity_hash);
     if !known {
         return Err(Status::unauthenticated(format!(
-            "node {:?} did not prove its identity",
-            req.node
+            "node {} did not prove its identity",
+            corral_proto::text::quoted(&req.node)
         )));
     }
     let instances = shared.store.instances_of(&req.app, &req.server).await?;
     if !instances.iter().any(|i| i.node == req.node) {
         return Err(Status::permission_denied(format!(
-            "node {:?} runs no instance of {}.{}",
-            req.node, req.app, req.server
+            "node {} runs no instance of {}.{}",
+            corral_proto::text::quoted(&req.node),
+            corral_proto::text::quoted(&req.app),
+            corral_proto::text::quoted(&req.server)
         )));
     }
     Ok(())
@@ -129,6 +131,7 @@ impl ChunkCache {
 
 pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Stream, Status> {
     authorize(&shared, &req).await?;
+    crate::spec::check_version(&req.version).map_err(Status::invalid_argument)?;
     let name = format!("{}.{} {}", req.app, req.server, req.version);
     let pkg = shared
         .store

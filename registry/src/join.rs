@@ -46,8 +46,9 @@ pub fn check_hello(hello: &Hello) -> Result<(), Status> {
     }
     if hello.advertise_ip.parse::<IpAddr>().is_err() {
         return Err(Status::invalid_argument(format!(
-            "advertise IP {:?} of node {:?} is not an IP address",
-            hello.advertise_ip, hello.node
+            "advertise IP {} of node {:?} is not an IP address",
+            corral_proto::text::quoted(&hello.advertise_ip),
+            hello.node
         )));
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use corral_agent::logging::{LogFormat, init_tracing};
 use corral_registry::cli::node::NodeCommand;
 use corral_registry::cli::package::{PackageCommand, PatchArgs, RollbackArgs, RolloutCommand};
@@ -30,6 +30,10 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// The admin commands' options (--addr, --token, -o ...), accepted before or after
+    /// the subcommand.
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Subcommand)]
@@ -42,50 +46,36 @@ enum Command {
     Node {
         #[command(subcommand)]
         command: NodeCommand,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Create or update a server from a spec file.
     Apply {
         #[command(flatten)]
         args: ApplyArgs,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Servers and their instances.
     Server {
         #[command(subcommand)]
         command: ServerCommand,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Packages: the releases of servers.
     Package {
         #[command(subcommand)]
         command: PackageCommand,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Roll a server out to a new release, batch by batch, rolling back on failure.
     Patch {
         #[command(flatten)]
         args: PatchArgs,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Roll a server back to its previous (or a given) release.
     Rollback {
         #[command(flatten)]
         args: RollbackArgs,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Rollouts: patches and rollbacks, past and running.
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// TLS: `registry tls init DIR` writes a CA and registry, agent and admin certificates.
     Tls {
@@ -93,17 +83,11 @@ enum Command {
         command: TlsCommand,
     },
     /// The active endpoints of a service name (APP.SERVER.ADAPTER).
-    Endpoints {
-        name: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Endpoints { name: String },
     /// Instance state changes, newest last.
     Events {
         #[command(flatten)]
         args: EventsArgs,
-        #[command(flatten)]
-        client: ClientArgs,
     },
 }
 
@@ -287,12 +271,39 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
+/// Parses the command line. The admin options are global (so that they may come before
+/// the subcommand), which also lets clap accept them after `serve`, `dev` or `tls`: given
+/// there on the command line, they are refused rather than silently ignored.
+fn parse_cli() -> Cli {
+    let mut matches = Cli::command().get_matches();
+    let local = matches!(matches.subcommand_name(), Some("serve" | "dev" | "tls"));
+    if local {
+        for (id, flag) in corral_registry::cli::CLIENT_OPTIONS {
+            if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+                let sub = matches.subcommand_name().unwrap_or_default();
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!(
+                            "{flag} is an option of the admin commands (node, server, apply, ...); \
+                             `registry {sub}` does not take it"
+                        ),
+                    )
+                    .exit();
+            }
+        }
+    }
+    Cli::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let client = &cli.client;
+    let admin = |result| cli_result(corral_registry::cli::finish(result, client));
     match cli.command {
         Command::Serve(args) => {
             init_tracing(cli.verbose, cli.log_format);
@@ -327,26 +338,26 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Node { command, client } => {
-            cli_result(rt.block_on(corral_registry::cli::node::run(command, &client)))
+        Command::Node { command } => {
+            admin(rt.block_on(corral_registry::cli::node::run(command, client)))
         }
-        Command::Apply { args, client } => {
-            cli_result(rt.block_on(corral_registry::cli::server::apply(args, &client)))
+        Command::Apply { args } => {
+            admin(rt.block_on(corral_registry::cli::server::apply(args, client)))
         }
-        Command::Server { command, client } => {
-            cli_result(rt.block_on(corral_registry::cli::server::run(command, &client)))
+        Command::Server { command } => {
+            admin(rt.block_on(corral_registry::cli::server::run(command, client)))
         }
-        Command::Package { command, client } => {
-            cli_result(rt.block_on(corral_registry::cli::package::run(command, &client)))
+        Command::Package { command } => {
+            admin(rt.block_on(corral_registry::cli::package::run(command, client)))
         }
-        Command::Patch { args, client } => {
-            cli_result(rt.block_on(corral_registry::cli::package::patch(args, &client)))
+        Command::Patch { args } => {
+            admin(rt.block_on(corral_registry::cli::package::patch(args, client)))
         }
-        Command::Rollback { args, client } => {
-            cli_result(rt.block_on(corral_registry::cli::package::rollback(args, &client)))
+        Command::Rollback { args } => {
+            admin(rt.block_on(corral_registry::cli::package::rollback(args, client)))
         }
-        Command::Rollout { command, client } => {
-            cli_result(rt.block_on(corral_registry::cli::package::rollouts(command, &client)))
+        Command::Rollout { command } => {
+            admin(rt.block_on(corral_registry::cli::package::rollouts(command, client)))
         }
         Command::Tls {
             command: TlsCommand::Init(a),
@@ -368,11 +379,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Endpoints { name, client } => {
-            cli_result(rt.block_on(corral_registry::cli::server::endpoints(name, &client)))
+        Command::Endpoints { name } => {
+            admin(rt.block_on(corral_registry::cli::server::endpoints(name, client)))
         }
-        Command::Events { args, client } => {
-            cli_result(rt.block_on(corral_registry::cli::server::events(args, &client)))
+        Command::Events { args } => {
+            admin(rt.block_on(corral_registry::cli::server::events(args, client)))
         }
     }
 }

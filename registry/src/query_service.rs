@@ -21,7 +21,8 @@ fn check_name(name: &str) -> Result<(), Status> {
     let parts: Vec<&str> = name.split('.').collect();
     if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
         return Err(Status::invalid_argument(format!(
-            "service name {name:?} must be APP.SERVER.ADAPTER, e.g. demo.echo.Main"
+            "service name {} must be APP.SERVER.ADAPTER, e.g. demo.echo.Main",
+            corral_proto::text::quoted(name)
         )));
     }
     Ok(())
@@ -34,7 +35,8 @@ fn lookup(table: &Table, name: &str) -> Result<Endpoints, Status> {
             endpoints: eps.as_ref().clone(),
         }),
         None => Err(Status::not_found(format!(
-            "no service {name:?} (no server has that adapter)"
+            "no service {} (no server has that adapter)",
+            corral_proto::text::quoted(name)
         ))),
     }
 }

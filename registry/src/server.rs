@@ -152,6 +152,7 @@ pub async fn run(
     }
     let grpc_result = builder
         .layer(RpcMetricsLayer(shared.metrics.clone()))
+        .layer(crate::error::CapStatusLayer)
         .add_service(AgentServer::new(AgentService {
             shared: shared.clone(),
         }))

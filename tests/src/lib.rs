@@ -4,6 +4,7 @@
 //! test leaves nothing running. Waiting is always polling with a deadline.
 
 pub mod db;
+pub mod exits;
 pub mod fleet;
 pub mod packages;
 pub mod procs;

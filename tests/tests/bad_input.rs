@@ -149,7 +149,7 @@ fn agent_flags_and_config() {
                 data,
             ],
         ),
-        &["at most 63"],
+        &["64 bytes; the limit is 63"],
     );
     assert_refused(
         &run(

@@ -88,12 +88,13 @@ fn dev_shows_this_host_up() {
     assert!(out.status.success(), "dev exits cleanly on SIGINT");
 }
 
-/// The node name `registry dev` uses: the host name.
+/// The node name `registry dev` uses: the host name's first label.
 fn corral_agent_host_name() -> String {
-    nix::unistd::gethostname()
+    let host = nix::unistd::gethostname()
         .expect("hostname")
         .into_string()
-        .expect("utf8 hostname")
+        .expect("utf8 hostname");
+    host.split('.').next().unwrap_or(&host).to_string()
 }
 
 /// The README's package walk-through under `registry dev`, with its defaults (a data dir

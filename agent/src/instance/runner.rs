@@ -990,7 +990,7 @@ impl Runner {
         }
         for a in &spec.adapters {
             env.push((
-                format!("CORRAL_PORT_{}", a.name.to_uppercase().replace('-', "_")),
+                corral_proto::names::port_env_var(&a.name),
                 a.port.to_string(),
             ));
         }

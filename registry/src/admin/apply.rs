@@ -22,9 +22,29 @@ use crate::store::{Staged, StoreError, now_ms};
 fn problems(source: &str, list: &[String]) -> Status {
     Status::invalid_argument(format!(
         "{source} has {} problem{}:\n{}",
-        list.len(),
+        corral_proto::text::count(list.len()),
         if list.len() == 1 { "" } else { "s" },
-        list.join("\n")
+        corral_proto::text::first_problems(list, crate::spec::PROBLEMS_SHOWN)
+    ))
+}
+
+/// Checks every node name of a list, reporting the first problems and how many more
+/// there are (10,000 bad names make a few lines, not a status too big to send).
+fn check_node_names(flag: &str, nodes: &[String]) -> Result<(), Status> {
+    let problems: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            corral_proto::names::check_node_name(n)
+                .err()
+                .map(|e| format!("{flag}[{i}]: {e}"))
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(
+        corral_proto::text::first_problems(&problems, crate::spec::PROBLEMS_SHOWN),
     ))
 }
 
@@ -125,6 +145,7 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
     } else {
         req.source.as_str()
     };
+    let source = corral_proto::text::prefix(source, 256);
     let new = spec::parse(&req.spec_toml, source).map_err(|e| problems(source, &e.0))?;
     let name = new.name();
     if let Some(version) = &new.package
@@ -203,9 +224,7 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
     if req.nodes.is_empty() {
         return Err(Status::invalid_argument("name at least one node with --to"));
     }
-    for n in &req.nodes {
-        corral_proto::names::check_node_name(n).map_err(Status::invalid_argument)?;
-    }
+    check_node_names("--to", &req.nodes)?;
     let from = (!req.from.is_empty()).then_some(req.from.as_str());
     let staged = shared
         .store
@@ -219,7 +238,8 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
     {
         staged.rollback().await;
         return Err(Status::invalid_argument(format!(
-            "--from {f}: {} has no instance there",
+            "--from {}: {} has no instance there",
+            corral_proto::text::quoted(f),
             req.server
         )));
     }

@@ -37,19 +37,29 @@ fn filter(req: &ListEventsRequest) -> Result<Option<(String, String)>, Status> {
     Ok(Some((app.to_string(), server.to_string())))
 }
 
-fn limit(req: &ListEventsRequest) -> u32 {
+/// How many past events: unset means the default; 0 is honoured (none); more than one
+/// call returns is refused rather than cut silently.
+fn limit(req: &ListEventsRequest) -> Result<u32, Status> {
     match req.limit {
-        0 => DEFAULT_LIMIT,
-        n => n.min(MAX_LIMIT),
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if n > MAX_LIMIT => Err(Status::invalid_argument(format!(
+            "limit {n} is more than {}, the most events one call returns",
+            corral_proto::text::count(MAX_LIMIT as usize)
+        ))),
+        Some(n) => Ok(n),
     }
 }
 
 pub async fn list(shared: &Shared, req: ListEventsRequest) -> Result<ListEventsResponse, Status> {
     let server = filter(&req)?;
     let server = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
+    let limit = limit(&req)?;
+    if limit == 0 {
+        return Ok(ListEventsResponse { events: Vec::new() });
+    }
     let events = shared
         .store
-        .list_events(server, req.after_id, limit(&req))
+        .list_events(server, req.after_id, limit)
         .await?;
     Ok(ListEventsResponse {
         events: events.into_iter().map(to_proto).collect(),
@@ -61,18 +71,32 @@ pub async fn follow(
     req: ListEventsRequest,
 ) -> Result<EventStream, Status> {
     let server = filter(&req)?;
-    let first = {
+    let limit = limit(&req)?;
+    let (first, newest) = {
         let s = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
-        shared
-            .store
-            .list_events(s, req.after_id, limit(&req))
-            .await?
+        let first = if limit == 0 {
+            Vec::new()
+        } else {
+            shared.store.list_events(s, req.after_id, limit).await?
+        };
+        // With no past events wanted, following starts after the newest one.
+        let newest = if limit == 0 {
+            shared
+                .store
+                .list_events(s, req.after_id, 1)
+                .await?
+                .last()
+                .map_or(req.after_id, |e| e.id)
+        } else {
+            req.after_id
+        };
+        (first, newest)
     };
     let (tx, rx) = mpsc::channel(64);
     let task_shared = shared.clone();
     shared.tracker.spawn(async move {
         let shared = task_shared;
-        let mut last = req.after_id;
+        let mut last = newest;
         let mut batch = first;
         loop {
             for e in batch {

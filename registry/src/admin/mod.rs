@@ -186,14 +186,20 @@ impl Admin for AdminService {
     }
 }
 
-/// Splits `app.server`, naming the argument when it is malformed.
+/// Splits `app.server`, naming the argument when it is malformed. Both halves follow the
+/// spec's name rules, so a name that passes is short enough to echo in any later error.
 pub fn split_server(name: &str) -> Result<(&str, &str), Status> {
+    let shown = corral_proto::text::quoted(name);
     match name.split_once('.') {
         Some((app, server)) if !app.is_empty() && !server.is_empty() && !server.contains('.') => {
+            for (what, part) in [("app", app), ("server", server)] {
+                crate::spec::check_name(what, part, &['_', '-'])
+                    .map_err(|e| Status::invalid_argument(format!("server {shown}: {e}")))?;
+            }
             Ok((app, server))
         }
         _ => Err(Status::invalid_argument(format!(
-            "server {name:?} must be written APP.SERVER, e.g. demo.echo"
+            "server {shown} must be written APP.SERVER, e.g. demo.echo"
         ))),
     }
 }

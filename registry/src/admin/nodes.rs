@@ -1,5 +1,6 @@
 //! Admin RPCs on nodes.
 
+use corral_proto::names::NODE_NAME_MAX;
 use corral_proto::v1::{
     GetNodeRequest, ListNodesRequest, ListNodesResponse, LoadReport, Node, RemoveNodeRequest,
     RemoveNodeResponse,
@@ -44,6 +45,7 @@ pub async fn list(shared: &Shared, _req: ListNodesRequest) -> Result<ListNodesRe
 }
 
 pub async fn get(shared: &Shared, req: GetNodeRequest) -> Result<Node, Status> {
+    check_length(&req.name)?;
     match shared.store.get_node(&req.name).await? {
         Some(row) => Ok(node_to_proto(row)),
         None => Err(StoreError::NodeNotFound(req.name).into()),
@@ -51,7 +53,21 @@ pub async fn get(shared: &Shared, req: GetNodeRequest) -> Result<Node, Status> {
 }
 
 pub async fn remove(shared: &Shared, req: RemoveNodeRequest) -> Result<RemoveNodeResponse, Status> {
+    check_length(&req.name)?;
     shared.store.remove_node(&req.name).await?;
     info!(node = %req.name, "node removed");
     Ok(RemoveNodeResponse {})
+}
+
+/// No node name was ever longer than this, so a longer one is refused without being
+/// echoed. Only the length: a node that joined under the older, looser name rules
+/// (dots, underscores) must stay visible and removable.
+pub(crate) fn check_length(name: &str) -> Result<(), Status> {
+    if name.len() > NODE_NAME_MAX {
+        return Err(Status::invalid_argument(format!(
+            "node name is {} bytes; the limit is {NODE_NAME_MAX}",
+            name.len()
+        )));
+    }
+    Ok(())
 }

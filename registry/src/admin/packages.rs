@@ -80,8 +80,8 @@ pub async fn upload(
     }
     if h.sha256.len() != 64 || !h.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(Status::invalid_argument(format!(
-            "sha256 {:?} is not 64 hex digits",
-            h.sha256
+            "sha256 {} is not 64 hex digits",
+            corral_proto::text::quoted(&h.sha256)
         )));
     }
     let row = PackageRow {

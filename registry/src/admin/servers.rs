@@ -103,11 +103,15 @@ pub async fn control(
         "undeploy" => Action::Undeploy,
         other => {
             return Err(Status::invalid_argument(format!(
-                "action {other:?} is not one of start, stop, restart, undeploy"
+                "action {} is not one of start, stop, restart, undeploy",
+                corral_proto::text::quoted(other)
             )));
         }
     };
     let node = (!req.node.is_empty()).then_some(req.node.as_str());
+    if let Some(n) = node {
+        super::nodes::check_length(n)?;
+    }
     let nodes = shared.store.control(app, server, node, action).await?;
     shared.changed(&nodes).await;
     info!(server = %req.server, action = %req.action, nodes = ?nodes, "instances changed");

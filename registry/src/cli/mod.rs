@@ -1,5 +1,11 @@
 //! The admin command line: a gRPC client of the registry.
+//!
+//! Every command connects through [`connect`] and ends through [`finish`], so a registry
+//! that does not answer reads the same everywhere: "cannot reach the registry at ADDR: …"
+//! (exit 1). A flag whose value cannot work is a usage error (exit 2), refused before
+//! anything is sent ([`args`]).
 
+pub mod args;
 pub mod node;
 pub mod output;
 pub mod package;
@@ -9,10 +15,14 @@ use clap::{Args, ValueEnum};
 use corral_proto::v1::admin_client::AdminClient;
 use tonic::transport::{Channel, Endpoint};
 
-/// Options every admin command takes.
+/// Options every admin command takes, before or after the subcommand (`global`):
+/// `registry --addr X node list -o json` and `registry node list -o json --addr X`.
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {
-    /// The registry's gRPC address.
+    /// The registry's gRPC address (http:// or https://, host and port).
+    ///
+    /// Checked when a command connects ([`args::registry_addr`]), not by clap: the option
+    /// is global, and a CORRAL_ADDR meant for the CLI must not stop `registry serve`.
     #[arg(
         long,
         env = "CORRAL_ADDR",
@@ -43,15 +53,31 @@ pub enum Format {
     Json,
 }
 
+/// The names of [`ClientArgs`]' options, for commands that take none of them.
+pub const CLIENT_OPTIONS: [(&str, &str); 6] = [
+    ("addr", "--addr"),
+    ("ca", "--ca"),
+    ("cert", "--cert"),
+    ("key", "--key"),
+    ("token", "--token"),
+    ("output", "--output"),
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("registry address {addr:?} is not a valid URL (expected e.g. http://127.0.0.1:17890)")]
-    BadAddr { addr: String },
+    #[error("--addr (or CORRAL_ADDR) {addr:?}: {why}")]
+    BadAddr { addr: String, why: String },
     #[error("cannot reach the registry at {addr}: {}", chain(.source))]
     Connect {
         addr: String,
         source: tonic::transport::Error,
     },
+    /// A call that the transport failed, not the registry: it did not answer, went away
+    /// or is not a gRPC server.
+    #[error("cannot reach the registry at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("--ca/--cert/--key: {0}")]
+    Tls(corral_agent::tls::ClientTlsError),
     #[error("{}", .0.message())]
     Rpc(#[from] tonic::Status),
     #[error("cannot read {}: {source}", .path.display())]
@@ -61,7 +87,7 @@ pub enum CliError {
     },
     #[error("{0}")]
     Failed(String),
-    #[error("the token has characters that cannot be sent in a header")]
+    #[error("--token (or CORRAL_TOKEN) has characters that cannot be sent in a header")]
     BadToken,
 }
 
@@ -69,20 +95,98 @@ impl CliError {
     /// Exit code: 2 for bad input, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::BadAddr { .. } | CliError::File { .. } | CliError::BadToken => 2,
+            CliError::BadAddr { .. }
+            | CliError::File { .. }
+            | CliError::BadToken
+            | CliError::Tls(_) => 2,
             CliError::Rpc(s) if s.code() == tonic::Code::InvalidArgument => 2,
             _ => 1,
         }
     }
 }
 
-/// An error and its sources, joined: "transport error: connection refused".
+/// The end of every admin command: a status that the transport made (the registry did
+/// not answer, the connection broke, the address is not a gRPC server) becomes
+/// "cannot reach the registry at ADDR: …"; anything the registry said stays as it is.
+pub fn finish(result: Result<(), CliError>, args: &ClientArgs) -> Result<(), CliError> {
+    match result {
+        Err(CliError::Rpc(status)) => match transport_failure(&status) {
+            Some(reason) => Err(CliError::Unreachable {
+                addr: args.addr.clone(),
+                reason: dedupe(&reason),
+            }),
+            None => Err(CliError::Rpc(status)),
+        },
+        other => other,
+    }
+}
+
+/// "a: b: b: c" as "a: b: c": hyper and tonic repeat a cause as they wrap it.
+fn dedupe(reason: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in reason.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+/// Why the transport failed a call, or None when the registry itself answered. tonic
+/// makes these statuses on the client side: they carry the transport error as their
+/// source, or one of a few fixed messages.
+fn transport_failure(status: &tonic::Status) -> Option<String> {
+    let message = status.message();
+    if let Some(code) =
+        message.strip_prefix("grpc-status header missing, mapped from HTTP status code ")
+    {
+        return Some(format!(
+            "it answers HTTP {code}, not gRPC (is this the registry's --http port instead of its --listen port?)"
+        ));
+    }
+    const TRANSPORT: [&str; 6] = [
+        "h2 protocol error",
+        "transport error",
+        "error trying to connect",
+        "connection error",
+        "operation was canceled",
+        "keep-alive timed out",
+    ];
+    let silent = message.contains("keep-alive timed out")
+        || std::error::Error::source(status)
+            .is_some_and(|e| chain(e).contains("keep-alive timed out"));
+    if silent {
+        return Some(format!(
+            "it accepted the connection but did not answer within {}s",
+            2 * KEEPALIVE.as_secs()
+        ));
+    }
+    match std::error::Error::source(status) {
+        Some(source) => {
+            let chained = chain(source);
+            Some(if message.is_empty() || chained.starts_with(message) {
+                chained
+            } else {
+                format!("{message}: {chained}")
+            })
+        }
+        None if TRANSPORT.iter().any(|p| message.starts_with(p)) => Some(message.to_string()),
+        None => None,
+    }
+}
+
+/// An error and its sources, joined: "transport error: connection refused". A source
+/// that only repeats what is already said (tonic nests "tcp connect error" twice) is
+/// left out.
 pub fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut next = err.source();
     while let Some(e) = next {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         next = e.source();
     }
     out
@@ -137,20 +241,32 @@ pub async fn connect_query(
     )
 }
 
+/// How long the CLI waits for the registry to accept a connection, and to answer an
+/// HTTP/2 ping on it: a peer that accepts but never answers is given up on after about
+/// `KEEPALIVE * 2` rather than hanging the command.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A channel to the registry, for any of its services.
 pub async fn connect_channel(args: &ClientArgs) -> Result<Channel, CliError> {
+    let bad = |why: String| CliError::BadAddr {
+        addr: args.addr.clone(),
+        why,
+    };
+    args::registry_addr(&args.addr).map_err(bad)?;
     let endpoint = Endpoint::from_shared(args.addr.clone())
-        .map_err(|_| CliError::BadAddr {
-            addr: args.addr.clone(),
-        })?
-        .connect_timeout(std::time::Duration::from_secs(5));
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true);
     let tls = corral_agent::tls::ClientTls {
         ca: args.ca.clone(),
         cert: args.cert.clone(),
         key: args.key.clone(),
     };
     let endpoint = if tls.is_set() || args.addr.starts_with("https://") {
-        let config = tls.config().map_err(|e| CliError::Failed(e.to_string()))?;
+        let config = tls.config().map_err(CliError::Tls)?;
         endpoint
             .tls_config(config)
             .map_err(|source| CliError::Connect {

@@ -37,7 +37,7 @@ pub enum PackageCommand {
     /// List packages.
     List {
         /// Only this server's (APP.SERVER).
-        #[arg(long)]
+        #[arg(long, value_parser = super::args::non_empty)]
         server: Option<String>,
     },
     /// Remove a package (refused while an instance uses it).
@@ -51,12 +51,12 @@ pub struct PatchArgs {
     #[arg(long)]
     pub version: String,
     /// Only these nodes (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = super::args::non_empty)]
     pub node: Vec<String>,
-    /// Instances switched at once.
-    #[arg(long, default_value_t = 1)]
-    pub batch: u32,
-    /// How long each instance must run on the new release [default: 5s].
+    /// Instances switched at once, at least 1 [default: 1].
+    #[arg(long)]
+    pub batch: Option<u32>,
+    /// How long each instance must run on the new release; 0s: running is enough [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub min_healthy: Option<Duration>,
     /// How long an instance may take to get there before the rollout fails [default: 60s].
@@ -69,17 +69,19 @@ pub struct RollbackArgs {
     /// APP.SERVER
     pub server: String,
     /// The version to go back to [default: the previous one].
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::non_empty)]
     pub to: Option<String>,
-    #[arg(long, default_value_t = 1)]
-    pub batch: u32,
+    /// Instances switched at once, at least 1 [default: 1].
+    #[arg(long)]
+    pub batch: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
     /// Recent rollouts, newest first.
     List {
-        #[arg(long)]
+        /// Only this server's (APP.SERVER).
+        #[arg(long, value_parser = super::args::non_empty)]
         server: Option<String>,
     },
     /// One rollout with its instances.
@@ -232,7 +234,7 @@ pub async fn run(cmd: PackageCommand, args: &ClientArgs) -> Result<(), CliError>
 
 fn rollout_json(r: &Rollout) -> Value {
     json!({"id": r.id, "server": r.server, "to_version": r.to_version, "state": r.state, "error": r.error,
-           "batch": r.batch, "created_at": time_ms(r.created_at_ms), "updated_at": time_ms(r.updated_at_ms),
+           "batch": r.batch, "min_healthy_ms": r.min_healthy_ms, "deadline_ms": r.deadline_ms, "created_at": time_ms(r.created_at_ms), "updated_at": time_ms(r.updated_at_ms),
            "instances": r.instances.iter().map(|i| json!({"node": i.node, "batch": i.batch, "from_version": i.from_version,
                "phase": i.phase, "percent": i.percent, "error": i.error})).collect::<Vec<_>>()})
 }
@@ -281,10 +283,18 @@ async fn follow(client: &mut super::Client, id: i64, args: &ClientArgs) -> Resul
     for (_, b) in &bars {
         b.finish();
     }
-    let Some(r) = last else {
-        return Err(CliError::Failed(
-            "the rollout stream ended without news".into(),
-        ));
+    let Some(r) =
+        last.filter(|r| matches!(r.state.as_str(), "succeeded" | "failed" | "interrupted"))
+    else {
+        // The registry ends a watch early only when it shuts down; the rollout itself
+        // lives in the database and goes on.
+        return Err(CliError::Unreachable {
+            addr: args.addr.clone(),
+            reason: format!(
+                "it ended the stream of rollout {id} before the rollout ended (it is shutting \
+                 down); see `registry rollout status {id}` once a registry answers"
+            ),
+        });
     };
     if args.output == Format::Json {
         println!("{}", rollout_json(&r));
@@ -305,15 +315,16 @@ async fn follow(client: &mut super::Client, id: i64, args: &ClientArgs) -> Resul
 
 pub async fn patch(a: PatchArgs, args: &ClientArgs) -> Result<(), CliError> {
     let mut client = connect(args).await?;
-    let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+    // Only what was given is sent: the registry applies its defaults to the rest and
+    // takes (or refuses) an explicit 0 as what it is.
     let r = client
         .start_rollout(StartRolloutRequest {
             server: a.server,
             version: a.version,
             nodes: a.node,
             batch: a.batch,
-            min_healthy_ms: ms(a.min_healthy),
-            deadline_ms: ms(a.deadline),
+            min_healthy_ms: a.min_healthy.map(super::args::millis),
+            deadline_ms: a.deadline.map(super::args::millis),
             rollback: false,
         })
         .await?
@@ -335,8 +346,8 @@ pub async fn rollback(a: RollbackArgs, args: &ClientArgs) -> Result<(), CliError
             version: a.to.unwrap_or_default(),
             nodes: Vec::new(),
             batch: a.batch,
-            min_healthy_ms: 0,
-            deadline_ms: 0,
+            min_healthy_ms: None,
+            deadline_ms: None,
             rollback: true,
         })
         .await?

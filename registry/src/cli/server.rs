@@ -57,7 +57,7 @@ pub struct ExpandArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     pub to: Vec<String>,
     /// Copy this node's instance settings (release, running or stopped) instead of the spec's.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::non_empty)]
     pub from: Option<String>,
     /// Show the plan and change nothing.
     #[arg(long)]
@@ -69,19 +69,19 @@ pub struct Target {
     /// APP.SERVER
     pub server: String,
     /// Only this node's instance.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::non_empty)]
     pub node: Option<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct EventsArgs {
     /// Only this server's events (APP.SERVER).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::non_empty)]
     pub server: Option<String>,
     /// Keep printing new events as they happen.
     #[arg(short, long)]
     pub follow: bool,
-    /// How many past events to show.
+    /// How many past events to show, at most 10000; 0 with --follow: only new ones.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
 }
@@ -304,7 +304,7 @@ pub async fn events(a: EventsArgs, args: &ClientArgs) -> Result<(), CliError> {
     let req = ListEventsRequest {
         server: a.server.unwrap_or_default(),
         after_id: 0,
-        limit: a.limit,
+        limit: Some(a.limit),
     };
     let print = |e: &Event| {
         if args.output == Format::Json {
@@ -326,7 +326,11 @@ pub async fn events(a: EventsArgs, args: &ClientArgs) -> Result<(), CliError> {
         while let Some(e) = stream.message().await? {
             print(&e);
         }
-        return Ok(());
+        // A follow ends only when the registry ends it: at its shutdown.
+        return Err(CliError::Unreachable {
+            addr: args.addr.clone(),
+            reason: "it ended the event stream (it is shutting down)".into(),
+        });
     }
     let events = client.list_events(req).await?.into_inner().events;
     if args.output == Format::Json {

@@ -12,9 +12,6 @@ use crate::spec::Spec;
 use crate::spec::render::{InstanceEntry, Tables};
 use crate::store::StagedInstance;
 
-/// At most this many problems are listed; the rest are counted.
-const MAX_LISTED: usize = 20;
-
 /// A node's advertise IP and data dir (empty strings before it joins).
 pub type NodeInfo = HashMap<String, (String, String)>;
 
@@ -187,10 +184,5 @@ pub fn check(
         return Ok(notes.into_iter().collect());
     }
     problems.dedup();
-    let more = problems.len().saturating_sub(MAX_LISTED);
-    problems.truncate(MAX_LISTED);
-    if more > 0 {
-        problems.push(format!("… and {more} more"));
-    }
     Err(problems)
 }

@@ -82,6 +82,21 @@ async fn previous_version(
 
 pub async fn start(shared: Arc<Shared>, req: StartRolloutRequest) -> Result<Rollout, Status> {
     let (app, server) = split_server(&req.server)?;
+    // The request's own values first: bad input is named before any lookup.
+    let batch = match req.batch {
+        None => 1,
+        Some(0) => {
+            return Err(Status::invalid_argument(
+                "batch (--batch) is 0; a rollout switches at least 1 instance at a time",
+            ));
+        }
+        Some(n) => i64::from(n),
+    };
+    if req.deadline_ms == Some(0) {
+        return Err(Status::invalid_argument(
+            "deadline (--deadline) is 0s; no instance could start in no time (leave it out for 60s)",
+        ));
+    }
     let current = shared
         .store
         .get_server(app, server)
@@ -108,11 +123,11 @@ pub async fn start(shared: Arc<Shared>, req: StartRolloutRequest) -> Result<Roll
     for n in &req.nodes {
         if !instances.iter().any(|i| &i.node == n) {
             return Err(Status::invalid_argument(format!(
-                "{app}.{server} has no instance on node {n:?}"
+                "{app}.{server} has no instance on node {}",
+                corral_proto::text::quoted(n)
             )));
         }
     }
-    let batch = i64::from(req.batch.max(1));
     let targets: Vec<RolloutInstanceRow> = instances
         .iter()
         .filter(|i| req.nodes.is_empty() || req.nodes.contains(&i.node))
@@ -133,12 +148,10 @@ pub async fn start(shared: Arc<Shared>, req: StartRolloutRequest) -> Result<Roll
             "{app}.{server} has no instances to patch"
         )));
     }
-    let ms = |d: u64, default: Duration| {
-        if d == 0 {
-            default.as_millis() as i64
-        } else {
-            d as i64
-        }
+    // Unset means the default; an explicit 0 min_healthy is honoured (running, and
+    // healthy with a check, is enough), an explicit 0 deadline was refused above.
+    let ms = |d: Option<u64>, default: Duration| {
+        i64::try_from(d.unwrap_or(default.as_millis() as u64)).unwrap_or(i64::MAX)
     };
     let now = now_ms();
     let row = RolloutRow {

@@ -13,6 +13,7 @@ pub mod render;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use corral_proto::text::{first_problems, quoted};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
@@ -115,9 +116,16 @@ impl Spec {
 #[derive(Debug, PartialEq, Eq)]
 pub struct SpecErrors(pub Vec<String>);
 
+/// A message shows this many problems of a spec, then how many more there are: 10,000
+/// bad node names make one screen, not 10,000 lines (nor a status too big to send).
+pub const PROBLEMS_SHOWN: usize = 20;
+
+/// One problem line is cut past this many bytes (a huge key in its field path, say).
+const PROBLEM_MAX: usize = 512;
+
 impl std::fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0.join("\n"))
+        write!(f, "{}", first_problems(&self.0, PROBLEMS_SHOWN))
     }
 }
 
@@ -145,9 +153,26 @@ fn is_name(s: &str, extra: &[char]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
 }
 
+/// Checks an app, server or adapter name; the error states a length before any
+/// echo, so a huge value reads "app name is 1048576 bytes; the limit is 63".
+pub(crate) fn check_name(what: &str, value: &str, extra: &[char]) -> Result<(), String> {
+    if value.len() > 63 {
+        return Err(format!(
+            "{what} name is {} bytes; the limit is 63",
+            value.len()
+        ));
+    }
+    if !is_name(value, extra) {
+        return Err(format!("{what} {value:?} must match [A-Za-z0-9_-]{{1,63}}"));
+    }
+    Ok(())
+}
+
 impl Checker {
     pub(crate) fn err(&mut self, path: &str, msg: impl std::fmt::Display) {
-        self.errors.push(format!("{path}: {msg}"));
+        let line = format!("{path}: {msg}");
+        self.errors
+            .push(corral_proto::text::cap(&line, PROBLEM_MAX).into_owned());
     }
 
     pub(crate) fn unknown_keys(&mut self, table: &Table, prefix: &str, known: &[&str]) {
@@ -193,11 +218,8 @@ impl Checker {
         let Some(value) = self.required_string(table, key, key) else {
             return String::new();
         };
-        if !is_name(&value, &['_', '-']) {
-            self.err(
-                key,
-                format!("{what} {value:?} must match [A-Za-z0-9_-]{{1,63}}"),
-            );
+        if let Err(e) = check_name(what, &value, &['_', '-']) {
+            self.err(key, e);
         }
         value
     }
@@ -247,7 +269,10 @@ impl Checker {
             Err(e) => {
                 self.err(
                     path,
-                    format!("{text:?} is not a duration ({e}); write e.g. \"5s\" or \"500ms\""),
+                    format!(
+                        "{} is not a duration ({e}); write e.g. \"5s\" or \"500ms\"",
+                        quoted(&text)
+                    ),
                 );
                 default
             }
@@ -319,7 +344,10 @@ pub fn check_version(v: &str) -> Result<(), String> {
     let chars_ok = v
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
-    if v.is_empty() || v.len() > 63 || v.starts_with('.') || !chars_ok {
+    if v.len() > 63 {
+        return Err(format!("version is {} bytes; the limit is 63", v.len()));
+    }
+    if v.is_empty() || v.starts_with('.') || !chars_ok {
         return Err(format!(
             "version {v:?} must match [A-Za-z0-9._+-]{{1,63}} and not start with '.'"
         ));
@@ -373,7 +401,10 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
         other => {
             c.err(
                 "kind",
-                format!("{other:?} is not a kind; use \"process\" or \"external\""),
+                format!(
+                    "{} is not a kind; use \"process\" or \"external\"",
+                    quoted(other)
+                ),
             );
             false
         }
@@ -450,7 +481,7 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
     if let Some(u) = &user
         && !is_name(u, &['_', '-', '.'])
     {
-        c.err("user", format!("{u:?} is not a valid user name"));
+        c.err("user", format!("{} is not a valid user name", quoted(u)));
     }
 
     let state = match c.string(&table, "state", "state").as_deref() {
@@ -459,7 +490,10 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
         Some(other) => {
             c.err(
                 "state",
-                format!("{other:?} is not a state; use \"running\" or \"stopped\""),
+                format!(
+                    "{} is not a state; use \"running\" or \"stopped\"",
+                    quoted(other)
+                ),
             );
             RunState::Running
         }
@@ -558,16 +592,26 @@ fn adapters(c: &mut Checker, table: &Table) -> Vec<Adapter> {
         let name = c
             .required_string(t, "name", &format!("{path}.name"))
             .unwrap_or_default();
-        if t.contains_key("name") && !is_name(&name, &['_', '-']) {
+        if t.contains_key("name")
+            && let Err(e) = check_name("adapter", &name, &['_', '-'])
+        {
+            c.err(&format!("{path}.name"), e);
+        } else if let Some(other) = out.iter().find(|a: &&Adapter| a.name == name) {
             c.err(
                 &format!("{path}.name"),
-                format!("{name:?} must match [A-Za-z0-9_-]{{1,63}}"),
+                format!("adapter {:?} is defined twice", other.name),
             );
-        }
-        if out.iter().any(|a: &Adapter| a.name == name) {
+        } else if let Some(other) = out.iter().find(|a: &&Adapter| {
+            corral_proto::names::port_env_var(&a.name) == corral_proto::names::port_env_var(&name)
+        }) {
+            // The agent passes each port as CORRAL_PORT_<NAME>: these two would be one.
             c.err(
                 &format!("{path}.name"),
-                format!("adapter {name:?} is defined twice"),
+                format!(
+                    "adapter {name:?} and adapter {:?} both map to {}; adapter names must differ by more than case and '-'/'_'",
+                    other.name,
+                    corral_proto::names::port_env_var(&name)
+                ),
             );
         }
         let port_path = format!("{path}.port");
@@ -583,7 +627,10 @@ fn adapters(c: &mut Checker, table: &Table) -> Vec<Adapter> {
             Some(Value::String(s)) => {
                 c.err(
                     &port_path,
-                    format!("{s:?} is not a port; use a number 1-65535 or \"auto\""),
+                    format!(
+                        "{} is not a port; use a number 1-65535 or \"auto\"",
+                        quoted(s)
+                    ),
                 );
                 0
             }
@@ -623,7 +670,10 @@ fn restart(c: &mut Checker, table: &Table) -> Restart {
     if !["always", "on-failure", "never"].contains(&policy.as_str()) {
         c.err(
             "restart.policy",
-            format!("{policy:?} is not a policy; use \"always\", \"on-failure\" or \"never\""),
+            format!(
+                "{} is not a policy; use \"always\", \"on-failure\" or \"never\"",
+                quoted(&policy)
+            ),
         );
     }
     let r = Restart {
@@ -678,7 +728,7 @@ fn stop(c: &mut Checker, table: &Table) -> Stop {
             s != nix::sys::signal::Signal::SIGKILL && s != nix::sys::signal::Signal::SIGSTOP
         });
     if !valid {
-        c.err("stop.signal", format!("{signal:?} is not a signal a process can handle (e.g. \"SIGTERM\", \"SIGINT\", \"SIGQUIT\")"));
+        c.err("stop.signal", format!("{} is not a signal a process can handle (e.g. \"SIGTERM\", \"SIGINT\", \"SIGQUIT\")", quoted(&signal)));
     }
     let timeout = c.duration(t, "timeout", "stop.timeout", defaults::STOP_TIMEOUT);
     if timeout.is_zero() {

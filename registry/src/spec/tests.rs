@@ -163,3 +163,50 @@ fn changes_are_described() {
         ["create server demo.echo on node-a, node-b (2 instances)"]
     );
 }
+
+#[test]
+fn huge_values_are_not_echoed() {
+    let spec = format!(
+        "app = \"{}\"\nserver = \"s\"\nnodes = [\"n\"]\ncommand = [\"x\"]\nstate = \"{}\"\n",
+        "a".repeat(1 << 20),
+        "p".repeat(1 << 20)
+    );
+    let errors = parse(&spec, "big.toml").expect_err("invalid").0;
+    assert_eq!(errors[0], "app: app name is 1048576 bytes; the limit is 63");
+    assert!(errors.iter().all(|e| e.len() < 600), "{errors:?}");
+}
+
+#[test]
+fn many_problems_show_the_first_and_a_count() {
+    let nodes: Vec<String> = (0..10_000).map(|i| format!("\"bad/{i}\"")).collect();
+    let spec = format!(
+        "app = \"a\"\nserver = \"s\"\nnodes = [{}]\ncommand = [\"x\"]\n",
+        nodes.join(",")
+    );
+    let errors = parse(&spec, "many.toml").expect_err("invalid");
+    assert_eq!(errors.0.len(), 10_000);
+    let text = errors.to_string();
+    assert_eq!(text.lines().count(), PROBLEMS_SHOWN + 1, "{text}");
+    assert!(text.ends_with("… and 9,980 more problems"), "{text}");
+}
+
+#[test]
+fn adapters_that_map_to_one_variable_are_refused() {
+    for (a, b) in [("Main", "MAIN"), ("a-b", "a_b"), ("p2p", "P2P")] {
+        let spec = format!(
+            "app = \"a\"\nserver = \"s\"\nnodes = [\"n\"]\ncommand = [\"x\"]\n\
+             [[adapters]]\nname = \"{a}\"\nport = \"auto\"\n\
+             [[adapters]]\nname = \"{b}\"\nport = \"auto\"\n"
+        );
+        let errors = parse(&spec, "s.toml").expect_err("duplicate").0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert!(
+            e.starts_with("adapters[1].name: ")
+                && e.contains(&format!("{a:?}"))
+                && e.contains(&format!("{b:?}"))
+                && e.contains(&corral_proto::names::port_env_var(a)),
+            "{e}"
+        );
+    }
+}

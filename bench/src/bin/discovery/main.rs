@@ -658,7 +658,7 @@ async fn run(args: &Args, dir: &Path, etcd_bin: &Path) -> anyhow::Result<()> {
                         .list_events(ListEventsRequest {
                             server: "bench.real".into(),
                             after_id: 0,
-                            limit: 12,
+                            limit: Some(12),
                         })
                         .await
                         .map(|r| r.into_inner().events);
