@@ -270,11 +270,13 @@ fn wukongim_cluster_behind_a_load_balancer() {
     let lb_pid = lb["pid"].clone();
     let upstream = f.instance_file("node-c", "wk.lb", "conf/upstream.conf");
     let follows = |what: &str, nodes: &[&str]| {
-        let want = upstreams(&f, nodes);
-        wait_until(&format!("upstream: {what}"), 30 * S, || {
+        // The upstreams discovery lists, once it lists those nodes (a node that just
+        // turned healthy has its port in the list only then).
+        let want = wait_until(&format!("upstream: {what}"), 30 * S, || {
+            let want = upstreams(&f, nodes);
             let file = lines(&upstream);
             if file == want {
-                Ok(())
+                Ok(want)
             } else {
                 Err(format!("{file:?}, want {want:?}"))
             }
