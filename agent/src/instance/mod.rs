@@ -4,6 +4,7 @@
 pub mod health;
 pub mod memory;
 pub mod process;
+pub mod reason;
 pub mod runner;
 pub mod state;
 

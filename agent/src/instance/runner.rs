@@ -522,9 +522,17 @@ impl Runner {
     }
 
     fn checked(&mut self, result: Result<(), String>) {
+        let (verdict, cause) = (self.health.report(), self.health.report_error().to_string());
         let outcome = self.health.record(result, Instant::now());
         if outcome.changed {
             info!(instance = %self.name, health = self.health.report(), cause = %self.health.last_error, "health changed");
+            let event = health::change_event(&self.health);
+            self.shared.board.publish(
+                &self.name,
+                self.status(),
+                Some(self.event("health", verdict, event)),
+            );
+        } else if self.health.report_error() != cause {
             self.publish(None);
         }
         if outcome.restart && self.machine.state == State::Running {
@@ -611,13 +619,17 @@ impl Runner {
             let (machine, actions) = step(self.machine, &self.policy, event, jitter);
             self.machine = machine;
             let mut reason = std::mem::take(&mut self.reason);
+            let given = reason.clone();
+            let queued = queue.len();
             for action in actions {
                 if let Some(next) = self.perform(action, &mut reason) {
                     queue.push_back(next);
                 }
             }
             if self.machine.state != before {
+                let (reason, next) = super::reason::split(&given, reason, queue.len() > queued);
                 self.publish(Some((before, reason)));
+                self.reason = next;
             } else if !reason.is_empty() {
                 self.reason = reason;
             }
@@ -1017,8 +1029,36 @@ impl Runner {
     }
 
     fn publish(&self, change: Option<(State, String)>) {
-        let status = InstanceStatus {
+        let event = change.map(|(from, reason)| {
+            info!(instance = %self.name, from = from.as_str(), to = self.machine.state.as_str(), %reason, "instance state");
+            self.event("state", from.as_str(), reason)
+        });
+        self.shared.board.publish(&self.name, self.status(), event);
+    }
+
+    /// An event of this instance: from `from` to where it is now (its state, or its
+    /// health verdict for kind "health").
+    fn event(&self, kind: &str, from: &str, reason: String) -> InstanceEvent {
+        let to = if kind == "health" {
+            self.health.report()
+        } else {
+            self.machine.state.as_str()
+        };
+        InstanceEvent {
+            app: self.app.clone(),
+            server: self.server.clone(),
+            from: from.into(),
+            to: to.into(),
+            reason,
+            at_ms: crate::now_ms(),
+            kind: kind.into(),
+        }
+    }
+
+    fn status(&self) -> InstanceStatus {
+        InstanceStatus {
             health: self.health.report().to_string(),
+            health_error: self.health.report_error().to_string(),
             app: self.app.clone(),
             server: self.server.clone(),
             state: self.machine.state.as_str().into(),
@@ -1038,19 +1078,7 @@ impl Runner {
                 percent: self.install_progress.percent,
                 error: self.install_progress.error.clone(),
             }),
-        };
-        let event = change.map(|(from, reason)| {
-            info!(instance = %self.name, from = from.as_str(), to = self.machine.state.as_str(), %reason, "instance state");
-            InstanceEvent {
-                app: self.app.clone(),
-                server: self.server.clone(),
-                from: from.as_str().into(),
-                to: self.machine.state.as_str().into(),
-                reason,
-                at_ms: crate::now_ms(),
-            }
-        });
-        self.shared.board.publish(&self.name, status, event);
+        }
     }
 }
 

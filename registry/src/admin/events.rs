@@ -26,6 +26,22 @@ fn to_proto(e: EventRow) -> Event {
         from: e.from,
         to: e.to,
         reason: e.reason,
+        kind: e.kind,
+    }
+}
+
+/// The kinds of events there are.
+pub const KINDS: [&str; 3] = ["state", "health", "config"];
+
+fn kind(req: &ListEventsRequest) -> Result<Option<&str>, Status> {
+    match req.kind.as_str() {
+        "" => Ok(None),
+        k if KINDS.contains(&k) => Ok(Some(k)),
+        other => Err(Status::invalid_argument(format!(
+            "event kind {:?} is not one of {}",
+            other.chars().take(64).collect::<String>(),
+            KINDS.join(", ")
+        ))),
     }
 }
 
@@ -49,7 +65,7 @@ pub async fn list(shared: &Shared, req: ListEventsRequest) -> Result<ListEventsR
     let server = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
     let events = shared
         .store
-        .list_events(server, req.after_id, limit(&req))
+        .list_events(server, kind(&req)?, req.after_id, limit(&req))
         .await?;
     Ok(ListEventsResponse {
         events: events.into_iter().map(to_proto).collect(),
@@ -61,11 +77,12 @@ pub async fn follow(
     req: ListEventsRequest,
 ) -> Result<EventStream, Status> {
     let server = filter(&req)?;
+    let kind = kind(&req)?.map(str::to_string);
     let first = {
         let s = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
         shared
             .store
-            .list_events(s, req.after_id, limit(&req))
+            .list_events(s, kind.as_deref(), req.after_id, limit(&req))
             .await?
     };
     let (tx, rx) = mpsc::channel(64);
@@ -87,7 +104,11 @@ pub async fn follow(
                 () = tokio::time::sleep(FOLLOW_POLL) => {}
             }
             let s = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
-            batch = match shared.store.list_events(s, last, MAX_LIMIT).await {
+            batch = match shared
+                .store
+                .list_events(s, kind.as_deref(), last, MAX_LIMIT)
+                .await
+            {
                 Ok(b) => b,
                 Err(err) => {
                     let _ = tx.send(Err(err.into())).await;

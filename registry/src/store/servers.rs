@@ -32,6 +32,8 @@ pub struct InstanceRow {
     pub install_error: String,
     /// healthy | unhealthy | unknown | "" (no check)
     pub health: String,
+    /// Why the last health check failed while not healthy; '' otherwise.
+    pub health_error: String,
 }
 
 #[derive(Clone, Debug)]
@@ -68,6 +70,7 @@ pub struct StatusReport {
     pub install_percent: i64,
     pub install_error: String,
     pub health: String,
+    pub health_error: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +83,8 @@ pub struct EventRow {
     pub from: String,
     pub to: String,
     pub reason: String,
+    /// "state", "health" or "config".
+    pub kind: String,
 }
 
 /// The admin actions on instances.
@@ -102,7 +107,7 @@ pub struct Applied {
 
 const INSTANCE_COLUMNS: &str = "app, server, node, desired, restart_counter, state, pid, restarts, \
      started_at_ms, last_exit, last_error, version, reported_at_ms, desired_version, prefetch_version, \
-     install_version, install_state, install_percent, install_error, health";
+     install_version, install_state, install_percent, install_error, health, health_error";
 
 fn instance_from_row(r: &AnyRow) -> Result<InstanceRow, sqlx::Error> {
     Ok(InstanceRow {
@@ -126,6 +131,7 @@ fn instance_from_row(r: &AnyRow) -> Result<InstanceRow, sqlx::Error> {
         install_percent: r.try_get("install_percent")?,
         install_error: r.try_get("install_error")?,
         health: r.try_get("health")?,
+        health_error: r.try_get("health_error")?,
     })
 }
 
@@ -197,6 +203,7 @@ fn event_from_row(r: &AnyRow) -> Result<EventRow, sqlx::Error> {
         from: r.try_get("from_state")?,
         to: r.try_get("to_state")?,
         reason: r.try_get("reason")?,
+        kind: r.try_get("kind")?,
     })
 }
 
@@ -356,6 +363,21 @@ impl Store {
             .map_err(query_err("decoding an instance"))
     }
 
+    /// The instances on one node, by server.
+    pub async fn instances_on(&self, node: &str) -> Result<Vec<InstanceRow>, StoreError> {
+        let sql =
+            format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE node = ? ORDER BY app, server");
+        let rows = sqlx::query(&sql)
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("listing a node's instances"))?;
+        rows.iter()
+            .map(instance_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(query_err("decoding an instance"))
+    }
+
     pub async fn all_instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY app, server, node");
         let rows = sqlx::query(&sql)
@@ -494,7 +516,8 @@ impl Store {
         let done = sqlx::query(
             "UPDATE instances SET state = ?, pid = ?, restarts = ?, started_at_ms = ?, last_exit = ?, \
              last_error = ?, version = ?, reported_at_ms = ?, install_version = ?, install_state = ?, \
-             install_percent = ?, install_error = ?, health = ? WHERE app = ? AND server = ? AND node = ?",
+             install_percent = ?, install_error = ?, health = ?, health_error = ? \
+             WHERE app = ? AND server = ? AND node = ?",
         )
         .bind(&r.state)
         .bind(r.pid)
@@ -509,6 +532,7 @@ impl Store {
         .bind(r.install_percent)
         .bind(truncate(&r.install_error, 2048))
         .bind(truncate(&r.health, 16))
+        .bind(truncate(&r.health_error, 1024))
         .bind(&r.app)
         .bind(&r.server)
         .bind(node)
@@ -520,7 +544,7 @@ impl Store {
 
     pub async fn record_event(&self, e: &EventRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO events (at_ms, app, server, node, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (at_ms, app, server, node, from_state, to_state, reason, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(e.at_ms)
         .bind(&e.app)
@@ -529,31 +553,39 @@ impl Store {
         .bind(truncate(&e.from, 32))
         .bind(truncate(&e.to, 32))
         .bind(truncate(&e.reason, 2048))
+        .bind(truncate(&e.kind, 16))
         .execute(&self.pool)
         .await
         .map_err(query_err("recording an event"))?;
         Ok(())
     }
 
-    /// Events after `after_id`, oldest first; at most `limit` (the newest ones).
+    /// Events after `after_id` (of one server, of one kind), oldest first; at most
+    /// `limit` (the newest ones).
     pub async fn list_events(
         &self,
         server: Option<(&str, &str)>,
+        kind: Option<&str>,
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<EventRow>, StoreError> {
-        let filter = if server.is_some() {
-            " AND app = ? AND server = ?"
-        } else {
-            ""
-        };
+        let mut filter = String::new();
+        if server.is_some() {
+            filter.push_str(" AND app = ? AND server = ?");
+        }
+        if kind.is_some() {
+            filter.push_str(" AND kind = ?");
+        }
         let sql = format!(
-            "SELECT id, at_ms, app, server, node, from_state, to_state, reason FROM events \
+            "SELECT id, at_ms, app, server, node, from_state, to_state, reason, kind FROM events \
              WHERE id > ?{filter} ORDER BY id DESC LIMIT {limit}"
         );
         let mut q = sqlx::query(&sql).bind(after_id);
         if let Some((app, srv)) = server {
             q = q.bind(app).bind(srv);
+        }
+        if let Some(kind) = kind {
+            q = q.bind(kind);
         }
         let rows = q
             .fetch_all(&self.pool)
