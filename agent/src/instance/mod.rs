@@ -1,6 +1,7 @@
 //! Instances: one runner task per server on this node, each driving the pure state
 //! machine in [`state`] and performing its actions with [`process`].
 
+pub mod fallback;
 pub mod health;
 pub mod memory;
 pub mod process;
