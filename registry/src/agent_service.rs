@@ -318,6 +318,7 @@ async fn record_status(shared: &Shared, node: &str, status: InstanceStatus) {
         install_percent: status.install.as_ref().map_or(0, |i| i64::from(i.percent)),
         install_error: status.install.map(|i| i.error).unwrap_or_default(),
         health: status.health,
+        health_error: status.health_error,
     };
     match shared.store.report_status(node, &report, now_ms()).await {
         Ok(true) => {
@@ -352,6 +353,11 @@ async fn record_event(shared: &Shared, node: &str, event: InstanceEvent) {
         from: event.from,
         to: event.to,
         reason: event.reason,
+        kind: if event.kind.is_empty() {
+            "state".into()
+        } else {
+            event.kind
+        },
     };
     if let Err(err) = shared.store.record_event(&row).await {
         warn!(node, cause = %err, "could not record an event");

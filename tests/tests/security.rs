@@ -248,6 +248,7 @@ fn a_node_cannot_act_for_another() {
                 to: "barrier".into(),
                 reason: "the forged report has been handled".into(),
                 at_ms: 0,
+                ..InstanceEvent::default()
             })),
         })
         .await

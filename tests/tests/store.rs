@@ -233,6 +233,7 @@ backend_tests! {
     servers_instances_and_ports,
     packages_and_rollouts,
     change_feed,
+    health_causes_and_event_kinds,
 }
 
 const SPEC: &str = r#"
@@ -575,5 +576,81 @@ fn change_feed(backend: Backend) {
         );
         assert_eq!(store.trim_changes(2000).await.expect("trim"), 2);
         assert_eq!(store.last_change_id().await.expect("last"), all[2].id);
+    });
+}
+
+/// Why a check fails is kept with the instance; events have a kind and are listed by it;
+/// a node's instances are listed by server.
+fn health_causes_and_event_kinds(backend: Backend) {
+    use corral_registry::store::{EventRow, StatusReport};
+    with_store(backend, async |store| {
+        let spec = corral_registry::spec::parse(SPEC, "web.toml").expect("spec");
+        store.apply_spec(&spec, 1000).await.expect("apply");
+        let report = StatusReport {
+            app: "demo".into(),
+            server: "web".into(),
+            state: "running".into(),
+            health: "unhealthy".into(),
+            health_error: "GET /health: HTTP 503 Service Unavailable".into(),
+            ..StatusReport::default()
+        };
+        assert!(
+            store
+                .report_status("node-a", &report, 2000)
+                .await
+                .expect("report")
+        );
+        let on_a = store.instances_on("node-a").await.expect("node-a");
+        assert_eq!(on_a.len(), 1);
+        assert_eq!(
+            (on_a[0].server.as_str(), on_a[0].health_error.as_str()),
+            ("web", "GET /health: HTTP 503 Service Unavailable")
+        );
+        assert_eq!(
+            store.instances_on("node-b").await.expect("node-b")[0].health_error,
+            ""
+        );
+        assert!(store.instances_on("node-z").await.expect("none").is_empty());
+
+        let event = |kind: &str, from: &str, to: &str| EventRow {
+            id: 0,
+            at_ms: 3000,
+            app: "demo".into(),
+            server: "web".into(),
+            node: "node-a".into(),
+            from: from.into(),
+            to: to.into(),
+            reason: "because".into(),
+            kind: kind.into(),
+        };
+        store
+            .record_event(&event("state", "starting", "running"))
+            .await
+            .expect("state event");
+        store
+            .record_event(&event("health", "healthy", "unhealthy"))
+            .await
+            .expect("health event");
+        let all = store.list_events(None, None, 0, 10).await.expect("all");
+        assert_eq!(
+            all.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["state", "health"]
+        );
+        let health = store
+            .list_events(Some(("demo", "web")), Some("health"), 0, 10)
+            .await
+            .expect("health");
+        assert_eq!(health.len(), 1);
+        assert_eq!(
+            (health[0].from.as_str(), health[0].to.as_str()),
+            ("healthy", "unhealthy")
+        );
+        assert!(
+            store
+                .list_events(None, Some("config"), 0, 10)
+                .await
+                .expect("config")
+                .is_empty()
+        );
     });
 }

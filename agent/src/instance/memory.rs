@@ -26,6 +26,10 @@ pub struct Memory {
     /// The release the process runs.
     #[serde(default)]
     pub version: String,
+    /// The spec the process was started with (protobuf, hex): the previous release to
+    /// start again when a new one cannot be installed (see `fallback`).
+    #[serde(default)]
+    pub spec: String,
 }
 
 pub fn path(dir: &Path) -> PathBuf {

@@ -1,9 +1,15 @@
 //! Instances: one runner task per server on this node, each driving the pure state
-//! machine in [`state`] and performing its actions with [`process`].
+//! machine in [`state`] and performing its actions with [`process`]. [`fallback`] decides
+//! what starts when the spec's release is not on disk (the previous release, or wait for
+//! the install); [`health`] runs the checks and says why one fails; [`reason`] files an
+//! event's reason under the transition it explains; [`memory`] is what a runner keeps
+//! across agent restarts.
 
+pub mod fallback;
 pub mod health;
 pub mod memory;
 pub mod process;
+pub mod reason;
 pub mod runner;
 pub mod state;
 

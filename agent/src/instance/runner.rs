@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::fallback;
 use super::health::{self, Health};
 use super::memory::{self, Memory};
 use super::process::{self, ExitInfo, Proc, ServiceUser, SpawnPlan};
@@ -20,6 +21,8 @@ use super::state::{Action, Event, Machine, Policy, RestartKind, State, step};
 use super::{Desired, spec_hash};
 use crate::package::install::{self, InstallError, Installer, Progress};
 use crate::status::Board;
+
+mod release;
 
 /// How often a stopping runner checks whether its process group is gone.
 const GROUP_POLL: Duration = Duration::from_millis(20);
@@ -307,6 +310,12 @@ impl Runner {
                     self.memory.pid = 0;
                     self.save();
                     if self.desired.running {
+                        if m.spec_hash != self.hash {
+                            // It ran an older spec: as after a crash while the new
+                            // release installs, that runs again until the switch.
+                            self.restart_when_installed =
+                                Some("the spec changed while the agent was away".into());
+                        }
                         self.reason = "the process ended while the agent was away".into();
                         self.last_exit = "unknown".into();
                         self.apply(Event::Exited {
@@ -354,8 +363,19 @@ impl Runner {
             // The restart request, if any, is covered by this restart.
             self.memory.acted_counter = self.memory.acted_counter.max(self.desired.restart_counter);
             self.save();
-            if self.proc.is_some() || self.machine.state == State::Stopping {
+            if self.machine.state == State::Stopping {
                 self.restart_for_new_spec("the spec changed");
+                // A stop under way ends in a start, whatever the install does.
+                self.apply(Event::Start);
+            } else if self.proc.is_some() && self.memory.spec_hash == self.hash {
+                // The process runs this spec already (a revert to the release it kept
+                // running): nothing to restart, no switch to wait for.
+                self.restart_when_installed = None;
+            } else if self.proc.is_some() {
+                self.restart_for_new_spec("the spec changed");
+            } else if self.machine.state == State::Starting {
+                // A start waiting for an install: for the new spec's release now.
+                self.start_again("the spec changed");
             } else {
                 self.reason = "the spec changed".into();
                 self.apply(Event::Start);
@@ -522,9 +542,17 @@ impl Runner {
     }
 
     fn checked(&mut self, result: Result<(), String>) {
+        let (verdict, cause) = (self.health.report(), self.health.report_error().to_string());
         let outcome = self.health.record(result, Instant::now());
         if outcome.changed {
             info!(instance = %self.name, health = self.health.report(), cause = %self.health.last_error, "health changed");
+            let event = health::change_event(&self.health);
+            self.shared.board.publish(
+                &self.name,
+                self.status(),
+                Some(self.event("health", verdict, event)),
+            );
+        } else if self.health.report_error() != cause {
             self.publish(None);
         }
         if outcome.restart && self.machine.state == State::Running {
@@ -611,13 +639,17 @@ impl Runner {
             let (machine, actions) = step(self.machine, &self.policy, event, jitter);
             self.machine = machine;
             let mut reason = std::mem::take(&mut self.reason);
+            let given = reason.clone();
+            let queued = queue.len();
             for action in actions {
                 if let Some(next) = self.perform(action, &mut reason) {
                     queue.push_back(next);
                 }
             }
             if self.machine.state != before {
+                let (reason, next) = super::reason::split(&given, reason, queue.len() > queued);
                 self.publish(Some((before, reason)));
+                self.reason = next;
             } else if !reason.is_empty() {
                 self.reason = reason;
             }
@@ -693,27 +725,6 @@ impl Runner {
             .unwrap_or(Signal::SIGTERM)
     }
 
-    /// Starts the process at once when its release is on disk (or it has none);
-    /// otherwise starts installing it and starts the process when that is done.
-    fn spawn_or_install(&mut self, reason: &mut String) -> Option<Event> {
-        if !self.desired.spec.external_address.is_empty() {
-            // An external service: nothing to start, only to check.
-            self.started_at_ms = crate::now_ms();
-            return Some(Event::Spawned);
-        }
-        let Some(pkg) = self.desired.spec.package.clone() else {
-            return Some(self.start_process(reason, None));
-        };
-        if let Some(release) = install::ready_release(&self.dir, &pkg) {
-            return Some(self.switch_and_start(&pkg, release, reason));
-        }
-        match self.install.as_mut() {
-            Some(t) if t.version == pkg.version => t.for_spawn = true,
-            _ => self.start_install(pkg, true),
-        }
-        None
-    }
-
     fn switch_and_start(
         &mut self,
         pkg: &PackageRef,
@@ -726,7 +737,7 @@ impl Runner {
             *reason = e;
             return Event::SpawnFailed;
         }
-        let event = self.start_process(reason, Some(release));
+        let event = self.start_process(reason, Some(release), None);
         let prefetch = self.desired.prefetch.as_ref().map(|p| p.version.clone());
         let mut protect = vec![pkg.version.as_str()];
         protect.extend(prefetch.as_deref());
@@ -790,74 +801,10 @@ impl Runner {
         }
     }
 
-    fn installed(&mut self, result: Result<PathBuf, InstallError>) {
-        let Some(task) = self.install.take() else {
-            return;
-        };
-        match result {
-            Ok(release) => {
-                self.install_progress = Progress {
-                    version: task.version.clone(),
-                    state: "ready".into(),
-                    percent: 100,
-                    error: String::new(),
-                };
-                let wanted = self
-                    .desired
-                    .spec
-                    .package
-                    .clone()
-                    .filter(|p| p.version == task.version);
-                match wanted {
-                    Some(pkg) if task.for_spawn && self.machine.state == State::Starting => {
-                        let mut reason = std::mem::take(&mut self.reason);
-                        let event = self.switch_and_start(&pkg, release, &mut reason);
-                        self.reason = reason;
-                        self.apply(event);
-                    }
-                    _ => self.publish(None),
-                }
-                let wanted_now = self
-                    .desired
-                    .spec
-                    .package
-                    .as_ref()
-                    .is_some_and(|p| p.version == task.version);
-                if let Some(why) = self.restart_when_installed.take()
-                    && wanted_now
-                {
-                    self.restart_for_new_spec(&why);
-                }
-                self.maybe_prefetch();
-            }
-            Err(e) => {
-                warn!(instance = %self.name, cause = %e, "install failed");
-                let message = e.to_string();
-                self.install_progress = Progress {
-                    version: task.version.clone(),
-                    state: "failed".into(),
-                    percent: 0,
-                    error: message.clone(),
-                };
-                if task.for_spawn && self.machine.state == State::Starting {
-                    self.last_error = message.clone();
-                    self.reason = message;
-                    self.apply(Event::SpawnFailed);
-                } else {
-                    if self.restart_when_installed.take().is_some() {
-                        // The old release keeps running; say why the new one is not.
-                        self.last_error = message;
-                    }
-                    self.publish(None);
-                }
-            }
-        }
-    }
-
     /// Every adapter's port must be free on the node's address before the start; a
     /// clear message beats a service that dies with "address in use".
-    fn check_ports(&self) -> Result<(), String> {
-        for a in &self.desired.spec.adapters {
+    fn check_ports(&self, spec: &ServerSpec) -> Result<(), String> {
+        for a in &spec.adapters {
             let Ok(port) = u16::try_from(a.port) else {
                 continue;
             };
@@ -891,25 +838,30 @@ impl Runner {
         changed
     }
 
-    fn start_process(&mut self, reason: &mut String, release: Option<PathBuf>) -> Event {
-        if let Err(e) = self.check_ports() {
+    /// Starts a process of the desired spec, or of `other` (the previous release's).
+    fn start_process(
+        &mut self,
+        reason: &mut String,
+        release: Option<PathBuf>,
+        other: Option<&ServerSpec>,
+    ) -> Event {
+        let spec = other.unwrap_or(&self.desired.spec);
+        if let Err(e) = self.check_ports(spec) {
             warn!(instance = %self.name, cause = %e, "cannot start");
             self.last_error = e.clone();
             *reason = e;
             return Event::SpawnFailed;
         }
-        self.write_configs();
-        let version = self
-            .desired
-            .spec
+        let plan = self.plan(spec, release.as_deref());
+        let version = spec
             .package
             .as_ref()
             .map(|p| p.version.clone())
             .unwrap_or_default();
-        match self
-            .plan(release.as_deref())
-            .and_then(|plan| process::spawn(&plan).map_err(|e| e.to_string()))
-        {
+        let hash = other.map_or_else(|| self.hash.clone(), spec_hash);
+        let kept = fallback::encode(spec);
+        self.write_configs();
+        match plan.and_then(|plan| process::spawn(&plan).map_err(|e| e.to_string())) {
             Ok(proc) => {
                 if self.memory.started_at_ms != 0 {
                     self.memory.restarts += 1;
@@ -921,7 +873,8 @@ impl Runner {
                 self.memory.start_ticks = proc.start_ticks;
                 self.memory.started_at_ms = proc.started_at_ms;
                 self.memory.boot_id = process::boot_id();
-                self.memory.spec_hash = self.hash.clone();
+                self.memory.spec_hash = hash;
+                self.memory.spec = kept;
                 self.memory.version = version;
                 self.save();
                 if !reason.is_empty() {
@@ -942,8 +895,11 @@ impl Runner {
 
     /// Program, arguments, environment and user of a new process. With a release, the
     /// program and working directory are in it; else in the instance directory.
-    fn plan(&self, release: Option<&std::path::Path>) -> Result<SpawnPlan, String> {
-        let spec = &self.desired.spec;
+    fn plan(
+        &self,
+        spec: &ServerSpec,
+        release: Option<&std::path::Path>,
+    ) -> Result<SpawnPlan, String> {
         let Some(program) = spec.command.first() else {
             return Err("the spec has no command".into());
         };
@@ -1018,8 +974,36 @@ impl Runner {
     }
 
     fn publish(&self, change: Option<(State, String)>) {
-        let status = InstanceStatus {
+        let event = change.map(|(from, reason)| {
+            info!(instance = %self.name, from = from.as_str(), to = self.machine.state.as_str(), %reason, "instance state");
+            self.event("state", from.as_str(), reason)
+        });
+        self.shared.board.publish(&self.name, self.status(), event);
+    }
+
+    /// An event of this instance: from `from` to where it is now (its state, or its
+    /// health verdict for kind "health").
+    fn event(&self, kind: &str, from: &str, reason: String) -> InstanceEvent {
+        let to = if kind == "health" {
+            self.health.report()
+        } else {
+            self.machine.state.as_str()
+        };
+        InstanceEvent {
+            app: self.app.clone(),
+            server: self.server.clone(),
+            from: from.into(),
+            to: to.into(),
+            reason,
+            at_ms: crate::now_ms(),
+            kind: kind.into(),
+        }
+    }
+
+    fn status(&self) -> InstanceStatus {
+        InstanceStatus {
             health: self.health.report().to_string(),
+            health_error: self.health.report_error().to_string(),
             app: self.app.clone(),
             server: self.server.clone(),
             state: self.machine.state.as_str().into(),
@@ -1039,19 +1023,7 @@ impl Runner {
                 percent: self.install_progress.percent,
                 error: self.install_progress.error.clone(),
             }),
-        };
-        let event = change.map(|(from, reason)| {
-            info!(instance = %self.name, from = from.as_str(), to = self.machine.state.as_str(), %reason, "instance state");
-            InstanceEvent {
-                app: self.app.clone(),
-                server: self.server.clone(),
-                from: from.as_str().into(),
-                to: self.machine.state.as_str().into(),
-                reason,
-                at_ms: crate::now_ms(),
-            }
-        });
-        self.shared.board.publish(&self.name, status, event);
+        }
     }
 }
 

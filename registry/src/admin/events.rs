@@ -26,6 +26,22 @@ fn to_proto(e: EventRow) -> Event {
         from: e.from,
         to: e.to,
         reason: e.reason,
+        kind: e.kind,
+    }
+}
+
+/// The kinds of events there are.
+pub const KINDS: [&str; 3] = ["state", "health", "config"];
+
+fn kind(req: &ListEventsRequest) -> Result<Option<&str>, Status> {
+    match req.kind.as_str() {
+        "" => Ok(None),
+        k if KINDS.contains(&k) => Ok(Some(k)),
+        other => Err(Status::invalid_argument(format!(
+            "event kind {:?} is not one of {}",
+            other.chars().take(64).collect::<String>(),
+            KINDS.join(", ")
+        ))),
     }
 }
 
@@ -59,7 +75,7 @@ pub async fn list(shared: &Shared, req: ListEventsRequest) -> Result<ListEventsR
     }
     let events = shared
         .store
-        .list_events(server, req.after_id, limit)
+        .list_events(server, kind(&req)?, req.after_id, limit)
         .await?;
     Ok(ListEventsResponse {
         events: events.into_iter().map(to_proto).collect(),
@@ -71,19 +87,23 @@ pub async fn follow(
     req: ListEventsRequest,
 ) -> Result<EventStream, Status> {
     let server = filter(&req)?;
+    let kind = kind(&req)?.map(str::to_string);
     let limit = limit(&req)?;
     let (first, newest) = {
         let s = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
         let first = if limit == 0 {
             Vec::new()
         } else {
-            shared.store.list_events(s, req.after_id, limit).await?
+            shared
+                .store
+                .list_events(s, kind.as_deref(), req.after_id, limit)
+                .await?
         };
         // With no past events wanted, following starts after the newest one.
         let newest = if limit == 0 {
             shared
                 .store
-                .list_events(s, req.after_id, 1)
+                .list_events(s, kind.as_deref(), req.after_id, 1)
                 .await?
                 .last()
                 .map_or(req.after_id, |e| e.id)
@@ -111,7 +131,11 @@ pub async fn follow(
                 () = tokio::time::sleep(FOLLOW_POLL) => {}
             }
             let s = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
-            batch = match shared.store.list_events(s, last, MAX_LIMIT).await {
+            batch = match shared
+                .store
+                .list_events(s, kind.as_deref(), last, MAX_LIMIT)
+                .await
+            {
                 Ok(b) => b,
                 Err(err) => {
                     let _ = tx.send(Err(err.into())).await;

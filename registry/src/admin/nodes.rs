@@ -34,6 +34,7 @@ pub fn node_to_proto(row: NodeRow) -> Node {
         last_seen_ms: row.last_seen_ms,
         joined_at_ms: row.joined_at_ms,
         connected_at_ms: row.connected_at_ms,
+        instances: Vec::new(),
     }
 }
 
@@ -44,12 +45,21 @@ pub async fn list(shared: &Shared, _req: ListNodesRequest) -> Result<ListNodesRe
     })
 }
 
+/// One node, with its instances.
 pub async fn get(shared: &Shared, req: GetNodeRequest) -> Result<Node, Status> {
     check_length(&req.name)?;
-    match shared.store.get_node(&req.name).await? {
-        Some(row) => Ok(node_to_proto(row)),
-        None => Err(StoreError::NodeNotFound(req.name).into()),
-    }
+    let Some(row) = shared.store.get_node(&req.name).await? else {
+        return Err(StoreError::NodeNotFound(req.name).into());
+    };
+    let mut node = node_to_proto(row);
+    node.instances = shared
+        .store
+        .instances_on(&node.name)
+        .await?
+        .into_iter()
+        .map(|i| super::servers::instance_info(i, node.state.clone()))
+        .collect();
+    Ok(node)
 }
 
 pub async fn remove(shared: &Shared, req: RemoveNodeRequest) -> Result<RemoveNodeResponse, Status> {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use corral_proto::v1::{
-    ControlServerRequest, ControlServerResponse, InstanceInfo, ListServersRequest,
+    ControlServerRequest, ControlServerResponse, Install, InstanceInfo, ListServersRequest,
     ListServersResponse, ServerStatusRequest, ServerStatusResponse, ServerSummary,
 };
 use tonic::Status;
@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::split_server;
 use crate::server::Shared;
-use crate::store::{Action, StoreError};
+use crate::store::{Action, InstanceRow, StoreError};
 
 pub async fn list(
     shared: &Shared,
@@ -68,27 +68,44 @@ pub async fn status(
         server: req.server.clone(),
         instances: instances
             .into_iter()
-            .map(|i| InstanceInfo {
-                node_state: node_states
+            .map(|i| {
+                let node_state = node_states
                     .get(&i.node)
                     .cloned()
-                    .unwrap_or_else(|| "unknown".into()),
-                node: i.node,
-                desired: i.desired,
-                state: i.state,
-                pid: u32::try_from(i.pid).unwrap_or(0),
-                restarts: u64::try_from(i.restarts).unwrap_or(0),
-                started_at_ms: i.started_at_ms,
-                last_exit: i.last_exit,
-                last_error: i.last_error,
-                version: i.version,
-                reported_at_ms: i.reported_at_ms,
-                health: i.health,
-                ordinal: u32::try_from(i.ordinal).unwrap_or(0),
-                config_hold: i.config_hold,
+                    .unwrap_or_else(|| "unknown".into());
+                instance_info(i, node_state)
             })
             .collect(),
     })
+}
+
+/// An instance as the admin API shows it (server status, node show).
+pub fn instance_info(i: InstanceRow, node_state: String) -> InstanceInfo {
+    let install = (!i.install_version.is_empty()).then(|| Install {
+        version: i.install_version,
+        state: i.install_state,
+        percent: u32::try_from(i.install_percent).unwrap_or(0),
+        error: i.install_error,
+    });
+    InstanceInfo {
+        server: format!("{}.{}", i.app, i.server),
+        node_state,
+        node: i.node,
+        desired: i.desired,
+        state: i.state,
+        pid: u32::try_from(i.pid).unwrap_or(0),
+        restarts: u64::try_from(i.restarts).unwrap_or(0),
+        started_at_ms: i.started_at_ms,
+        last_exit: i.last_exit,
+        last_error: i.last_error,
+        version: i.version,
+        reported_at_ms: i.reported_at_ms,
+        health: i.health,
+        health_error: i.health_error,
+        install,
+        ordinal: u32::try_from(i.ordinal).unwrap_or(0),
+        config_hold: i.config_hold,
+    }
 }
 
 pub async fn control(

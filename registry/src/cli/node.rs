@@ -1,10 +1,11 @@
 //! `registry node list|show|remove`.
 
 use clap::Subcommand;
-use corral_proto::v1::{GetNodeRequest, ListNodesRequest, Node, RemoveNodeRequest};
+use corral_proto::v1::{GetNodeRequest, InstanceInfo, ListNodesRequest, Node, RemoveNodeRequest};
 use serde_json::{Value, json};
 
 use super::output::{ago_ms, bytes, print_table, time_ms};
+use super::server::{error_cell, instance_json, pid_cell, state_cell};
 use super::{CliError, ClientArgs, Format, connect};
 use crate::store::now_ms;
 
@@ -44,6 +45,27 @@ pub fn node_json(n: &Node) -> Value {
         "connected_at": time_ms(n.connected_at_ms),
         "connected_at_ms": n.connected_at_ms,
     })
+}
+
+/// A node's instances: one row each.
+fn print_instances(instances: &[InstanceInfo]) {
+    let rows: Vec<Vec<String>> = instances
+        .iter()
+        .map(|i| {
+            vec![
+                i.server.clone(),
+                state_cell(i),
+                i.health.clone(),
+                pid_cell(i.pid),
+                i.version.clone(),
+                error_cell(i),
+            ]
+        })
+        .collect();
+    print_table(
+        &["SERVER", "STATE", "HEALTH", "PID", "VERSION", "LAST ERROR"],
+        &rows,
+    );
 }
 
 pub async fn run(cmd: NodeCommand, args: &ClientArgs) -> Result<(), CliError> {
@@ -95,7 +117,9 @@ pub async fn run(cmd: NodeCommand, args: &ClientArgs) -> Result<(), CliError> {
         NodeCommand::Show { name } => {
             let n = client.get_node(GetNodeRequest { name }).await?.into_inner();
             if args.output == Format::Json {
-                println!("{}", node_json(&n));
+                let mut v = node_json(&n);
+                v["instances"] = n.instances.iter().map(instance_json).collect();
+                println!("{v}");
                 return Ok(());
             }
             let now = now_ms();
@@ -136,6 +160,12 @@ pub async fn run(cmd: NodeCommand, args: &ClientArgs) -> Result<(), CliError> {
                 vec!["joined at".into(), time_ms(n.joined_at_ms)],
             ];
             print_table(&["FIELD", "VALUE"], &rows);
+            println!();
+            if n.instances.is_empty() {
+                println!("no instances on {}", n.name);
+            } else {
+                print_instances(&n.instances);
+            }
         }
         NodeCommand::Remove { name } => {
             client

@@ -2,12 +2,46 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+/// The widest a table cell gets, in characters; longer values end in "…" (`-o json`
+/// has them whole).
+pub const MAX_CELL: usize = 80;
+
 /// Prints rows as a table whose columns are as wide as their widest cell.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     print!("{}", render_table(headers, rows));
 }
 
+/// What a value shows in a table cell: its first line, control characters as spaces,
+/// at most [`MAX_CELL`] characters; "…" says something was left out. An empty value
+/// shows as "-", so every column of every row has a value.
+pub fn cell(value: &str) -> String {
+    let value = value.trim();
+    if value.is_empty() {
+        return "-".to_string();
+    }
+    let mut lines = value.lines();
+    let first = lines.next().unwrap_or_default().trim_end();
+    let more = lines.next().is_some();
+    let mut out: String = first
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_CELL)
+        .collect();
+    if more || first.chars().count() > MAX_CELL {
+        if out.chars().count() >= MAX_CELL {
+            out.pop();
+        }
+        out.push('…');
+    }
+    out
+}
+
 pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| cell(c)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -86,6 +120,36 @@ mod tests {
             ],
         );
         assert_eq!(out, "NAME    STATE\nnode-a  up\nn       down\n");
+    }
+
+    #[test]
+    fn long_and_multi_line_values_keep_the_columns() {
+        let long = "x".repeat(200);
+        let out = render_table(
+            &["NODE", "ERROR", "STATE"],
+            &[
+                vec!["a".into(), "line one\nline two".into(), "up".into()],
+                vec!["b".into(), long.clone(), "down".into()],
+                vec!["c".into(), "tab\there".into(), String::new()],
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "one line per row: {out}");
+        let state_at = lines[0].find("STATE").expect("header");
+        for (line, state) in lines[1..].iter().zip(["up", "down", "-"]) {
+            assert_eq!(
+                &line[line.char_indices().nth(state_at).map_or(0, |(i, _)| i)..],
+                state,
+                "{out}"
+            );
+        }
+        assert!(lines[1].contains("line one…"), "{out}");
+        let cut = format!("{}…", "x".repeat(MAX_CELL - 1));
+        assert!(
+            lines[2].contains(&cut) && !lines[2].contains(&long),
+            "{out}"
+        );
+        assert!(lines[3].contains("tab here"), "{out}");
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct EventsArgs {
     /// How many past events to show, at most 10000; 0 with --follow: only new ones.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Only events of this kind: state (state changes), health (health verdicts),
+    /// config (config changes that keep restarting an instance).
+    #[arg(long, value_parser = ["state", "health", "config"])]
+    pub kind: Option<String>,
 }
 
 pub async fn apply(args: ApplyArgs, client_args: &ClientArgs) -> Result<(), CliError> {
@@ -132,8 +136,9 @@ pub async fn apply(args: ApplyArgs, client_args: &ClientArgs) -> Result<(), CliE
     Ok(())
 }
 
-fn instance_json(i: &InstanceInfo) -> Value {
+pub fn instance_json(i: &InstanceInfo) -> Value {
     json!({
+        "server": i.server,
         "node": i.node,
         "node_state": i.node_state,
         "desired": i.desired,
@@ -147,15 +152,64 @@ fn instance_json(i: &InstanceInfo) -> Value {
         "version": i.version,
         "healthy": match i.health.as_str() { "healthy" => json!(true), "unhealthy" => json!(false), _ => Value::Null },
         "health": i.health,
+        "health_error": i.health_error,
+        "install": i.install.as_ref().map(|x| json!({
+            "version": x.version,
+            "state": x.state,
+            "percent": x.percent,
+            "error": x.error,
+        })),
         "reported_at_ms": i.reported_at_ms,
         "ordinal": i.ordinal,
         "config_hold": i.config_hold,
     })
 }
 
+/// The STATE cell of an instance: its state, and its node's when that is not up.
+pub fn state_cell(i: &InstanceInfo) -> String {
+    if i.node_state == "up" {
+        i.state.clone()
+    } else {
+        format!("{} (node {})", i.state, i.node_state)
+    }
+}
+
+/// The LAST ERROR cell: the instance's error, else why its health check fails.
+pub fn error_cell(i: &InstanceInfo) -> String {
+    if !i.last_error.is_empty() {
+        i.last_error.clone()
+    } else if !i.health_error.is_empty() {
+        format!("health check: {}", i.health_error)
+    } else {
+        String::new()
+    }
+}
+
+pub fn pid_cell(pid: u32) -> String {
+    if pid == 0 {
+        String::new()
+    } else {
+        pid.to_string()
+    }
+}
+
 fn event_json(e: &Event) -> Value {
-    json!({"id": e.id, "time": time_ms(e.at_ms), "at_ms": e.at_ms, "server": e.server, "node": e.node,
-           "from": e.from, "to": e.to, "reason": e.reason})
+    json!({"id": e.id, "time": time_ms(e.at_ms), "at_ms": e.at_ms, "kind": e.kind, "server": e.server,
+           "node": e.node, "from": e.from, "to": e.to, "reason": e.reason})
+}
+
+/// One line per event, whatever its reason holds.
+fn event_line(e: &Event) -> String {
+    format!(
+        "{}  {:<6}  {}@{}  {} -> {}  {}",
+        time_ms(e.at_ms),
+        e.kind,
+        e.server,
+        e.node,
+        e.from,
+        e.to,
+        super::output::cell(&e.reason)
+    )
 }
 
 pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> {
@@ -212,31 +266,19 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
                 .map(|i| {
                     vec![
                         i.node.clone(),
-                        if i.node_state == "up" {
-                            i.state.clone()
-                        } else {
-                            format!("{} (node {})", i.state, i.node_state)
-                        },
+                        state_cell(i),
                         i.desired.clone(),
-                        if i.pid == 0 {
-                            "-".into()
-                        } else {
-                            i.pid.to_string()
-                        },
+                        pid_cell(i.pid),
                         i.restarts.to_string(),
                         if i.started_at_ms > 0 {
                             ago_ms(i.started_at_ms, now)
                         } else {
-                            "-".into()
+                            String::new()
                         },
-                        i.last_exit.clone(),
                         i.version.clone(),
-                        if i.health.is_empty() {
-                            "-".into()
-                        } else {
-                            i.health.clone()
-                        },
-                        i.last_error.clone(),
+                        i.health.clone(),
+                        i.last_exit.clone(),
+                        error_cell(i),
                     ]
                 })
                 .collect();
@@ -248,8 +290,9 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
                     "PID",
                     "RESTARTS",
                     "STARTED",
-                    "LAST EXIT",
                     "VERSION",
+                    "HEALTH",
+                    "LAST EXIT",
                     "LAST ERROR",
                 ],
                 &rows,
@@ -305,20 +348,13 @@ pub async fn events(a: EventsArgs, args: &ClientArgs) -> Result<(), CliError> {
         server: a.server.unwrap_or_default(),
         after_id: 0,
         limit: Some(a.limit),
+        kind: a.kind.unwrap_or_default(),
     };
     let print = |e: &Event| {
         if args.output == Format::Json {
             println!("{}", event_json(e));
         } else {
-            println!(
-                "{}  {}@{}  {} -> {}  {}",
-                time_ms(e.at_ms),
-                e.server,
-                e.node,
-                e.from,
-                e.to,
-                e.reason
-            );
+            println!("{}", event_line(e));
         }
     };
     if a.follow {

@@ -430,6 +430,7 @@ impl Renderer {
                 app: app.clone(),
                 server: server.clone(),
                 node: node.clone(),
+                kind: "config".into(),
                 from: String::new(),
                 to: "config_flapping".into(),
                 reason: format!(

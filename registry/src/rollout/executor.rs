@@ -253,6 +253,14 @@ fn judge(
         }
         return None;
     }
+    // The release could not be installed at the switch: the agent keeps (or starts
+    // again) the previous one and says why; no need to wait for the deadline.
+    if reported_since && a.install_version == r.to_version && a.install_state == "failed" {
+        return Some(format!(
+            "cannot install {}: {}",
+            r.to_version, a.install_error
+        ));
+    }
     if i.healthy_since_ms != 0 {
         return Some(format!(
             "stopped running within {}ms of starting: {}",
@@ -368,4 +376,103 @@ async fn rolling_back(
         return Ok(true);
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout() -> RolloutRow {
+        RolloutRow {
+            id: 1,
+            app: "demo".into(),
+            server: "app".into(),
+            from_version: "1.0.0".into(),
+            to_version: "2.0.0".into(),
+            state: "running".into(),
+            error: String::new(),
+            batch: 1,
+            min_healthy_ms: 1000,
+            deadline_ms: 60_000,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn switched(at: i64) -> RolloutInstanceRow {
+        RolloutInstanceRow {
+            node: "node-a".into(),
+            batch: 0,
+            from_version: "1.0.0".into(),
+            phase: "switching".into(),
+            percent: 100,
+            error: String::new(),
+            switched_at_ms: at,
+            healthy_since_ms: 0,
+        }
+    }
+
+    /// What the agent reports: state, version, install state, when.
+    fn actual(state: &str, version: &str, install: &str, reported_at_ms: i64) -> InstanceRow {
+        InstanceRow {
+            app: "demo".into(),
+            server: "app".into(),
+            node: "node-a".into(),
+            desired: "running".into(),
+            restart_counter: 0,
+            state: state.into(),
+            pid: 42,
+            restarts: 0,
+            started_at_ms: 0,
+            last_exit: String::new(),
+            last_error: String::new(),
+            version: version.into(),
+            reported_at_ms,
+            desired_version: "2.0.0".into(),
+            prefetch_version: String::new(),
+            install_version: "2.0.0".into(),
+            install_state: install.into(),
+            install_percent: 0,
+            install_error: if install == "failed" {
+                "package 2.0.0: sha256 mismatch".into()
+            } else {
+                String::new()
+            },
+            health: String::new(),
+            health_error: String::new(),
+            ..InstanceRow::default()
+        }
+    }
+
+    #[test]
+    fn judging_a_switched_instance() {
+        let r = rollout();
+        #[rustfmt::skip]
+        let table: Vec<(&str, InstanceRow, i64, Option<&str>)> = vec![
+            ("still on the old release, in time", actual("running", "1.0.0", "ready", 1500), 2000, None),
+            ("the new release could not be installed: at once, with the reason",
+             actual("running", "1.0.0", "failed", 1500), 2000, Some("cannot install 2.0.0: package 2.0.0: sha256 mismatch")),
+            ("a failure reported before the switch is not this one's",
+             actual("running", "1.0.0", "failed", 500), 2000, None),
+            ("the new release crashes", actual("backoff", "2.0.0", "ready", 1500), 2000, Some("backoff")),
+            ("too late", actual("running", "1.0.0", "ready", 1500), 70_000, Some("not running on 2.0.0 within 60000ms: running")),
+        ];
+        for (name, a, now, want) in table {
+            let mut i = switched(1000);
+            let got = judge(&mut i, Some(&a), &r, now);
+            assert_eq!(got.as_deref(), want, "{name}");
+        }
+        // Running the new release starts the min-healthy clock.
+        let mut i = switched(1000);
+        assert_eq!(
+            judge(
+                &mut i,
+                Some(&actual("running", "2.0.0", "ready", 1500)),
+                &r,
+                2000
+            ),
+            None
+        );
+        assert_eq!((i.phase.as_str(), i.healthy_since_ms), ("starting", 2000));
+    }
 }

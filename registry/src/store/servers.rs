@@ -7,7 +7,7 @@ use super::{Backend, Store, StoreError, query_err};
 use crate::spec::{RunState, Spec};
 
 /// One instance: desired half and last reported actual half.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstanceRow {
     pub app: String,
     pub server: String,
@@ -38,6 +38,8 @@ pub struct InstanceRow {
     pub config_restart_at_ms: i64,
     /// The config whose changes are held because they restarted it too often.
     pub config_hold: String,
+    /// Why the last health check failed while not healthy; '' otherwise.
+    pub health_error: String,
 }
 
 #[derive(Clone, Debug)]
@@ -78,6 +80,7 @@ pub struct StatusReport {
     pub install_percent: i64,
     pub install_error: String,
     pub health: String,
+    pub health_error: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +93,8 @@ pub struct EventRow {
     pub from: String,
     pub to: String,
     pub reason: String,
+    /// "state", "health" or "config".
+    pub kind: String,
 }
 
 /// The admin actions on instances.
@@ -103,8 +108,8 @@ pub enum Action {
 
 const INSTANCE_COLUMNS: &str = "app, server, node, desired, restart_counter, state, pid, restarts, \
      started_at_ms, last_exit, last_error, version, reported_at_ms, desired_version, prefetch_version, \
-     install_version, install_state, install_percent, install_error, health, ordinal, \
-     config_restart_at_ms, config_hold";
+     install_version, install_state, install_percent, install_error, health, health_error, \
+     ordinal, config_restart_at_ms, config_hold";
 
 fn instance_from_row(r: &AnyRow) -> Result<InstanceRow, sqlx::Error> {
     Ok(InstanceRow {
@@ -131,6 +136,7 @@ fn instance_from_row(r: &AnyRow) -> Result<InstanceRow, sqlx::Error> {
         ordinal: r.try_get("ordinal")?,
         config_restart_at_ms: r.try_get("config_restart_at_ms")?,
         config_hold: r.try_get("config_hold")?,
+        health_error: r.try_get("health_error")?,
     })
 }
 
@@ -221,6 +227,7 @@ fn event_from_row(r: &AnyRow) -> Result<EventRow, sqlx::Error> {
         from: r.try_get("from_state")?,
         to: r.try_get("to_state")?,
         reason: r.try_get("reason")?,
+        kind: r.try_get("kind")?,
     })
 }
 
@@ -279,6 +286,21 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(query_err("listing instances"))?;
+        rows.iter()
+            .map(instance_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(query_err("decoding an instance"))
+    }
+
+    /// The instances on one node, by server.
+    pub async fn instances_on(&self, node: &str) -> Result<Vec<InstanceRow>, StoreError> {
+        let sql =
+            format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE node = ? ORDER BY app, server");
+        let rows = sqlx::query(&sql)
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("listing a node's instances"))?;
         rows.iter()
             .map(instance_from_row)
             .collect::<Result<_, _>>()
@@ -425,7 +447,8 @@ impl Store {
         let done = sqlx::query(
             "UPDATE instances SET state = ?, pid = ?, restarts = ?, started_at_ms = ?, last_exit = ?, \
              last_error = ?, version = ?, reported_at_ms = ?, install_version = ?, install_state = ?, \
-             install_percent = ?, install_error = ?, health = ? WHERE app = ? AND server = ? AND node = ?",
+             install_percent = ?, install_error = ?, health = ?, health_error = ? \
+             WHERE app = ? AND server = ? AND node = ?",
         )
         .bind(&r.state)
         .bind(r.pid)
@@ -440,6 +463,7 @@ impl Store {
         .bind(r.install_percent)
         .bind(truncate(&r.install_error, 2048))
         .bind(truncate(&r.health, 16))
+        .bind(truncate(&r.health_error, 1024))
         .bind(&r.app)
         .bind(&r.server)
         .bind(node)
@@ -451,7 +475,7 @@ impl Store {
 
     pub async fn record_event(&self, e: &EventRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO events (at_ms, app, server, node, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (at_ms, app, server, node, from_state, to_state, reason, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(e.at_ms)
         .bind(&e.app)
@@ -460,31 +484,39 @@ impl Store {
         .bind(truncate(&e.from, 32))
         .bind(truncate(&e.to, 32))
         .bind(truncate(&e.reason, 2048))
+        .bind(truncate(&e.kind, 16))
         .execute(&self.pool)
         .await
         .map_err(query_err("recording an event"))?;
         Ok(())
     }
 
-    /// Events after `after_id`, oldest first; at most `limit` (the newest ones).
+    /// Events after `after_id` (of one server, of one kind), oldest first; at most
+    /// `limit` (the newest ones).
     pub async fn list_events(
         &self,
         server: Option<(&str, &str)>,
+        kind: Option<&str>,
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<EventRow>, StoreError> {
-        let filter = if server.is_some() {
-            " AND app = ? AND server = ?"
-        } else {
-            ""
-        };
+        let mut filter = String::new();
+        if server.is_some() {
+            filter.push_str(" AND app = ? AND server = ?");
+        }
+        if kind.is_some() {
+            filter.push_str(" AND kind = ?");
+        }
         let sql = format!(
-            "SELECT id, at_ms, app, server, node, from_state, to_state, reason FROM events \
+            "SELECT id, at_ms, app, server, node, from_state, to_state, reason, kind FROM events \
              WHERE id > ?{filter} ORDER BY id DESC LIMIT {limit}"
         );
         let mut q = sqlx::query(&sql).bind(after_id);
         if let Some((app, srv)) = server {
             q = q.bind(app).bind(srv);
+        }
+        if let Some(kind) = kind {
+            q = q.bind(kind);
         }
         let rows = q
             .fetch_all(&self.pool)

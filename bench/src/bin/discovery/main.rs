@@ -659,6 +659,7 @@ async fn run(args: &Args, dir: &Path, etcd_bin: &Path) -> anyhow::Result<()> {
                             server: "bench.real".into(),
                             after_id: 0,
                             limit: Some(12),
+                            ..Default::default()
                         })
                         .await
                         .map(|r| r.into_inner().events);
