@@ -148,6 +148,7 @@ fn a_failing_http_check_says_why_in_status_and_events() {
         row.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
         [
             "NODE",
+            "ORDINAL",
             "STATE",
             "DESIRED",
             "PID",
@@ -161,6 +162,7 @@ fn a_failing_http_check_says_why_in_status_and_events() {
         "{text}"
     );
     assert_eq!(cell(row, "NODE"), "node-a", "{text}");
+    assert_eq!(cell(row, "ORDINAL"), "0", "{text}");
     assert_eq!(cell(row, "STATE"), "running", "{text}");
     assert_eq!(cell(row, "HEALTH"), "unhealthy", "{text}");
     assert_eq!(

@@ -180,6 +180,11 @@ pub fn error_cell(i: &InstanceInfo) -> String {
         i.last_error.clone()
     } else if !i.health_error.is_empty() {
         format!("health check: {}", i.health_error)
+    } else if !i.config_hold.is_empty() {
+        format!(
+            "config {} held: it restarted the instance too often (config_flapping)",
+            i.config_hold
+        )
     } else {
         String::new()
     }
@@ -266,6 +271,7 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
                 .map(|i| {
                     vec![
                         i.node.clone(),
+                        i.ordinal.to_string(),
                         state_cell(i),
                         i.desired.clone(),
                         pid_cell(i.pid),
@@ -285,6 +291,7 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
             print_table(
                 &[
                     "NODE",
+                    "ORDINAL",
                     "STATE",
                     "DESIRED",
                     "PID",
