@@ -324,7 +324,7 @@ fn services_do_not_run_as_root_unless_allowed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_db, registry) = secured(dir.path(), &[]);
     let data = dir.path().join("agent-a");
-    let _a = Agent::start_strict(
+    let a = Agent::start_strict(
         &registry.addr(),
         "node-a",
         "127.0.0.2",
@@ -341,6 +341,22 @@ fn services_do_not_run_as_root_unless_allowed() {
             .as_str()
             .is_some_and(|e| e.contains("may not run as root")),
         "{i}"
+    );
+    // The table says it too, under LAST ERROR (it used to show the health value there),
+    // and so does the agent's log, from its start on.
+    let out = registry.cli(&["server", "status", "demo.asroot"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header = table.lines().next().unwrap_or("");
+    let row = table.lines().nth(1).unwrap_or("");
+    let column = header.find("LAST ERROR").expect("a LAST ERROR column");
+    assert!(
+        row.get(column..)
+            .is_some_and(|e| e.starts_with("services may not run as root")),
+        "{table}"
+    );
+    assert!(
+        a.log_text().contains("without --allow-root"),
+        "the agent says so when it starts"
     );
     registry.apply("app = \"demo\"\nserver = \"asnobody\"\nnodes = [\"node-a\"]\ncommand = [\"sleep\", \"1000\"]\nuser = \"nobody\"\n");
     let i = registry.wait_instance("demo.asnobody", "node-a", "running", 20 * S, |i| {
