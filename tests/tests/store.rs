@@ -549,24 +549,24 @@ fn change_feed(backend: Backend) {
     with_store(backend, async |store| {
         assert_eq!(store.last_change_id().await.expect("last"), 0);
         store
-            .record_changes(&["node-a".into(), "node-b".into()], "desired", 1000)
+            .record_changes(&["node-a".into(), "node-b".into()], "desired", "r1", 1000)
             .await
             .expect("record");
         store
-            .record_changes(&[], "discovery", 5000)
+            .record_changes(&[], "discovery", "r2", 5000)
             .await
             .expect("record");
         let all = store.changes_after(0).await.expect("after");
-        let kinds: Vec<(&str, &str)> = all
+        let kinds: Vec<(&str, &str, &str)> = all
             .iter()
-            .map(|c| (c.node.as_str(), c.kind.as_str()))
+            .map(|c| (c.node.as_str(), c.kind.as_str(), c.replica.as_str()))
             .collect();
         assert_eq!(
             kinds,
             [
-                ("node-a", "desired"),
-                ("node-b", "desired"),
-                ("", "discovery")
+                ("node-a", "desired", "r1"),
+                ("node-b", "desired", "r1"),
+                ("", "discovery", "r2")
             ]
         );
         assert_eq!(

@@ -19,6 +19,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor};
 
+pub use changes::Change;
 pub use nodes::{HeartbeatRow, JoinRecord, LoadRow, NodeRow, NodeState};
 pub use packages::{CHUNK_SIZE, PackageRow};
 pub use rollouts::{RolloutInstanceRow, RolloutRow};
