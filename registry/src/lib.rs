@@ -4,6 +4,7 @@
 //! * [`server`] — `registry serve`: wires the gRPC services, HTTP and background loops.
 //! * [`agent_service`] + [`join`] + [`sessions`] — agent sessions: admission, identity,
 //!   heartbeats kept in memory and written in batches, liveness.
+//! * [`outage`] — the database's availability: what waits while it is unreachable.
 //! * [`admin`] — the admin gRPC API; [`cli`] is its command-line client.
 //! * [`store`] — SQLite or MySQL through sqlx, with migrations under `migrations/`.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
@@ -26,6 +27,7 @@ pub mod http;
 pub mod http_tls;
 pub mod join;
 pub mod metrics;
+pub mod outage;
 pub mod query_service;
 pub mod rollout;
 pub mod server;

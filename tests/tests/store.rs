@@ -183,7 +183,7 @@ fn heartbeats_and_sweep(backend: Backend) {
         let b = store.get_node("node-b").await.expect("get").expect("b");
         assert_eq!(b.last_seen_ms, 1000);
 
-        let swept = store.sweep_stale_nodes(5000).await.expect("sweep");
+        let swept = store.sweep_stale_nodes(5000, &[]).await.expect("sweep");
         assert_eq!(swept, ["node-b"]);
         assert_eq!(
             store
@@ -205,7 +205,7 @@ fn heartbeats_and_sweep(backend: Backend) {
         );
         assert!(
             store
-                .sweep_stale_nodes(5000)
+                .sweep_stale_nodes(5000, &[])
                 .await
                 .expect("sweep")
                 .is_empty()
@@ -575,5 +575,53 @@ fn change_feed(backend: Backend) {
         );
         assert_eq!(store.trim_changes(2000).await.expect("trim"), 2);
         assert_eq!(store.last_change_id().await.expect("last"), all[2].id);
+    });
+}
+
+backend_tests! {
+    heartbeats_bring_a_swept_node_back,
+}
+
+/// A node swept `down` while its heartbeats could not be written is `up` again when they
+/// are; a heartbeat of a session that has ended since changes nothing.
+fn heartbeats_bring_a_swept_node_back(backend: Backend) {
+    with_store(backend, async |store| {
+        store
+            .insert_node(&join("node-a", "h1", 1, 1000))
+            .await
+            .expect("insert");
+        store
+            .insert_node(&join("node-b", "h2", 2, 1000))
+            .await
+            .expect("insert");
+        // node-b has a session open on the sweeping replica: it is not swept.
+        let swept = store
+            .sweep_stale_nodes(5000, &["node-b".into()])
+            .await
+            .expect("sweep");
+        assert_eq!(swept, ["node-a"]);
+        let beat = |name: &str, session_id, last_seen_ms| HeartbeatRow {
+            name: name.into(),
+            session_id,
+            last_seen_ms,
+            load: None,
+        };
+        let revived = store
+            .write_heartbeats(&[beat("node-a", 1, 9000), beat("node-b", 2, 9000)])
+            .await
+            .expect("heartbeats");
+        assert_eq!(revived, ["node-a"], "only node-a was down");
+        let a = store.get_node("node-a").await.expect("get").expect("a");
+        assert_eq!((a.state, a.last_seen_ms), (NodeState::Up, 9000));
+
+        // The session ends (at 9500); a heartbeat of it written late does not revive it.
+        assert!(store.mark_node_down("node-a", 1, 9500).await.expect("down"));
+        let revived = store
+            .write_heartbeats(&[beat("node-a", 1, 9400)])
+            .await
+            .expect("late heartbeat");
+        assert!(revived.is_empty());
+        let a = store.get_node("node-a").await.expect("get").expect("a");
+        assert_eq!((a.state, a.last_seen_ms), (NodeState::Down, 9500));
     });
 }
