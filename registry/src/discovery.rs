@@ -369,6 +369,7 @@ pub async fn run(shared: Arc<Shared>) {
             _ = safety.tick() => {}
         }
         shared.discovery.reading();
+        shared.metrics.discovery_recomputes.inc();
         let inputs = match Inputs::read(&shared.store).await {
             Ok(i) => i,
             Err(e) => {

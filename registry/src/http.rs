@@ -22,7 +22,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// 200 while the database answers and writes succeed, 503 naming what is wrong
-/// otherwise; within a second either way ([`crate::outage::CHECK_WITHIN`]).
+/// otherwise; within a second either way ([`crate::outage::CHECK_WITHIN`]). Both say how
+/// many agent reports and events wait to be written.
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let backend = shared.store.backend().name();
     let checked = crate::outage::check(&shared).await;
@@ -30,10 +31,12 @@ async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         Ok(()) => shared.outage.error(),
         Err(err) => Some(err.to_string()),
     };
+    let (statuses, events, dropped) = shared.actual.counts();
     let mut body = json!({
         "status": "ok",
         "database": backend,
         "sessions": shared.sessions.len(),
+        "waiting": {"statuses": statuses, "events": events, "events_dropped": dropped},
     });
     match error {
         None => (StatusCode::OK, axum::Json(body)),

@@ -4,7 +4,8 @@
 //! * [`server`] — `registry serve`: wires the gRPC services, HTTP and background loops.
 //! * [`agent_service`] + [`join`] + [`sessions`] — agent sessions: admission, identity,
 //!   heartbeats kept in memory and written in batches, liveness.
-//! * [`outage`] — the database's availability: what waits while it is unreachable.
+//! * [`actual`] — agents' reports and events, written only when they change and kept
+//!   while the database is unreachable; [`outage`] — the database's availability.
 //! * [`admin`] — the admin gRPC API; [`cli`] is its command-line client.
 //! * [`store`] — SQLite or MySQL through sqlx, with migrations under `migrations/`.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
@@ -13,6 +14,7 @@
 //! * [`dev`] — `registry dev`: a registry and an agent for this host in one process.
 //! * [`config`] — defaults, config file, validation.
 
+pub mod actual;
 pub mod admin;
 pub mod agent_service;
 pub mod auth;

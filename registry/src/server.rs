@@ -39,6 +39,8 @@ pub struct Shared {
     pub chunks: crate::download::ChunkCache,
     /// Whether the database answers, as last checked.
     pub outage: crate::outage::Outage,
+    /// Agents' last known reports, and what waits to be written.
+    pub actual: crate::actual::Actual,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,9 +93,11 @@ pub async fn run(
         discovery: Default::default(),
         chunks: Default::default(),
         outage: Default::default(),
+        actual: Default::default(),
     });
 
     shared.tracker.spawn(crate::outage::watch(shared.clone()));
+    shared.tracker.spawn(crate::actual::run(shared.clone()));
     shared.tracker.spawn(flush_heartbeats(shared.clone()));
     shared.tracker.spawn(sweep_stale_nodes(shared.clone()));
     shared.tracker.spawn(trim_events(shared.clone()));

@@ -580,6 +580,7 @@ fn change_feed(backend: Backend) {
 
 backend_tests! {
     heartbeats_bring_a_swept_node_back,
+    node_reports_are_what_was_written,
 }
 
 /// A node swept `down` while its heartbeats could not be written is `up` again when they
@@ -623,5 +624,36 @@ fn heartbeats_bring_a_swept_node_back(backend: Backend) {
         assert!(revived.is_empty());
         let a = store.get_node("node-a").await.expect("get").expect("a");
         assert_eq!((a.state, a.last_seen_ms), (NodeState::Down, 9500));
+    });
+}
+
+fn node_reports_are_what_was_written(backend: Backend) {
+    use corral_registry::store::StatusReport;
+    with_store(backend, async |store| {
+        let spec = corral_registry::spec::parse(SPEC, "web.toml").expect("spec");
+        store.apply_spec(&spec, 1000).await.expect("apply");
+        let report = StatusReport {
+            app: "demo".into(),
+            server: "web".into(),
+            state: "running".into(),
+            pid: 42,
+            restarts: 3,
+            started_at_ms: 1500,
+            version: "1.0.0".into(),
+            install_version: "2.0.0".into(),
+            install_state: "downloading".into(),
+            install_percent: 35,
+            health: "healthy".into(),
+            ..StatusReport::default()
+        };
+        assert!(
+            store
+                .report_status("node-a", &report, 2000)
+                .await
+                .expect("report")
+        );
+        let rows = store.node_reports("node-a").await.expect("reports");
+        assert_eq!(rows, [("demo".into(), "web".into(), report)]);
+        assert!(store.node_reports("node-z").await.expect("none").is_empty());
     });
 }

@@ -10,6 +10,7 @@ mod metrics;
 mod nodes;
 mod packages;
 pub mod ports;
+mod reports;
 mod rollouts;
 mod servers;
 

@@ -52,7 +52,7 @@ pub struct Assignment {
 }
 
 /// An actual-state report from an agent.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatusReport {
     pub app: String,
     pub server: String,
@@ -516,23 +516,6 @@ impl Store {
         .await
         .map_err(query_err("recording an instance's state"))?;
         Ok(done.rows_affected() > 0)
-    }
-
-    pub async fn record_event(&self, e: &EventRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO events (at_ms, app, server, node, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(e.at_ms)
-        .bind(&e.app)
-        .bind(&e.server)
-        .bind(&e.node)
-        .bind(truncate(&e.from, 32))
-        .bind(truncate(&e.to, 32))
-        .bind(truncate(&e.reason, 2048))
-        .execute(&self.pool)
-        .await
-        .map_err(query_err("recording an event"))?;
-        Ok(())
     }
 
     /// Events after `after_id`, oldest first; at most `limit` (the newest ones).
