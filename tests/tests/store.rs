@@ -580,6 +580,7 @@ fn change_feed(backend: Backend) {
 
 backend_tests! {
     heartbeats_bring_a_swept_node_back,
+    events_retention_holds_at_every_write,
     node_reports_are_what_was_written,
 }
 
@@ -624,6 +625,42 @@ fn heartbeats_bring_a_swept_node_back(backend: Backend) {
         assert!(revived.is_empty());
         let a = store.get_node("node-a").await.expect("get").expect("a");
         assert_eq!((a.state, a.last_seen_ms), (NodeState::Down, 9500));
+    });
+}
+
+fn event(n: i64) -> corral_registry::store::EventRow {
+    corral_registry::store::EventRow {
+        id: 0,
+        at_ms: n,
+        app: "demo".into(),
+        server: "web".into(),
+        node: "node-a".into(),
+        from: "running".into(),
+        to: "exited".into(),
+        reason: format!("event {n}"),
+    }
+}
+
+/// However events arrive (one by one, in batches larger than the retention), the table
+/// never holds more than the retention, and holds the newest ones.
+fn events_retention_holds_at_every_write(backend: Backend) {
+    with_store(backend, async |store| {
+        let keep = 50;
+        let mut n = 0;
+        for batch in [1usize, 7, 1, 30, 120, 3, 64, 1, 1, 200] {
+            let events: Vec<_> = (0..batch)
+                .map(|_| {
+                    n += 1;
+                    event(n)
+                })
+                .collect();
+            store.insert_events(&events, keep).await.expect("insert");
+            let all = store.list_events(None, 0, 10_000).await.expect("list");
+            let want = n.min(keep);
+            assert_eq!(all.len() as i64, want, "after event {n}");
+            assert_eq!(all.last().map(|e| e.at_ms), Some(n), "the newest stays");
+        }
+        assert!(store.insert_events(&[], keep).await.is_ok());
     });
 }
 

@@ -67,6 +67,7 @@ async fn write_pending(shared: &Shared) {
             }
         }
     }
+    let keep = i64::try_from(shared.config.event_retention).unwrap_or(i64::MAX);
     while !todo.events.is_empty() {
         if error.is_some() {
             failed.events.append(&mut todo.events);
@@ -74,7 +75,7 @@ async fn write_pending(shared: &Shared) {
         }
         let n = todo.events.len().min(EVENT_BATCH);
         let batch: Vec<EventRow> = todo.events.range(..n).cloned().collect();
-        match shared.store.insert_events(&batch).await {
+        match shared.store.insert_events(&batch, keep).await {
             Ok(()) => {
                 wrote = true;
                 todo.events.drain(..n);

@@ -1,10 +1,15 @@
 //! What the registry writes for agents' reports, beside `report_status`: the last
-//! reports of a node's instances as the database holds them, and events in batches.
+//! reports of a node's instances as the database holds them, and events in batches with
+//! their retention applied as they are written.
 
 use sqlx::Row;
 
 use super::servers::truncate;
 use super::{EventRow, StatusReport, Store, StoreError, query_err};
+
+/// The most events one trim deletes. In steady state a batch trims as many events as it
+/// adds; a larger backlog (the retention was lowered) is left to the periodic trim.
+const TRIM_BOUND: i64 = 10_000;
 
 impl Store {
     /// The actual state of every instance on `node`, as `(app, server, report)`.
@@ -48,8 +53,10 @@ impl Store {
             .map_err(query_err("decoding a node's instances"))
     }
 
-    /// Appends events in one transaction.
-    pub async fn insert_events(&self, events: &[EventRow]) -> Result<(), StoreError> {
+    /// Appends events in one transaction and keeps the newest `keep` of the table in the
+    /// same one, so the retention holds at every moment. The trim is a range delete on
+    /// the primary key: one index seek when there is nothing to delete.
+    pub async fn insert_events(&self, events: &[EventRow], keep: i64) -> Result<(), StoreError> {
         let doing = "recording events";
         if events.is_empty() {
             return Ok(());
@@ -70,6 +77,22 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(query_err(doing))?;
+        }
+        // The newest id (both backends answer MAX of the primary key from the index; the
+        // SQLite driver does not return the inserted id).
+        let last: Option<i64> = sqlx::query("SELECT MAX(id) AS m FROM events")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get("m"))
+            .map_err(query_err("trimming events"))?;
+        if let Some(last) = last {
+            let upto = last - keep;
+            sqlx::query("DELETE FROM events WHERE id <= ? AND id > ?")
+                .bind(upto)
+                .bind(upto - TRIM_BOUND)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("trimming events"))?;
         }
         tx.commit().await.map_err(query_err(doing))
     }
