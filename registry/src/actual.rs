@@ -54,6 +54,29 @@ pub fn classify(known: Option<&StatusReport>, report: &StatusReport) -> Change {
     }
 }
 
+/// A report's state and health, recorded but perhaps not in the database yet: a
+/// recomputation of discovery applies it on top of what it reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unwritten {
+    pub node: String,
+    pub app: String,
+    pub server: String,
+    pub state: String,
+    pub health: String,
+}
+
+impl Unwritten {
+    fn of(key: &Key, report: &StatusReport) -> Unwritten {
+        Unwritten {
+            node: key.0.clone(),
+            app: key.1.clone(),
+            server: key.2.clone(),
+            state: report.state.clone(),
+            health: report.health.clone(),
+        }
+    }
+}
+
 /// A report waiting to be written.
 struct PendingStatus {
     session_id: i64,
@@ -85,6 +108,8 @@ struct Inner {
     pending: Pending,
     /// Reports and events taken by the round of writes under way.
     writing: (usize, usize),
+    /// The reports of that round.
+    in_flight: Vec<Unwritten>,
     /// Events dropped since the last write of events.
     dropped: u64,
 }
@@ -183,6 +208,20 @@ impl Actual {
         )
     }
 
+    /// The reports not written yet, those being written included.
+    pub fn unwritten(&self) -> Vec<Unwritten> {
+        let inner = self.lock();
+        let mut all = inner.in_flight.clone();
+        all.extend(
+            inner
+                .pending
+                .statuses
+                .iter()
+                .map(|(key, p)| Unwritten::of(key, &p.report)),
+        );
+        all
+    }
+
     fn has_pending(&self) -> bool {
         let inner = self.lock();
         let p = &inner.pending;
@@ -194,6 +233,11 @@ impl Actual {
         let mut inner = self.lock();
         let taken = std::mem::take(&mut inner.pending);
         inner.writing = (taken.statuses.len(), taken.events.len());
+        inner.in_flight = taken
+            .statuses
+            .iter()
+            .map(|(key, p)| Unwritten::of(key, &p.report))
+            .collect();
         taken
     }
 
@@ -202,6 +246,7 @@ impl Actual {
     fn put_back(&self, failed: Pending) -> u64 {
         let mut inner = self.lock();
         inner.writing = (0, 0);
+        inner.in_flight.clear();
         for (key, old) in failed.statuses {
             match inner.pending.statuses.get_mut(&key) {
                 // A newer report replaced it; it carries the old one's discovery change.

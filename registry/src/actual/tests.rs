@@ -166,3 +166,23 @@ fn events_wait_in_order_up_to_a_bound() {
     assert_eq!(actual.take_dropped(), 5);
     assert_eq!(actual.take_dropped(), 0);
 }
+
+#[test]
+fn reports_being_written_are_unwritten_until_the_round_ends() {
+    let actual = Actual::default();
+    actual.seed("node-a", 1, Vec::new());
+    actual.report("node-a", 1, running(), 10);
+    let want = vec![Unwritten {
+        node: "node-a".into(),
+        app: "demo".into(),
+        server: "web".into(),
+        state: "running".into(),
+        health: "healthy".into(),
+    }];
+    assert_eq!(actual.unwritten(), want);
+    let taken = actual.take();
+    assert_eq!(actual.unwritten(), want, "in flight");
+    assert_eq!(taken.statuses.len(), 1);
+    actual.put_back(Pending::default());
+    assert!(actual.unwritten().is_empty());
+}
