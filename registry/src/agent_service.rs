@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::configs::instance::{self, Placement};
 use crate::join;
@@ -105,6 +105,7 @@ impl Agent for AgentService {
             .sessions
             .open(&admitted.node, admitted.session_id, now);
         info!(node = %admitted.node, %peer, session = admitted.session_id, "node up");
+        crate::actual::session_opened(shared, &admitted.node, admitted.session_id).await;
         shared.discovery_changed().await;
 
         let (tx, rx) = mpsc::channel(16);
@@ -284,6 +285,7 @@ async fn send_desired(
             let msg = RegistryMessage {
                 body: Some(RegistryBody::Desired(desired)),
             };
+            shared.metrics.desired_sent.inc();
             tx.send(Ok(msg)).await.is_ok()
         }
         Err(err) => {
@@ -294,7 +296,7 @@ async fn send_desired(
     }
 }
 
-async fn record_status(shared: &Shared, node: &str, status: InstanceStatus) {
+async fn record_status(shared: &Shared, node: &str, session_id: i64, status: InstanceStatus) {
     let report = StatusReport {
         app: status.app,
         server: status.server,
@@ -320,26 +322,11 @@ async fn record_status(shared: &Shared, node: &str, status: InstanceStatus) {
         health: status.health,
         health_error: status.health_error,
     };
-    match shared.store.report_status(node, &report, now_ms()).await {
-        Ok(true) => {
-            shared.discovery.instance_reported(
-                node,
-                &report.app,
-                &report.server,
-                &report.state,
-                &report.health,
-            );
-            shared.discovery_changed().await;
-        }
-        Ok(false) => {
-            debug!(node, server = %format!("{}.{}", report.app, report.server), "status of an instance not assigned here")
-        }
-        Err(err) => warn!(node, cause = %err, "could not record an instance's state"),
-    }
+    crate::actual::reported(shared, node, session_id, report).await;
 }
 
 /// Records an event under the session's node: an agent reports for its own node only.
-async fn record_event(shared: &Shared, node: &str, event: InstanceEvent) {
+fn record_event(shared: &Shared, node: &str, event: InstanceEvent) {
     let row = EventRow {
         id: 0,
         at_ms: if event.at_ms > 0 {
@@ -359,9 +346,7 @@ async fn record_event(shared: &Shared, node: &str, event: InstanceEvent) {
             event.kind
         },
     };
-    if let Err(err) = shared.store.record_event(&row).await {
-        warn!(node, cause = %err, "could not record an event");
-    }
+    crate::actual::event(shared, row);
 }
 
 async fn run_session(
@@ -384,6 +369,8 @@ async fn run_session(
             () = shared.shutdown.cancelled() => end = Some(End::Shutdown),
             () = opened.replaced.cancelled() => end = Some(End::Replaced),
             () = opened.changed.notified() => {
+                // Instances may have been added or reset: their next reports are written.
+                shared.actual.forget(node);
                 if !send_desired(&shared, node, &tx).await {
                     end = Some(End::Closed);
                 }
@@ -399,11 +386,11 @@ async fn run_session(
                         }
                         Some(AgentBody::Status(status)) => {
                             shared.sessions.touch(node, id, now_ms(), None);
-                            record_status(&shared, node, status).await;
+                            record_status(&shared, node, id, status).await;
                         }
                         Some(AgentBody::Event(event)) => {
                             shared.sessions.touch(node, id, now_ms(), None);
-                            record_event(&shared, node, event).await;
+                            record_event(&shared, node, event);
                         }
                         Some(AgentBody::Hello(_)) | None => {
                             warn!(node, "ignoring an unexpected message in an open session");
@@ -417,13 +404,7 @@ async fn run_session(
     drop(tx);
     shared.metrics.sessions_open.dec();
     if shared.sessions.close(node, id) {
-        match shared.store.mark_node_down(node, id, now_ms()).await {
-            Ok(_) => {
-                info!(node, session = id, reason = %end, "node down");
-                shared.discovery_changed().await;
-            }
-            Err(err) => warn!(node, cause = %err, "could not mark node down"),
-        }
+        crate::actual::session_ended(&shared, node, id, &end).await;
     } else {
         info!(node, session = id, reason = %end, "session replaced");
     }

@@ -22,7 +22,7 @@ pub mod defaults {
     pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
     /// How often last-seen times and load reports are written, in one batch.
     pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
-    /// Instance events kept in the database; older ones are trimmed every minute.
+    /// Instance events kept in the database; older ones are trimmed as events are written.
     pub const EVENT_RETENTION: u64 = 100_000;
     /// The largest package that can be uploaded.
     pub const MAX_PACKAGE_SIZE: u64 = 1 << 30;

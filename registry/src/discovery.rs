@@ -248,9 +248,14 @@ impl Discovery {
     /// Recomputes the tables from the database now. Changes that sessions are about to
     /// send call this first, so the files rendered for them see the fleet as it now is
     /// (a server's own new instances in its peers list).
-    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+    pub async fn refresh(
+        &self,
+        store: &Store,
+        unwritten: impl FnOnce() -> Vec<crate::actual::Unwritten>,
+    ) -> Result<(), StoreError> {
         let _one_at_a_time = self.recomputing.lock().await;
         self.reading();
+        self.unwritten(unwritten());
         let inputs = Inputs::read(store).await?;
         self.recomputed(inputs);
         Ok(())
@@ -262,6 +267,27 @@ impl Discovery {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .reading = Some(Vec::new());
+    }
+
+    /// Reports recorded but perhaps not in the database yet ([`crate::actual`] writes them
+    /// a moment later): the recomputation under way applies them on top of what it reads,
+    /// before the reports that arrive during the read (which are newer).
+    fn unwritten(&self, reports: Vec<crate::actual::Unwritten>) {
+        let mut model = self.model.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(log) = model.reading.as_mut() {
+            let mut all: Vec<Reported> = reports
+                .into_iter()
+                .map(|u| Reported {
+                    app: u.app,
+                    server: u.server,
+                    node: u.node,
+                    state: u.state,
+                    health: u.health,
+                })
+                .collect();
+            all.append(log);
+            *log = all;
+        }
     }
 
     /// Takes freshly read inputs (with the reports applied during the read on top) as the
@@ -513,7 +539,7 @@ pub async fn run(shared: Arc<Shared>) {
             () = shared.discovery.poke.notified() => {}
             _ = safety.tick() => {}
         }
-        if let Err(e) = shared.discovery.refresh(&shared.store).await {
+        if let Err(e) = shared.refresh_discovery().await {
             warn!(cause = %e, "cannot compute the discovery table");
         }
     }
@@ -645,6 +671,35 @@ mod tests {
         down.nodes.insert("n2".into(), (false, "127.0.0.3".into()));
         assert!(d.recomputed(down));
         assert_eq!(nodes(&mut rx), ["n1"]);
+    }
+
+    #[test]
+    fn a_report_not_written_yet_survives_a_recomputation() {
+        let d = Discovery::default();
+        d.reading();
+        assert!(d.recomputed(inputs()));
+        let mut rx = d.watch_name("demo.echo.Main");
+        assert!(d.instance_reported("n1", "demo", "echo", "stopped", ""));
+        assert_eq!(nodes(&mut rx), ["n2"]);
+        // A recomputation reads the database before that report is written: it applies
+        // the report on top, so nothing older is published.
+        d.reading();
+        let unwritten = |state: &str| crate::actual::Unwritten {
+            node: "n1".into(),
+            app: "demo".into(),
+            server: "echo".into(),
+            state: state.into(),
+            health: String::new(),
+        };
+        d.unwritten(vec![unwritten("stopped")]);
+        assert!(!d.recomputed(inputs()), "the unwritten report wins");
+        assert!(matches!(rx.has_changed(), Ok(false)));
+        // One that arrives during the read is newer than one not written yet.
+        d.reading();
+        assert!(d.instance_reported("n1", "demo", "echo", "running", ""));
+        d.unwritten(vec![unwritten("stopped")]);
+        d.recomputed(inputs());
+        assert_eq!(nodes(&mut rx), ["n1", "n2"]);
     }
 
     #[test]

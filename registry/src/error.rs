@@ -21,7 +21,13 @@ impl From<StoreError> for Status {
             StoreError::Open { .. }
             | StoreError::CreateDir { .. }
             | StoreError::Migrate { .. }
-            | StoreError::Query { .. } => Code::Unavailable,
+            | StoreError::Query { .. }
+            | StoreError::File { .. }
+            | StoreError::FileGone { .. }
+            | StoreError::FileReplaced { .. }
+            | StoreError::NotWritable { .. }
+            | StoreError::Unreachable { .. }
+            | StoreError::NoAnswer { .. } => Code::Unavailable,
         };
         Status::new(code, err.to_string())
     }

@@ -21,33 +21,47 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// 200 while the database answers and writes succeed, 503 naming what is wrong
+/// otherwise; within a second either way ([`crate::outage::CHECK_WITHIN`]). Both say how
+/// many agent reports and events wait to be written.
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let backend = shared.store.backend().name();
-    match shared.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            axum::Json(
-                json!({"status": "ok", "database": backend, "sessions": shared.sessions.len()}),
-            ),
-        ),
-        Err(err) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(
-                json!({"status": "unavailable", "database": backend, "error": err.to_string()}),
-            ),
-        ),
+    let checked = crate::outage::check(&shared).await;
+    let error = match checked {
+        Ok(()) => shared.outage.error(),
+        Err(err) => Some(err.to_string()),
+    };
+    let (statuses, events, dropped) = shared.actual.counts();
+    let mut body = json!({
+        "status": "ok",
+        "database": backend,
+        "sessions": shared.sessions.len(),
+        "waiting": {"statuses": statuses, "events": events, "events_dropped": dropped},
+    });
+    match error {
+        None => (StatusCode::OK, axum::Json(body)),
+        Some(error) => {
+            body["status"] = json!("unavailable");
+            body["error"] = json!(error);
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body))
+        }
     }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     // Fleet counts come from the database, so every replica reports the whole fleet. A
-    // failed query leaves its family as the last scrape saw it; the scrape still answers.
+    // failed query leaves its family as the last scrape saw it; the scrape still answers,
+    // at once while the database is unreachable.
     let store = &shared.store;
-    let counts = FleetCounts {
-        nodes: logged(store.count_nodes_by_state().await),
-        instances: logged(store.count_instances_by_state().await),
-        restarts: logged(store.restarts_by_server().await),
-        rollouts: logged(store.count_rollouts_by_state().await),
+    let counts = if shared.outage.reachable() {
+        FleetCounts {
+            nodes: logged(store.count_nodes_by_state().await),
+            instances: logged(store.count_instances_by_state().await),
+            restarts: logged(store.restarts_by_server().await),
+            rollouts: logged(store.count_rollouts_by_state().await),
+        }
+    } else {
+        FleetCounts::default()
     };
     (
         [(

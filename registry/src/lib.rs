@@ -4,6 +4,8 @@
 //! * [`server`] — `registry serve`: wires the gRPC services, HTTP and background loops.
 //! * [`agent_service`] + [`join`] + [`sessions`] — agent sessions: admission, identity,
 //!   heartbeats kept in memory and written in batches, liveness.
+//! * [`actual`] — agents' reports and events, written only when they change and kept
+//!   while the database is unreachable; [`outage`] — the database's availability.
 //! * [`admin`] — the admin gRPC API; [`cli`] is its command-line client.
 //! * [`store`] — SQLite or MySQL through sqlx, with migrations under `migrations/`.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
@@ -14,6 +16,7 @@
 //! * [`configs`] — config templates: rendered, checked at apply, delivered so that every
 //!   configuration converges (quiescence, rolling restarts, flapping held).
 
+pub mod actual;
 pub mod admin;
 pub mod agent_service;
 pub mod auth;
@@ -29,6 +32,7 @@ pub mod http;
 pub mod http_tls;
 pub mod join;
 pub mod metrics;
+pub mod outage;
 pub mod query_service;
 pub mod rollout;
 pub mod server;

@@ -78,6 +78,13 @@ pub struct Metrics {
     /// were shared with another download running at the same time).
     pub chunks_sent: Counter,
     pub chunks_read: Counter,
+    /// Desired states sent to agents: one when a session opens, one per change of its node.
+    pub desired_sent: Counter,
+    /// Recomputations of the discovery table from the database.
+    pub discovery_recomputes: Counter,
+    /// Instance events dropped because the database stayed unreachable longer than the
+    /// queue of events waiting for it holds.
+    pub events_dropped: Counter,
 }
 
 impl Metrics {
@@ -126,6 +133,24 @@ impl Metrics {
             "Package chunks read from the database for downloads (the others sent were shared between downloads running at the same time)",
             chunks_read.clone(),
         );
+        let desired_sent = Counter::default();
+        let discovery_recomputes = Counter::default();
+        let events_dropped = Counter::default();
+        registry.register(
+            "desired_states_sent",
+            "Desired states sent to agents (one per session, then one per change of its node)",
+            desired_sent.clone(),
+        );
+        registry.register(
+            "discovery_recomputes",
+            "Recomputations of the discovery table from the database",
+            discovery_recomputes.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Instance events dropped while the database was unreachable (the queue waiting for it was full)",
+            events_dropped.clone(),
+        );
         registry.register(
             "rpc_duration_seconds",
             "Time to answer a gRPC call (to the response headers for streams), by method",
@@ -143,6 +168,9 @@ impl Metrics {
             rpc_seconds,
             chunks_sent,
             chunks_read,
+            desired_sent,
+            discovery_recomputes,
+            events_dropped,
         })
     }
 

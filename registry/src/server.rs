@@ -37,6 +37,10 @@ pub struct Shared {
     pub discovery: crate::discovery::Discovery,
     /// Package chunks read for the downloads running now.
     pub chunks: crate::download::ChunkCache,
+    /// Whether the database answers, as last checked.
+    pub outage: crate::outage::Outage,
+    /// Agents' last known reports, and what waits to be written.
+    pub actual: crate::actual::Actual,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +92,12 @@ pub async fn run(
         driven_rollouts: Default::default(),
         discovery: Default::default(),
         chunks: Default::default(),
+        outage: Default::default(),
+        actual: Default::default(),
     });
 
+    shared.tracker.spawn(crate::outage::watch(shared.clone()));
+    shared.tracker.spawn(crate::actual::run(shared.clone()));
     shared.tracker.spawn(flush_heartbeats(shared.clone()));
     shared.tracker.spawn(sweep_stale_nodes(shared.clone()));
     shared.tracker.spawn(trim_events(shared.clone()));
@@ -200,18 +208,39 @@ pub async fn run(
     }
 }
 
-/// Writes the heartbeats of the last interval in one batch; once more at shutdown.
+/// Writes the heartbeats of the last interval in one batch; once more at shutdown. While
+/// the database is unreachable they wait (a heartbeat is pending until written), and are
+/// written as soon as it is back.
 async fn flush_heartbeats(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.config.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut availability = shared.outage.subscribe();
     loop {
         let stop = tokio::select! {
             () = shared.shutdown.cancelled() => true,
             _ = tick.tick() => false,
+            Ok(()) = availability.changed() => false,
         };
-        let rows = shared.sessions.take_dirty();
-        if let Err(err) = shared.store.write_heartbeats(&rows).await {
-            warn!(cause = %err, nodes = rows.len(), "could not write heartbeats");
+        if shared.outage.reachable() {
+            let rows = shared.sessions.pending_heartbeats();
+            match shared.store.write_heartbeats(&rows).await {
+                Ok(revived) => {
+                    shared.sessions.written(&rows);
+                    if !rows.is_empty() {
+                        shared.outage.write_succeeded();
+                    }
+                    if !revived.is_empty() {
+                        for node in &revived {
+                            info!(%node, "node up again: its heartbeats reached the database");
+                        }
+                        shared.discovery_changed().await;
+                    }
+                }
+                Err(err) => {
+                    warn!(cause = %err, nodes = rows.len(), "could not write heartbeats; they wait");
+                    shared.outage.write_failed(&err);
+                }
+            }
         }
         if stop {
             return;
@@ -220,17 +249,24 @@ async fn flush_heartbeats(shared: Arc<Shared>) {
 }
 
 /// Marks `down` the nodes whose sessions no replica has kept alive: their last-seen time
-/// is older than the node timeout plus two flush intervals.
+/// is older than the node timeout plus two flush intervals. Nodes with a session open here
+/// are alive. While the database is unreachable, and for two flush intervals after it is
+/// back, it waits: heartbeats could not be written meanwhile.
 async fn sweep_stale_nodes(shared: Arc<Shared>) {
     let grace = shared.config.node_timeout + 2 * shared.config.flush_interval;
+    let settle = 2 * shared.config.flush_interval;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if shared.outage.up_for().is_none_or(|up| up < settle) {
+            continue;
+        }
         let cutoff = now_ms() - grace.as_millis() as i64;
-        match shared.store.sweep_stale_nodes(cutoff).await {
+        let alive = shared.sessions.live_nodes();
+        match shared.store.sweep_stale_nodes(cutoff, &alive).await {
             Ok(names) => {
                 if !names.is_empty() {
                     shared.discovery_changed().await;

@@ -2,7 +2,9 @@
 //!
 //! Heartbeats only touch this table; a background task writes last-seen times and load
 //! reports to the database in one batch per flush interval, so a heartbeat never costs a
-//! database write of its own. State changes (up, down) are written at once by the session.
+//! database write of its own. A heartbeat stays pending until a write of it succeeded, so
+//! none is lost while the database is unreachable. State changes (up, down) are written
+//! at once by the session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,7 @@ struct Live {
     replaced: CancellationToken,
     last_seen_ms: i64,
     load: Option<LoadRow>,
-    /// Whether a heartbeat arrived since the last flush.
+    /// Whether a heartbeat arrived that is not written yet.
     dirty: bool,
     /// Woken when the node's desired state changed; the session then sends it again.
     changed: Arc<Notify>,
@@ -102,22 +104,46 @@ impl Sessions {
         }
     }
 
-    /// Takes the heartbeats that arrived since the last call, for one batched write.
-    pub fn take_dirty(&self) -> Vec<HeartbeatRow> {
-        let mut table = self.lock();
-        table
-            .iter_mut()
+    /// The heartbeats not written yet, for one batched write. They stay pending until
+    /// [`Sessions::written`] says the write succeeded.
+    pub fn pending_heartbeats(&self) -> Vec<HeartbeatRow> {
+        self.lock()
+            .iter()
             .filter(|(_, l)| l.dirty)
-            .map(|(name, l)| {
-                l.dirty = false;
-                HeartbeatRow {
-                    name: name.clone(),
-                    session_id: l.session_id,
-                    last_seen_ms: l.last_seen_ms,
-                    load: l.load.clone(),
-                }
+            .map(|(name, l)| HeartbeatRow {
+                name: name.clone(),
+                session_id: l.session_id,
+                last_seen_ms: l.last_seen_ms,
+                load: l.load.clone(),
             })
             .collect()
+    }
+
+    /// These heartbeats are in the database: they are no longer pending, unless a newer
+    /// one arrived meanwhile.
+    pub fn written(&self, rows: &[HeartbeatRow]) {
+        let mut table = self.lock();
+        for row in rows {
+            if let Some(live) = table.get_mut(&row.name)
+                && live.session_id == row.session_id
+                && live.last_seen_ms == row.last_seen_ms
+            {
+                live.dirty = false;
+            }
+        }
+    }
+
+    /// Whether `session_id` is the open session of `node` on this replica.
+    pub fn is_current(&self, node: &str, session_id: i64) -> bool {
+        self.lock()
+            .get(node)
+            .is_some_and(|l| l.session_id == session_id)
+    }
+
+    /// The nodes with a session open on this replica: they are alive whatever the
+    /// database says of them.
+    pub fn live_nodes(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
     }
 
     pub fn len(&self) -> usize {
@@ -154,10 +180,33 @@ mod tests {
         sessions.open("node-b", 2, 10);
         sessions.touch("node-a", 1, 30, None);
         sessions.touch("node-b", 99, 30, None); // a stale session id is ignored
-        let rows = sessions.take_dirty();
+        let rows = sessions.pending_heartbeats();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].name, "node-a");
         assert_eq!(rows[0].last_seen_ms, 30);
-        assert!(sessions.take_dirty().is_empty());
+        sessions.written(&rows);
+        assert!(sessions.pending_heartbeats().is_empty());
+    }
+
+    #[test]
+    fn a_heartbeat_stays_pending_until_written() {
+        let sessions = Sessions::default();
+        sessions.open("node-a", 1, 10);
+        sessions.touch("node-a", 1, 30, None);
+        // The write failed: nothing says it was written, so it is still pending.
+        let failed = sessions.pending_heartbeats();
+        assert_eq!(failed.len(), 1);
+        let rows = sessions.pending_heartbeats();
+        assert_eq!(rows[0].last_seen_ms, 30);
+        // A newer heartbeat arrives while the write runs: it stays pending after it.
+        sessions.touch("node-a", 1, 40, None);
+        sessions.written(&rows);
+        let rows = sessions.pending_heartbeats();
+        assert_eq!(rows[0].last_seen_ms, 40);
+        sessions.written(&rows);
+        assert!(sessions.pending_heartbeats().is_empty());
+        assert!(sessions.is_current("node-a", 1));
+        assert!(!sessions.is_current("node-a", 2));
+        assert_eq!(sessions.live_nodes(), ["node-a"]);
     }
 }

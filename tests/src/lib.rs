@@ -8,6 +8,7 @@ pub mod exits;
 pub mod fleet;
 pub mod packages;
 pub mod procs;
+pub mod proxy;
 
 pub use db::{Backend, TestDb};
 pub use procs::{
@@ -149,11 +150,25 @@ macro_rules! backend_tests {
 
 /// A plain HTTP/1.1 GET; the body when the answer is 200.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let (status, head, body) = http_get_any(addr, path)?;
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(format!("GET {path}: {head}"))
+    }
+}
+
+/// A plain HTTP/1.1 GET; the status code, the status line and the body, whatever the
+/// status.
+pub fn http_get_any(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<(u16, String, String), String> {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| e.to_string())?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(15)))
         .map_err(|e| e.to_string())?;
     write!(
         stream,
@@ -167,9 +182,11 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, String
     let (head, body) = answer
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
-    if head.starts_with("HTTP/1.1 200") {
-        Ok(body.to_string())
-    } else {
-        Err(format!("GET {path}: {head}"))
-    }
+    let status_line = head.lines().next().unwrap_or_default().to_string();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {status_line:?}"))?;
+    Ok((status, status_line, body.to_string()))
 }

@@ -77,13 +77,25 @@ fn replicas_share_one_fleet() {
     );
     let took = back["connected_at_ms"].as_i64().unwrap_or(i64::MAX) - killed_at;
     assert!(took <= 5000, "node-b failed over in {took} ms");
-    let after = r1.wait_instance(
-        "demo.far",
-        "node-b",
-        "reported through replica 1",
-        20 * S,
-        |i| i["reported_at_ms"].as_i64() >= Some(killed_at),
-    );
+    // The agent sends every status on a new session, before its first heartbeat; a report
+    // that changes nothing is not written. Once a heartbeat of the new session is written
+    // and nothing waits, the row says what the agent reported through replica 1.
+    r1.wait_node("node-b", "a heartbeat through replica 1", 20 * S, |n| {
+        n["last_seen_ms"].as_i64() > back["connected_at_ms"].as_i64()
+    });
+    let r1_http = std::net::SocketAddr::from(([127, 0, 0, 1], r1.http_port));
+    corral_tests::wait_until("replica 1 has written what it got", 20 * S, || {
+        let body = corral_tests::http_get(r1_http, "/health")?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        if v["waiting"]["statuses"] == 0 {
+            Ok(())
+        } else {
+            Err(body)
+        }
+    });
+    let after = r1
+        .instance("demo.far", "node-b")
+        .expect("demo.far on node-b");
     assert_eq!(
         (&after["pid"], after["restarts"].as_u64()),
         (&running["pid"], Some(0)),

@@ -183,7 +183,7 @@ fn heartbeats_and_sweep(backend: Backend) {
         let b = store.get_node("node-b").await.expect("get").expect("b");
         assert_eq!(b.last_seen_ms, 1000);
 
-        let swept = store.sweep_stale_nodes(5000).await.expect("sweep");
+        let swept = store.sweep_stale_nodes(5000, &[]).await.expect("sweep");
         assert_eq!(swept, ["node-b"]);
         assert_eq!(
             store
@@ -205,7 +205,7 @@ fn heartbeats_and_sweep(backend: Backend) {
         );
         assert!(
             store
-                .sweep_stale_nodes(5000)
+                .sweep_stale_nodes(5000, &[])
                 .await
                 .expect("sweep")
                 .is_empty()
@@ -550,24 +550,24 @@ fn change_feed(backend: Backend) {
     with_store(backend, async |store| {
         assert_eq!(store.last_change_id().await.expect("last"), 0);
         store
-            .record_changes(&["node-a".into(), "node-b".into()], "desired", 1000)
+            .record_changes(&["node-a".into(), "node-b".into()], "desired", "r1", 1000)
             .await
             .expect("record");
         store
-            .record_changes(&[], "discovery", 5000)
+            .record_changes(&[], "discovery", "r2", 5000)
             .await
             .expect("record");
         let all = store.changes_after(0).await.expect("after");
-        let kinds: Vec<(&str, &str)> = all
+        let kinds: Vec<(&str, &str, &str)> = all
             .iter()
-            .map(|c| (c.node.as_str(), c.kind.as_str()))
+            .map(|c| (c.node.as_str(), c.kind.as_str(), c.replica.as_str()))
             .collect();
         assert_eq!(
             kinds,
             [
-                ("node-a", "desired"),
-                ("node-b", "desired"),
-                ("", "discovery")
+                ("node-a", "desired", "r1"),
+                ("node-b", "desired", "r1"),
+                ("", "discovery", "r2")
             ]
         );
         assert_eq!(
@@ -652,5 +652,126 @@ fn health_causes_and_event_kinds(backend: Backend) {
                 .expect("config")
                 .is_empty()
         );
+    });
+}
+
+backend_tests! {
+    heartbeats_bring_a_swept_node_back,
+    events_retention_holds_at_every_write,
+    node_reports_are_what_was_written,
+}
+
+/// A node swept `down` while its heartbeats could not be written is `up` again when they
+/// are; a heartbeat of a session that has ended since changes nothing.
+fn heartbeats_bring_a_swept_node_back(backend: Backend) {
+    with_store(backend, async |store| {
+        store
+            .insert_node(&join("node-a", "h1", 1, 1000))
+            .await
+            .expect("insert");
+        store
+            .insert_node(&join("node-b", "h2", 2, 1000))
+            .await
+            .expect("insert");
+        // node-b has a session open on the sweeping replica: it is not swept.
+        let swept = store
+            .sweep_stale_nodes(5000, &["node-b".into()])
+            .await
+            .expect("sweep");
+        assert_eq!(swept, ["node-a"]);
+        let beat = |name: &str, session_id, last_seen_ms| HeartbeatRow {
+            name: name.into(),
+            session_id,
+            last_seen_ms,
+            load: None,
+        };
+        let revived = store
+            .write_heartbeats(&[beat("node-a", 1, 9000), beat("node-b", 2, 9000)])
+            .await
+            .expect("heartbeats");
+        assert_eq!(revived, ["node-a"], "only node-a was down");
+        let a = store.get_node("node-a").await.expect("get").expect("a");
+        assert_eq!((a.state, a.last_seen_ms), (NodeState::Up, 9000));
+
+        // The session ends (at 9500); a heartbeat of it written late does not revive it.
+        assert!(store.mark_node_down("node-a", 1, 9500).await.expect("down"));
+        let revived = store
+            .write_heartbeats(&[beat("node-a", 1, 9400)])
+            .await
+            .expect("late heartbeat");
+        assert!(revived.is_empty());
+        let a = store.get_node("node-a").await.expect("get").expect("a");
+        assert_eq!((a.state, a.last_seen_ms), (NodeState::Down, 9500));
+    });
+}
+
+fn event(n: i64) -> corral_registry::store::EventRow {
+    corral_registry::store::EventRow {
+        id: 0,
+        at_ms: n,
+        app: "demo".into(),
+        server: "web".into(),
+        node: "node-a".into(),
+        from: "running".into(),
+        to: "exited".into(),
+        reason: format!("event {n}"),
+        kind: "state".into(),
+    }
+}
+
+/// However events arrive (one by one, in batches larger than the retention), the table
+/// never holds more than the retention, and holds the newest ones.
+fn events_retention_holds_at_every_write(backend: Backend) {
+    with_store(backend, async |store| {
+        let keep = 50;
+        let mut n = 0;
+        for batch in [1usize, 7, 1, 30, 120, 3, 64, 1, 1, 200] {
+            let events: Vec<_> = (0..batch)
+                .map(|_| {
+                    n += 1;
+                    event(n)
+                })
+                .collect();
+            store.insert_events(&events, keep).await.expect("insert");
+            let all = store
+                .list_events(None, None, 0, 10_000)
+                .await
+                .expect("list");
+            let want = n.min(keep);
+            assert_eq!(all.len() as i64, want, "after event {n}");
+            assert_eq!(all.last().map(|e| e.at_ms), Some(n), "the newest stays");
+        }
+        assert!(store.insert_events(&[], keep).await.is_ok());
+    });
+}
+
+fn node_reports_are_what_was_written(backend: Backend) {
+    use corral_registry::store::StatusReport;
+    with_store(backend, async |store| {
+        let spec = corral_registry::spec::parse(SPEC, "web.toml").expect("spec");
+        store.apply_spec(&spec, 1000).await.expect("apply");
+        let report = StatusReport {
+            app: "demo".into(),
+            server: "web".into(),
+            state: "running".into(),
+            pid: 42,
+            restarts: 3,
+            started_at_ms: 1500,
+            version: "1.0.0".into(),
+            install_version: "2.0.0".into(),
+            install_state: "downloading".into(),
+            install_percent: 35,
+            health: "healthy".into(),
+            ..StatusReport::default()
+        };
+        assert!(
+            store
+                .report_status("node-a", &report, 2000)
+                .await
+                .expect("report")
+        );
+        let rows = store.node_reports("node-a").await.expect("reports");
+        assert_eq!(rows, [("demo".into(), "web".into(), report)]);
+        assert!(store.node_reports("node-z").await.expect("none").is_empty());
     });
 }

@@ -422,9 +422,9 @@ impl Renderer {
             .store
             .hold_config((app, server, node), &names)
             .await?;
-        shared
-            .store
-            .record_event(&EventRow {
+        crate::actual::event(
+            shared,
+            EventRow {
                 id: 0,
                 at_ms: now,
                 app: app.clone(),
@@ -438,8 +438,8 @@ impl Renderer {
                      its changes are held and the last files kept until the next apply or `registry server restart`",
                     spec.config_restart.max_per_minute
                 ),
-            })
-            .await?;
+            },
+        );
         // Files that do not restart it still follow.
         if change.old != change.without_restart {
             self.deliver(shared, &change.key, &change.without_restart, None, now)

@@ -12,13 +12,19 @@ pub struct Change {
     pub node: String,
     /// "desired" or "discovery".
     pub kind: String,
+    /// The replica that wrote the row ([`crate::server::Shared::replica_id`]); empty for
+    /// rows written before replicas were named.
+    pub replica: String,
 }
 
 impl Store {
+    /// Appends one row per node (one row with no node when `nodes` is empty), written by
+    /// `replica`.
     pub async fn record_changes(
         &self,
         nodes: &[String],
         kind: &str,
+        replica: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self
@@ -28,10 +34,11 @@ impl Store {
         let empty = [String::new()];
         let nodes = if nodes.is_empty() { &empty[..] } else { nodes };
         for node in nodes {
-            sqlx::query("INSERT INTO changes (at_ms, node, kind) VALUES (?, ?, ?)")
+            sqlx::query("INSERT INTO changes (at_ms, node, kind, replica) VALUES (?, ?, ?, ?)")
                 .bind(now_ms)
                 .bind(node)
                 .bind(kind)
+                .bind(replica)
                 .execute(&mut *tx)
                 .await
                 .map_err(query_err("recording changes"))?;
@@ -40,18 +47,20 @@ impl Store {
     }
 
     pub async fn changes_after(&self, id: i64) -> Result<Vec<Change>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, node, kind FROM changes WHERE id > ? ORDER BY id LIMIT 10000")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_err("following changes"))?;
+        let rows = sqlx::query(
+            "SELECT id, node, kind, replica FROM changes WHERE id > ? ORDER BY id LIMIT 10000",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err("following changes"))?;
         rows.iter()
             .map(|r| {
                 Ok(Change {
                     id: r.try_get("id")?,
                     node: r.try_get("node")?,
                     kind: r.try_get("kind")?,
+                    replica: r.try_get("replica")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

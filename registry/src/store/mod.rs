@@ -6,22 +6,26 @@
 
 mod changes;
 pub mod configs;
+mod health;
 mod leases;
 mod metrics;
 mod nodes;
 mod packages;
 pub mod ports;
+mod reports;
 mod rollouts;
 mod servers;
 mod staging;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor};
 
+pub use changes::Change;
 pub use configs::{Delivered, DeliveredTable};
 pub use nodes::{HeartbeatRow, JoinRecord, LoadRow, NodeRow, NodeState};
 pub use packages::{CHUNK_SIZE, PackageRow};
@@ -50,6 +54,28 @@ pub enum StoreError {
         url: String,
         source: sqlx::migrate::MigrateError,
     },
+    #[error("cannot read the database file {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the database file {path} is gone (deleted or moved away): nothing is written until it is back"
+    )]
+    FileGone { path: String },
+    #[error(
+        "the database file {path} is not the one the registry opened (it was replaced): restart the registry to use the new file"
+    )]
+    FileReplaced { path: String },
+    #[error("the database file {path} is not writable: {source}")]
+    NotWritable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot reach the database: {source}")]
+    Unreachable { source: sqlx::Error },
+    #[error("the database did not answer within {within:?}")]
+    NoAnswer { within: Duration },
     #[error("database error while {doing}: {source}")]
     Query {
         doing: &'static str,
@@ -104,6 +130,27 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// What the pool connects to, for a connection of the health check's own.
+    connect_url: Secret,
+    /// The SQLite file opened, to notice when it is deleted or replaced; None for MySQL
+    /// and `:memory:`.
+    file: Option<Arc<health::DbFile>>,
+}
+
+/// A database URL that may hold a password: never shown.
+#[derive(Clone)]
+struct Secret(Arc<str>);
+
+impl Secret {
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
 }
 
 /// The URL with any password replaced by `***`, for messages and logs.
@@ -134,20 +181,33 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         install_default_drivers();
         let shown = redact_url(url);
-        let (backend, connect_url) = if let Some(path) = sqlite_path(url) {
+        let open_err = |source| StoreError::Open {
+            url: shown.clone(),
+            source,
+        };
+        // `create_url` may create the database; `connect_url` (what the pool uses later)
+        // must not: a new, empty file where the database was deleted would hide that.
+        let (backend, create_url, connect_url, path) = if let Some(path) = sqlite_path(url) {
             let dir = Path::new(path)
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty());
-            if let Some(dir) = dir.filter(|_| path != ":memory:") {
+            let on_disk = path != ":memory:";
+            if let Some(dir) = dir.filter(|_| on_disk) {
                 std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
                     path: dir.display().to_string(),
                     source,
                 })?;
             }
-            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
+            let create = format!("sqlite://{path}?mode=rwc");
+            let connect = if on_disk {
+                format!("sqlite://{path}?mode=rw")
+            } else {
+                create.clone()
+            };
+            (Backend::Sqlite, create, connect, on_disk.then_some(path))
         } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
             let url = url.replacen("mariadb://", "mysql://", 1);
-            (Backend::MySql, url)
+            (Backend::MySql, url.clone(), url, None)
         } else {
             return Err(StoreError::UnsupportedUrl { url: shown });
         };
@@ -158,18 +218,35 @@ impl Store {
         };
         // One plain connection first: a pool only reports "timed out" when the server
         // refuses, while a connection names the real cause.
-        let probe = sqlx::AnyConnection::connect(&connect_url)
+        let probe = sqlx::AnyConnection::connect(&create_url)
             .await
-            .map_err(|source| StoreError::Open {
-                url: shown.clone(),
-                source,
-            })?;
+            .map_err(open_err)?;
         let _ = probe.close().await;
+        let file = path.map(health::DbFile::at).transpose()?.map(Arc::new);
+        if let Some(file) = &file {
+            // SQLite would open it read-only without a word, and fail at the first write.
+            file.writable()?;
+        }
+        let (on_acquire, on_connect) = (file.clone(), file.clone());
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(10))
+            // A connection to a file that is no longer at its path would write where
+            // nobody reads: it is closed, and a new one opens only the file opened first.
+            .before_acquire(move |_, _| {
+                let usable = on_acquire.as_ref().is_none_or(|f| f.same().is_ok());
+                Box::pin(async move { Ok(usable) })
+            })
             .after_connect(move |conn, _| {
+                let file = on_connect.clone();
                 Box::pin(async move {
+                    if let Some(file) = file {
+                        // A connection opened while the file cannot be written stays
+                        // read-only for good: none is opened then.
+                        file.same()
+                            .and_then(|()| file.writable())
+                            .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))?;
+                    }
                     if backend == Backend::Sqlite {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
@@ -179,18 +256,12 @@ impl Store {
             })
             .connect(&connect_url)
             .await
-            .map_err(|source| StoreError::Open {
-                url: shown.clone(),
-                source,
-            })?;
+            .map_err(open_err)?;
         if backend == Backend::Sqlite {
             // WAL lets readers go on while a write commits; it is a property of the file.
             pool.execute("PRAGMA journal_mode = WAL")
                 .await
-                .map_err(|source| StoreError::Open {
-                    url: shown.clone(),
-                    source,
-                })?;
+                .map_err(open_err)?;
         }
         let migrator = match backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
@@ -203,7 +274,12 @@ impl Store {
                 url: shown.clone(),
                 source,
             })?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            connect_url: Secret(connect_url.into()),
+            file,
+        })
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write lock at once

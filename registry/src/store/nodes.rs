@@ -242,20 +242,32 @@ impl Store {
     }
 
     /// Writes the last-seen times and load reports of many sessions in one transaction.
-    pub async fn write_heartbeats(&self, rows: &[HeartbeatRow]) -> Result<(), StoreError> {
+    /// A heartbeat of a node's current session also marks it `up`: a sweep may have
+    /// marked it `down` while its heartbeats could not be written. One of a session that
+    /// ended since (which set a later last-seen time) changes nothing. Returns the nodes
+    /// that were `down` and are `up` again.
+    pub async fn write_heartbeats(&self, rows: &[HeartbeatRow]) -> Result<Vec<String>, StoreError> {
+        let doing = "writing heartbeats";
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let mut tx = self
-            .begin_write()
-            .await
-            .map_err(query_err("writing heartbeats"))?;
+        let mut tx = self.begin_write().await.map_err(query_err(doing))?;
+        let down: std::collections::HashSet<String> =
+            sqlx::query("SELECT name FROM nodes WHERE state <> 'up'")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query_err(doing))?
+                .iter()
+                .map(|r| r.try_get("name"))
+                .collect::<Result<_, _>>()
+                .map_err(query_err(doing))?;
+        let mut revived = Vec::new();
         for row in rows {
             let load = row.load.clone().unwrap_or_default();
-            sqlx::query(
-                "UPDATE nodes SET last_seen_ms = ?, cpu_percent = ?, load1 = ?, load5 = ?, \
-                 load15 = ?, memory_used_bytes = ?, disk_free_bytes = ?, has_load = ? \
-                 WHERE name = ? AND session_id = ?",
+            let done = sqlx::query(
+                "UPDATE nodes SET state = 'up', last_seen_ms = ?, cpu_percent = ?, load1 = ?, \
+                 load5 = ?, load15 = ?, memory_used_bytes = ?, disk_free_bytes = ?, has_load = ? \
+                 WHERE name = ? AND session_id = ? AND last_seen_ms < ?",
             )
             .bind(row.last_seen_ms)
             .bind(load.cpu_percent)
@@ -267,16 +279,26 @@ impl Store {
             .bind(i64::from(row.load.is_some()))
             .bind(&row.name)
             .bind(row.session_id)
+            .bind(row.last_seen_ms)
             .execute(&mut *tx)
             .await
-            .map_err(query_err("writing heartbeats"))?;
+            .map_err(query_err(doing))?;
+            if done.rows_affected() > 0 && down.contains(&row.name) {
+                revived.push(row.name.clone());
+            }
         }
-        tx.commit().await.map_err(query_err("writing heartbeats"))
+        tx.commit().await.map_err(query_err(doing))?;
+        Ok(revived)
     }
 
-    /// Marks `down` every node still `up` whose last-seen time is older than `cutoff_ms`:
-    /// nodes whose registry died without closing their session. Returns their names.
-    pub async fn sweep_stale_nodes(&self, cutoff_ms: i64) -> Result<Vec<String>, StoreError> {
+    /// Marks `down` every node still `up` whose last-seen time is older than `cutoff_ms`
+    /// (nodes whose registry died without closing their session), except those in `alive`
+    /// (sessions open on this replica). Returns their names.
+    pub async fn sweep_stale_nodes(
+        &self,
+        cutoff_ms: i64,
+        alive: &[String],
+    ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT name FROM nodes WHERE state = 'up' AND last_seen_ms < ?")
             .bind(cutoff_ms)
             .fetch_all(&self.pool)
@@ -287,6 +309,9 @@ impl Store {
             let name: String = row
                 .try_get("name")
                 .map_err(query_err("finding stale nodes"))?;
+            if alive.contains(&name) {
+                continue;
+            }
             let done = sqlx::query(
                 "UPDATE nodes SET state = 'down' WHERE name = ? AND state = 'up' AND last_seen_ms < ?",
             )

@@ -64,7 +64,7 @@ pub struct Assignment {
 }
 
 /// An actual-state report from an agent.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatusReport {
     pub app: String,
     pub server: String,
@@ -531,7 +531,8 @@ impl Store {
         Ok(events)
     }
 
-    /// Keeps only the newest `keep` events.
+    /// Keeps only the newest `keep` events. Writes trim as they go
+    /// ([`Store::insert_events`]); this catches up with a backlog (a lowered retention).
     pub async fn trim_events(&self, keep: i64) -> Result<u64, StoreError> {
         let max: Option<i64> = sqlx::query("SELECT MAX(id) AS m FROM events")
             .fetch_one(&self.pool)
