@@ -7,10 +7,12 @@
 
 pub mod fallback;
 pub mod health;
+pub mod install;
 pub mod memory;
 pub mod process;
 pub mod reason;
 pub mod runner;
+pub mod spec;
 pub mod state;
 
 use corral_proto::v1::{ConfigFile, PackageRef, ServerSpec};
