@@ -162,11 +162,7 @@ impl Install {
 pub fn step(mut s: Install, event: Event) -> (Install, Vec<Action>) {
     let mut actions = Vec::new();
     match event {
-        Event::Start {
-            wanted: None,
-            ready: _,
-            previous: _,
-        } => {
+        Event::Start { wanted: None, .. } => {
             s.switch = None;
             s.not_waiting();
             actions.push(Action::StartWanted);
