@@ -5,7 +5,11 @@
 //! * [`session`] + [`backoff`] — dialing the locator's registries, joining, heartbeats,
 //!   receiving the desired state and sending instance status.
 //! * [`reconcile`] — makes the host match the desired state, one runner per instance.
-//! * [`instance`] — an instance's state machine, its runner, its processes.
+//! * [`instance`] — one runner task per instance: the lifecycle and install state
+//!   machines (pure, table-tested), the runner's event loop and the code that performs
+//!   their actions (a file per concern: desired state, lifecycle, release, launch,
+//!   configs, health checker, reports), processes, health checks.
+//! * [`package`] — installing a release: download, unpack with checked entries, switch.
 //! * [`status`] — the latest instance statuses and pending events, for the session.
 //! * [`logs`] — size-based rotation of service logs.
 //! * [`identity`] — the node's secret identity in the data dir.
@@ -13,7 +17,9 @@
 //! * [`config`] — defaults, config file, environment and flags.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
 //! * [`logging`] — tracing set-up shared with the registry binary.
-//! * [`check`] — `agent check` and the run record it reads; [`notify`] — sd_notify.
+//! * [`check`] — `agent check`: the run record it reads, restarting an agent that does
+//!   not answer, the GET of `/health`; [`notify`] — sd_notify.
+//! * [`datadir`] — the data dir, its lock and pid file, writes by rename.
 
 pub mod backoff;
 pub mod check;
