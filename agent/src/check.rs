@@ -11,19 +11,17 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{File, Permissions};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
+use corral_common::health::{HEALTH_TIMEOUT, HealthError, get_health};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 
 use crate::datadir::{DataDirError, write_atomic};
 
@@ -31,8 +29,6 @@ use crate::datadir::{DataDirError, write_atomic};
 pub const RUN_FILE: &str = "agent.run.json";
 /// Where a respawned agent's stdout and stderr go, in the data dir.
 pub const LOG_FILE: &str = "agent.log";
-/// An agent that does not answer `/health` within this is not answering.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a restarted agent has to answer.
 pub const RESTART_TIMEOUT: Duration = Duration::from_secs(10);
 /// The unit `scripts/systemd/corral-agent.service` installs.
@@ -40,8 +36,6 @@ pub const SYSTEMD_UNIT: &str = "corral-agent";
 /// How long a hung agent has to exit after SIGTERM, and after SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(100);
-/// The largest `/health` body read.
-const MAX_BODY: usize = 64 * 1024;
 /// Variables that tie a process to the service manager that started it: a respawned
 /// agent must not inherit those of the `agent check` that started it.
 const MANAGER_VARS: [&str; 7] = [
@@ -455,80 +449,6 @@ async fn wait_back(data_dir: &Path, mut child: Option<&mut Child>) -> Result<u32
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("GET http://{addr}/health: {reason}")]
-pub struct HealthError {
-    pub addr: SocketAddr,
-    pub reason: String,
-}
-
-/// GETs `/health` at `addr` (an unspecified IP means this host); its JSON body (null if
-/// the body is not JSON) when the status is 2xx.
-pub async fn get_health(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<serde_json::Value, HealthError> {
-    let addr = dial_addr(addr);
-    let reason = match tokio::time::timeout(timeout, fetch_health(addr)).await {
-        Ok(Ok(body)) => return Ok(body),
-        Ok(Err(reason)) => reason,
-        Err(_) => format!("no answer within {timeout:?}"),
-    };
-    Err(HealthError { addr, reason })
-}
-
-/// Polls `/health` at `addr` until it answers 2xx: for a daemon that is ready only once
-/// it serves (the registry, after opening its database).
-pub async fn wait_healthy(addr: SocketAddr) {
-    while get_health(addr, HEALTH_TIMEOUT).await.is_err() {
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-fn dial_addr(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
-    }
-}
-
-async fn fetch_health(addr: SocketAddr) -> Result<serde_json::Value, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(conn);
-    let result = async {
-        let request = http::Request::get("/health")
-            .header(http::header::HOST, addr.to_string())
-            .header(http::header::USER_AGENT, "corral agent check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the body: {e}"))?
-            .to_bytes();
-        Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
-    }
-    .await;
-    driver.abort();
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,14 +552,6 @@ mod tests {
             .expect_err("closed")
             .to_string();
         assert!(err.contains(&closed.to_string()), "{err}");
-    }
-
-    #[test]
-    fn an_unspecified_address_is_dialed_on_loopback() {
-        let any: SocketAddr = "0.0.0.0:17892".parse().expect("addr");
-        assert_eq!(dial_addr(any).to_string(), "127.0.0.1:17892");
-        let any6: SocketAddr = "[::]:17892".parse().expect("addr");
-        assert_eq!(dial_addr(any6).to_string(), "[::1]:17892");
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use corral_agent::config::{AgentConfig, Overrides};
-use corral_agent::logging::{LogFormat, init_tracing};
+use corral_common::logging::{LogFormat, init_tracing};
+use corral_common::signal::cancel_on_shutdown_signal;
+use corral_common::tls::ClientTls;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -131,7 +133,7 @@ fn run(args: RunArgs) -> ExitCode {
         stop_services_on_exit: args.stop_services_on_exit,
         join_token: args.join_token,
         allow_root: args.allow_root,
-        tls: corral_agent::tls::ClientTls {
+        tls: ClientTls {
             ca: args.tls_ca,
             cert: args.tls_cert,
             key: args.tls_key,
@@ -163,7 +165,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(cancel_on_shutdown_signal(shutdown.clone()));
         match corral_agent::run(config, http, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -173,21 +175,4 @@ fn run(args: RunArgs) -> ExitCode {
             }
         }
     })
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
-    shutdown.cancel();
 }

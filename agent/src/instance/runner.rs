@@ -426,13 +426,9 @@ impl Runner {
             let Some(sig) = mode.strip_prefix("signal:") else {
                 continue;
             };
-            let name = if sig.starts_with("SIG") {
-                sig.to_string()
-            } else {
-                format!("SIG{sig}")
-            };
-            match name.parse::<Signal>() {
-                Ok(signal) => {
+            let name = corral_common::signal::canonical(sig);
+            match corral_common::signal::parse(sig) {
+                Some(signal) => {
                     info!(instance = %self.name, signal = %name, "config changed; signalling the process");
                     if let Err(e) =
                         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
@@ -440,7 +436,7 @@ impl Runner {
                         self.last_error = format!("cannot send {name} to pid {pid}: {e}");
                     }
                 }
-                Err(_) => self.last_error = format!("unknown signal {name:?} in on_change"),
+                None => self.last_error = format!("unknown signal {name:?} in on_change"),
             }
         }
     }
@@ -721,7 +717,7 @@ impl Runner {
             .spec
             .stop
             .as_ref()
-            .and_then(|s| s.signal.parse().ok())
+            .and_then(|s| corral_common::signal::parse(&s.signal))
             .unwrap_or(Signal::SIGTERM)
     }
 

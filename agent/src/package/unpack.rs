@@ -5,8 +5,7 @@ use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::check::{Budget, Kind, check_entry};
-use super::{Limits, PackageError};
+use corral_common::archive::{Budget, Kind, Limits, PackageError, check_entry};
 
 /// Bytes per write when unpacking a file.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -268,7 +267,7 @@ mod tests {
         let err = unpack(archive(&many).as_slice(), &dir.path().join("r2"), limits)
             .expect_err("too many");
         assert!(matches!(err, PackageError::TooManyEntries { .. }), "{err}");
-        let err = super::super::check::check_archive(&b"not a gzip stream"[..], limits)
+        let err = corral_common::archive::check_archive(&b"not a gzip stream"[..], limits)
             .expect_err("corrupt");
         assert!(matches!(err, PackageError::Corrupt(_)), "{err}");
     }

@@ -1,16 +1,57 @@
-//! The rules for package entries.
+//! What a package (a `.tar.gz` release of a server) may contain. The same rules decide on
+//! both sides: the registry checks them while a package is uploaded, the agent again while
+//! it unpacks (a package is never trusted because of where it came from).
 //!
 //! Refused: absolute paths, `..` components, symlinks and hard links that point outside
 //! the release, device files, fifos and any other special file. Allowed: regular files,
 //! directories, and links that stay inside. Set-uid, set-gid and sticky bits are dropped
-//! on unpack. The unpacked size and the entry count are capped.
+//! on unpack. The unpacked size and the entry count are capped ([`Limits`]).
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
-use super::{Limits, PackageError};
+/// The default of [`Limits::max_unpacked_bytes`]: a package may unpack to at most this
+/// many bytes...
+pub const MAX_UNPACKED_SIZE: u64 = 4 << 30;
+/// ... and hold this many entries ([`Limits::max_entries`]).
+pub const MAX_PACKAGE_ENTRIES: u64 = 100_000;
+
+/// Limits on what a package may unpack to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Sum of the sizes of all files.
+    pub max_unpacked_bytes: u64,
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_unpacked_bytes: MAX_UNPACKED_SIZE,
+            max_entries: MAX_PACKAGE_ENTRIES,
+        }
+    }
+}
+
+/// Why a package was refused; names the offending entry.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("entry {entry:?}: {why}")]
+    Entry { entry: String, why: String },
+    #[error("the package unpacks to more than {limit} bytes")]
+    TooBig { limit: u64 },
+    #[error("the package has more than {limit} entries")]
+    TooManyEntries { limit: u64 },
+    #[error("the package is not a valid .tar.gz: {0}")]
+    Corrupt(std::io::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
 
 /// What a checked entry is.
 #[derive(Debug, PartialEq, Eq)]
