@@ -150,16 +150,11 @@ pub enum ConfigError {
 /// Parses a comma-separated locator list. Entries without a scheme get `http://`.
 pub fn parse_locator(text: &str) -> Result<Vec<Uri>, ConfigError> {
     let mut out = Vec::new();
-    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let with_scheme = if entry.contains("://") {
-            entry.to_string()
-        } else {
-            format!("http://{entry}")
-        };
+    for (entry, uri) in corral_proto::locator::entries(text) {
         let bad = || ConfigError::BadLocator {
             entry: entry.to_string(),
         };
-        let uri: Uri = with_scheme.parse().map_err(|_| bad())?;
+        let uri = uri.ok_or_else(bad)?;
         let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
         let host_ok = uri.host().is_some_and(|h| !h.is_empty());
         let path_ok = uri.path() == "/" || uri.path().is_empty();
