@@ -9,6 +9,7 @@
 //! * [`tls`] — the client side of TLS: the registry's CA, our certificate for mTLS.
 //! * [`archive`] — what a package may contain, and its size limits: the registry checks
 //!   uploads, the agent checks again while it unpacks.
+//! * [`metrics`] — Prometheus text for `/metrics`, gauges set at scrape time.
 //! * [`config_file`] — reading a TOML config file, unknown keys refused.
 //! * [`fs`] — reading a file with an error that names it; absolute paths.
 //! * [`time`] — `now_ms`, the clock of every `*_ms` field.
@@ -22,6 +23,7 @@ pub mod config_file;
 pub mod fs;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod signal;
 pub mod time;
