@@ -574,26 +574,4 @@ mod tests {
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).expect("log");
         assert!(log.contains("node=from-record"), "{log}");
     }
-
-    /// The template `scripts/install.sh` installs as /etc/corral/agent.toml.example must
-    /// parse with every key uncommented (unknown keys are errors).
-    #[test]
-    fn the_installed_agent_config_template_parses() {
-        let template =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/systemd/agent.toml.example");
-        let text = std::fs::read_to_string(&template).expect("read template");
-        let uncommented: String = text
-            .lines()
-            .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if rest.contains(" = ") => rest,
-                _ => l,
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        assert!(uncommented.contains("locator = "), "{uncommented}");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("agent.toml");
-        std::fs::write(&path, uncommented).expect("write");
-        crate::config::read_file(&path, true).expect("template parses");
-    }
 }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use corral_common::config_file::{self, ConfigFileError};
+use corral_common::config_file::{self, ConfigFileError, first_zero};
 use corral_common::fs::absolute;
 use corral_common::tls::ClientTls;
 use serde::Deserialize;
@@ -272,26 +272,21 @@ impl AgentConfig {
                 .unwrap_or(defaults::MAX_PACKAGE_ENTRIES),
         };
         // Zero cannot work for these; refused rather than quietly turned into 1.
-        for (what, n) in [
+        let zero = first_zero(&[
             ("log_max_size", config.log_max_size),
             ("keep_releases", config.keep_releases as u64),
             ("max_unpacked_size", config.max_unpacked_size),
             ("max_package_entries", config.max_package_entries),
-        ] {
-            if n == 0 {
-                return Err(ConfigError::Zero { what });
-            }
-        }
-        for (what, d) in [
+        ])
+        .or(first_zero(&[
             ("reconnect_initial", config.reconnect_initial),
             ("reconnect_max", config.reconnect_max),
             ("connect_timeout", config.connect_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::Zero { what });
-            }
+        ]));
+        match zero {
+            Some(what) => Err(ConfigError::Zero { what }),
+            None => Ok(config),
         }
-        Ok(config)
     }
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use corral_agent::config::{AgentConfig, Overrides};
-use corral_common::logging::{LogFormat, init_tracing};
+use corral_common::logging::LogArgs;
 use corral_common::signal::cancel_on_shutdown_signal;
 use corral_common::tls::ClientTls;
 use tokio_util::sync::CancellationToken;
@@ -19,12 +19,8 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Log format.
-    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -85,7 +81,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose, cli.log_format);
+    cli.log.init();
     match cli.command {
         Command::Run(args) => run(*args),
         Command::Check(args) => check(args),

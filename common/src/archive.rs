@@ -159,14 +159,14 @@ pub fn check_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<(PathBuf, Kind)
 }
 
 /// Counts entries and bytes against the limits.
-pub struct Budget {
+struct Budget {
     limits: Limits,
     entries: u64,
     bytes: u64,
 }
 
 impl Budget {
-    pub fn new(limits: Limits) -> Budget {
+    fn new(limits: Limits) -> Budget {
         Budget {
             limits,
             entries: 0,
@@ -174,7 +174,7 @@ impl Budget {
         }
     }
 
-    pub fn entry(&mut self) -> Result<(), PackageError> {
+    fn entry(&mut self) -> Result<(), PackageError> {
         self.entries += 1;
         if self.entries > self.limits.max_entries {
             return Err(PackageError::TooManyEntries {
@@ -184,7 +184,7 @@ impl Budget {
         Ok(())
     }
 
-    pub fn bytes(&mut self, n: u64) -> Result<(), PackageError> {
+    fn bytes(&mut self, n: u64) -> Result<(), PackageError> {
         self.bytes = self.bytes.saturating_add(n);
         if self.bytes > self.limits.max_unpacked_bytes {
             return Err(PackageError::TooBig {
@@ -195,28 +195,41 @@ impl Budget {
     }
 }
 
-/// Reads a whole `.tar.gz` stream and checks every entry, writing nothing. The
-/// registry runs this on an upload as it arrives.
-pub fn check_archive(reader: impl Read, limits: Limits) -> Result<u64, PackageError> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+/// Walks an archive's entries (`archive`: the tar stream, already decompressed),
+/// checking each one's header and counting it against the limits, then hands it to
+/// `each` with its cleaned path and kind. `each` returns how many bytes of file content
+/// it read, which count against the size limit. The number of entries.
+pub fn walk<R: Read>(
+    archive: R,
+    limits: Limits,
+    mut each: impl FnMut(&mut tar::Entry<'_, R>, PathBuf, Kind) -> Result<u64, PackageError>,
+) -> Result<u64, PackageError> {
+    let mut archive = tar::Archive::new(archive);
     let mut budget = Budget::new(limits);
     let mut count = 0;
     for entry in archive.entries().map_err(PackageError::Corrupt)? {
         let mut entry = entry.map_err(PackageError::Corrupt)?;
         budget.entry()?;
-        let (_, kind) = check_entry(&entry)?;
-        if let Kind::File { .. } = kind {
-            // Count what really comes out, not what the header claims.
-            let n = std::io::copy(
-                &mut (&mut entry).take(limits.max_unpacked_bytes + 1),
-                &mut std::io::sink(),
-            )
-            .map_err(PackageError::Corrupt)?;
-            budget.bytes(n)?;
-        }
+        let (path, kind) = check_entry(&entry)?;
+        budget.bytes(each(&mut entry, path, kind)?)?;
         count += 1;
     }
     Ok(count)
+}
+
+/// Reads a whole `.tar.gz` stream and checks every entry, writing nothing. The
+/// registry runs this on an upload as it arrives.
+pub fn check_archive(reader: impl Read, limits: Limits) -> Result<u64, PackageError> {
+    let gz = flate2::read::GzDecoder::new(reader);
+    walk(gz, limits, |entry, _, kind| match kind {
+        // Count what really comes out, not what the header claims.
+        Kind::File { .. } => std::io::copy(
+            &mut entry.take(limits.max_unpacked_bytes + 1),
+            &mut std::io::sink(),
+        )
+        .map_err(PackageError::Corrupt),
+        _ => Ok(0),
+    })
 }
 
 #[cfg(test)]

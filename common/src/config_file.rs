@@ -33,6 +33,17 @@ pub fn read<T: DeserializeOwned + Default>(
         })
 }
 
+/// The name of the first of `settings` that is zero (a count of 0, a zero duration): for
+/// settings where zero cannot work, which are refused rather than quietly taken as 1.
+pub fn first_zero<T: Default + PartialEq + Copy>(
+    settings: &[(&'static str, T)],
+) -> Option<&'static str> {
+    settings
+        .iter()
+        .find(|(_, value)| *value == T::default())
+        .map(|(what, _)| *what)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +73,12 @@ mod tests {
         std::fs::write(&path, "name = \"a\"\n").expect("write");
         let keys: Keys = read(&path, true).expect("read");
         assert_eq!(keys.name.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn the_first_zero_is_named() {
+        assert_eq!(first_zero(&[("a", 1u64), ("b", 0), ("c", 0)]), Some("b"));
+        assert_eq!(first_zero(&[("a", std::time::Duration::ZERO)]), Some("a"));
+        assert_eq!(first_zero::<u64>(&[("a", 1)]), None);
     }
 }

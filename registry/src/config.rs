@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use corral_common::archive::Limits;
-use corral_common::config_file::{self, ConfigFileError};
+use corral_common::config_file::{self, ConfigFileError, first_zero};
 use serde::Deserialize;
 
 /// Defaults, in one place.
@@ -146,18 +146,14 @@ pub fn parse_addr(what: &'static str, value: &str) -> Result<SocketAddr, ConfigE
 
 impl RegistryConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (what, d) in [
+        // Zero cannot work for these (no package could be uploaded, a download would
+        // never end): refused rather than taken.
+        let zero = first_zero(&[
             ("heartbeat_interval", self.heartbeat_interval),
             ("node_timeout", self.node_timeout),
             ("flush_interval", self.flush_interval),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::Zero { what });
-            }
-        }
-        // Zero cannot work for these (no package could be uploaded, a download would
-        // never end): refused rather than taken.
-        for (what, n) in [
+        ])
+        .or(first_zero(&[
             ("max_package_size", self.max_package_size),
             ("max_unpacked_size", self.package_limits.max_unpacked_bytes),
             ("max_package_entries", self.package_limits.max_entries),
@@ -165,10 +161,9 @@ impl RegistryConfig {
                 "download_rate (--download-rate)",
                 self.download_rate.unwrap_or(1),
             ),
-        ] {
-            if n == 0 {
-                return Err(ConfigError::Zero { what });
-            }
+        ]));
+        if let Some(what) = zero {
+            return Err(ConfigError::Zero { what });
         }
         if self.admin_tokens.iter().any(String::is_empty) {
             return Err(ConfigError::EmptyToken {

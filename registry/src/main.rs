@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use corral_common::archive;
-use corral_common::logging::{LogFormat, init_tracing};
+use corral_common::logging::LogArgs;
 use corral_common::signal::cancel_on_shutdown_signal;
 use corral_registry::cli::node::NodeCommand;
 use corral_registry::cli::package::{PackageCommand, PatchArgs, RollbackArgs, RolloutCommand};
@@ -26,12 +26,8 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Log format.
-    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     /// The admin commands' options (--addr, --token, -o ...), accepted before or after
     /// the subcommand.
     #[command(flatten)]
@@ -306,7 +302,7 @@ fn main() -> ExitCode {
     let admin = |result| cli_result(corral_registry::cli::finish(result, client));
     match cli.command {
         Command::Serve(args) => {
-            init_tracing(cli.verbose, cli.log_format);
+            cli.log.init();
             let config = match serve_config(args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -317,7 +313,7 @@ fn main() -> ExitCode {
             rt.block_on(serve(config))
         }
         Command::Dev(args) => {
-            init_tracing(cli.verbose, cli.log_format);
+            cli.log.init();
             let opts = DevOptions {
                 db: args.db,
                 listen: args.listen,
