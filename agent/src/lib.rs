@@ -16,10 +16,13 @@
 //! * [`facts`] — host facts and load reports from sysinfo.
 //! * [`config`] — defaults, config file, environment and flags.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
-//! * [`logging`] — tracing set-up shared with the registry binary.
 //! * [`check`] — `agent check`: the run record it reads, restarting an agent that does
-//!   not answer, the GET of `/health`; [`notify`] — sd_notify.
+//!   not answer.
 //! * [`datadir`] — the data dir, its lock and pid file, writes by rename.
+//! * [`package`] — unpacking and installing releases.
+//!
+//! What the registry binary uses too (tracing set-up, sd_notify, client TLS, the package
+//! rules, signals, time, the GET of `/health`) is in `corral_common`.
 
 pub mod backoff;
 pub mod check;
@@ -29,15 +32,12 @@ pub mod facts;
 pub mod http;
 pub mod identity;
 pub mod instance;
-pub mod logging;
 pub mod logs;
 pub mod metrics;
-pub mod notify;
 pub mod package;
 pub mod reconcile;
 pub mod session;
 pub mod status;
-pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -63,13 +63,8 @@ pub struct Context {
     pub channel: watch::Sender<Option<tonic::transport::Channel>>,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// The clock of every `*_ms` field the agent reports (its modules take it from here).
+pub use corral_common::time::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -171,8 +166,9 @@ pub async fn run(
     );
     // The HTTP side is bound and the run loop starts: tell systemd (READY=1, watchdog
     // pings, STOPPING=1 once `shutdown` is cancelled).
-    let notifier =
-        tokio::spawn(notify::Notifier::from_env().run(std::future::ready(()), shutdown.clone()));
+    let notifier = tokio::spawn(
+        corral_common::notify::Notifier::from_env().run(std::future::ready(()), shutdown.clone()),
+    );
     let result = session::run(ctx.clone(), shutdown.clone()).await;
     shutdown.cancel();
     let _ = reconciler.await;

@@ -64,10 +64,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         FleetCounts::default()
     };
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, corral_common::metrics::CONTENT_TYPE)],
         shared.metrics.encode_fleet(&counts),
     )
 }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use corral_agent::logging::{LogFormat, init_tracing};
+use corral_common::archive;
+use corral_common::logging::LogArgs;
+use corral_common::signal::cancel_on_shutdown_signal;
 use corral_registry::cli::node::NodeCommand;
 use corral_registry::cli::package::{PackageCommand, PatchArgs, RollbackArgs, RolloutCommand};
 use corral_registry::cli::server::{ApplyArgs, EventsArgs, ServerCommand};
@@ -24,12 +26,8 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Log format.
-    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     /// The admin commands' options (--addr, --token, -o ...), accepted before or after
     /// the subcommand.
     #[command(flatten)]
@@ -213,15 +211,13 @@ fn serve_config(args: ServeArgs) -> Result<RegistryConfig, config::ConfigError> 
         max_package_size: file
             .max_package_size
             .map_or(defaults::MAX_PACKAGE_SIZE, |b| b.as_u64()),
-        package_limits: corral_agent::package::Limits {
+        package_limits: archive::Limits {
             max_unpacked_bytes: file
                 .max_unpacked_size
-                .map_or(corral_agent::config::defaults::MAX_UNPACKED_SIZE, |b| {
-                    b.as_u64()
-                }),
+                .map_or(archive::MAX_UNPACKED_SIZE, |b| b.as_u64()),
             max_entries: file
                 .max_package_entries
-                .unwrap_or(corral_agent::config::defaults::MAX_PACKAGE_ENTRIES),
+                .unwrap_or(archive::MAX_PACKAGE_ENTRIES),
         },
         download_rate: args
             .download_rate
@@ -306,7 +302,7 @@ fn main() -> ExitCode {
     let admin = |result| cli_result(corral_registry::cli::finish(result, client));
     match cli.command {
         Command::Serve(args) => {
-            init_tracing(cli.verbose, cli.log_format);
+            cli.log.init();
             let config = match serve_config(args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -317,7 +313,7 @@ fn main() -> ExitCode {
             rt.block_on(serve(config))
         }
         Command::Dev(args) => {
-            init_tracing(cli.verbose, cli.log_format);
+            cli.log.init();
             let opts = DevOptions {
                 db: args.db,
                 listen: args.listen,
@@ -328,7 +324,7 @@ fn main() -> ExitCode {
             };
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(wait_for_signal(shutdown.clone()));
+                tokio::spawn(cancel_on_shutdown_signal(shutdown.clone()));
                 match dev::run(opts, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -417,12 +413,12 @@ async fn serve(config: RegistryConfig) -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(cancel_on_shutdown_signal(shutdown.clone()));
     // systemd (Type=notify): READY=1 once /health answers (the database is open),
     // watchdog pings, STOPPING=1 on shutdown. A no-op without NOTIFY_SOCKET.
     let http_addr = http.local_addr().unwrap_or(config.http);
-    let notifier = tokio::spawn(corral_agent::notify::Notifier::from_env().run(
-        corral_agent::check::wait_healthy(http_addr),
+    let notifier = tokio::spawn(corral_common::notify::Notifier::from_env().run(
+        corral_common::health::wait_healthy(http_addr),
         shutdown.clone(),
     ));
     let result = corral_registry::run(config, grpc, http, shutdown.clone()).await;
@@ -441,21 +437,4 @@ async fn serve(config: RegistryConfig) -> ExitCode {
             }
         }
     }
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
-    shutdown.cancel();
 }

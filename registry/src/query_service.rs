@@ -18,8 +18,7 @@ pub struct QueryService {
 
 /// A name must look like `APP.SERVER.ADAPTER`.
 fn check_name(name: &str) -> Result<(), Status> {
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+    if corral_proto::names::split_service(name).is_none() {
         return Err(Status::invalid_argument(format!(
             "service name {} must be APP.SERVER.ADAPTER, e.g. demo.echo.Main",
             corral_proto::text::quoted(name)

@@ -10,9 +10,8 @@
 //!
 //! * `record.rs` — the run record;
 //! * `restart.rs` — starting an agent that does not answer again, and waiting for it;
-//! * `health.rs` — the GET of `/health`.
+//! * the GET of `/health` is `corral_common::health` (the registry's `dev` waits on it too).
 
-mod health;
 mod record;
 mod restart;
 
@@ -21,15 +20,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use health::{HealthError, get_health, wait_healthy};
+pub use corral_common::health::{HEALTH_TIMEOUT, HealthError, get_health, wait_healthy};
 pub use record::RunRecord;
 
 /// The run record's file name in the data dir.
 pub const RUN_FILE: &str = "agent.run.json";
 /// Where a respawned agent's stdout and stderr go, in the data dir.
 pub const LOG_FILE: &str = "agent.log";
-/// An agent that does not answer `/health` within this is not answering.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a restarted agent has to answer.
 pub const RESTART_TIMEOUT: Duration = Duration::from_secs(10);
 /// The unit `scripts/systemd/corral-agent.service` installs.
@@ -276,27 +273,5 @@ mod tests {
         assert!(why.contains("exited"), "{verdict}");
         let log = std::fs::read_to_string(dir.path().join(LOG_FILE)).expect("log");
         assert!(log.contains("node=from-record"), "{log}");
-    }
-
-    /// The template `scripts/install.sh` installs as /etc/corral/agent.toml.example must
-    /// parse with every key uncommented (unknown keys are errors).
-    #[test]
-    fn the_installed_agent_config_template_parses() {
-        let template =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/systemd/agent.toml.example");
-        let text = std::fs::read_to_string(&template).expect("read template");
-        let uncommented: String = text
-            .lines()
-            .map(|l| match l.strip_prefix("# ") {
-                Some(rest) if rest.contains(" = ") => rest,
-                _ => l,
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        assert!(uncommented.contains("locator = "), "{uncommented}");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("agent.toml");
-        std::fs::write(&path, uncommented).expect("write");
-        crate::config::read_file(&path, true).expect("template parses");
     }
 }

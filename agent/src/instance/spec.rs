@@ -29,12 +29,12 @@ pub fn policy(spec: &ServerSpec) -> Policy {
     }
 }
 
-/// The signal that asks the spec's process group to stop: its `stop.signal` (a full
-/// name, "SIGINT"), SIGTERM when it names none or one that is not a signal.
+/// The signal that asks the spec's process group to stop: its `stop.signal` ("SIGINT",
+/// or "INT"), SIGTERM when it names none or one that is not a signal.
 pub fn stop_signal(spec: &ServerSpec) -> Signal {
     spec.stop
         .as_ref()
-        .and_then(|s| s.signal.parse().ok())
+        .and_then(|s| corral_common::signal::parse(&s.signal))
         .unwrap_or(Signal::SIGTERM)
 }
 
@@ -67,13 +67,10 @@ pub fn on_change(mode: &str) -> OnChange {
     let Some(sig) = mode.strip_prefix("signal:") else {
         return OnChange::Nothing;
     };
-    let name = if sig.starts_with("SIG") {
-        sig.to_string()
-    } else {
-        format!("SIG{sig}")
-    };
-    let signal = name.parse::<Signal>().ok();
-    OnChange::Signal { name, signal }
+    OnChange::Signal {
+        name: corral_common::signal::canonical(sig),
+        signal: corral_common::signal::parse(sig),
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +121,7 @@ mod tests {
         #[rustfmt::skip]
         let table = [
             ("a full name", with("SIGINT", 500), Signal::SIGINT, Duration::from_millis(500)),
-            ("a short name is not read", with("INT", 0), Signal::SIGTERM, Duration::ZERO),
+            ("a short name", with("INT", 0), Signal::SIGINT, Duration::ZERO),
             ("no signal", with("", 10), Signal::SIGTERM, Duration::from_millis(10)),
             ("no stop section", ServerSpec::default(), Signal::SIGTERM, Duration::from_secs(10)),
         ];

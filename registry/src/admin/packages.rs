@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::sync::mpsc as std_mpsc;
 
-use corral_agent::package::check::check_archive;
+use corral_common::archive::check_archive;
 use corral_proto::v1::upload_chunk::Body;
 use corral_proto::v1::{
     ListPackagesRequest, ListPackagesResponse, PackageInfo, RemovePackageRequest,

@@ -717,16 +717,10 @@ fn stop(c: &mut Checker, table: &Table) -> Stop {
     let signal = c
         .string(t, "signal", "stop.signal")
         .unwrap_or_else(|| defaults::STOP_SIGNAL.into());
-    let canonical = if signal.starts_with("SIG") {
-        signal.clone()
-    } else {
-        format!("SIG{signal}")
-    };
-    let valid = canonical
-        .parse::<nix::sys::signal::Signal>()
-        .is_ok_and(|s| {
-            s != nix::sys::signal::Signal::SIGKILL && s != nix::sys::signal::Signal::SIGSTOP
-        });
+    let canonical = corral_common::signal::canonical(&signal);
+    let valid = corral_common::signal::parse(&signal).is_some_and(|s| {
+        s != nix::sys::signal::Signal::SIGKILL && s != nix::sys::signal::Signal::SIGSTOP
+    });
     if !valid {
         c.err("stop.signal", format!("{} is not a signal a process can handle (e.g. \"SIGTERM\", \"SIGINT\", \"SIGQUIT\")", quoted(&signal)));
     }

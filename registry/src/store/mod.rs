@@ -312,13 +312,8 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// The clock every `*_ms` column is written with (the registry's modules take it from here).
+pub use corral_common::time::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -549,17 +549,8 @@ impl Store {
     }
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+/// At most `max` bytes of a string, cut at a character boundary.
+pub(crate) use corral_proto::text::prefix as truncate;
 
 impl Store {
     /// Makes `version` the server's release: in its spec and for every instance (the end

@@ -1,6 +1,5 @@
-//! A GET of an agent's (or the registry's) `/health` over plain HTTP/1, with a
-//! timeout and a cap on the body: for `agent check`, and for waiting until a daemon
-//! serves.
+//! Asking a daemon's `/health` whether it serves: `agent check` asks the local agent, and
+//! the registry waits for its own `/health` before it tells systemd it is ready.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -9,8 +8,10 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use tokio::net::TcpStream;
 
-use super::{HEALTH_TIMEOUT, POLL};
-
+/// A daemon that does not answer `/health` within this is not answering.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often [`wait_healthy`] asks again.
+const POLL: Duration = Duration::from_millis(100);
 /// The largest `/health` body read.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -90,7 +91,53 @@ async fn fetch_health(addr: SocketAddr) -> Result<serde_json::Value, String> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// Answers every request with `response`, written as raw HTTP/1.1.
+    async fn answering(response: &'static str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(response.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_2xx_answer_is_healthy_and_its_body_read() {
+        let ok = answering("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{\"pid\":7}").await;
+        let body = get_health(ok, HEALTH_TIMEOUT).await.expect("healthy");
+        assert_eq!(body["pid"], 7);
+        wait_healthy(ok).await;
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_address_and_the_status() {
+        let sick = answering("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+        let err = get_health(sick, HEALTH_TIMEOUT).await.expect_err("503");
+        assert!(err.reason.contains("HTTP 503"), "{err}");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind");
+        let err = get_health(closed, HEALTH_TIMEOUT)
+            .await
+            .expect_err("closed");
+        assert!(err.to_string().contains(&closed.to_string()), "{err}");
+    }
 
     #[test]
     fn an_unspecified_address_is_dialed_on_loopback() {
