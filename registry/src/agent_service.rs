@@ -20,8 +20,8 @@ use tracing::{info, warn};
 
 use crate::configs::instance::{self, Placement};
 use crate::join;
-use crate::server::Shared;
 use crate::sessions::Opened;
+use crate::state::Shared;
 use crate::store::{Delivered, EventRow, LoadRow, StatusReport, Store, StoreError, now_ms};
 
 /// How long a new session may take to send its Hello.
@@ -88,9 +88,9 @@ impl Agent for AgentService {
         }
         let now = now_ms();
         let admitted = match join::admit(
-            &shared.store,
+            shared.store(),
             &hello,
-            shared.config.join_token.as_deref(),
+            shared.config().join_token.as_deref(),
             now,
         )
         .await
@@ -102,23 +102,23 @@ impl Agent for AgentService {
             }
         };
         let opened = shared
-            .sessions
+            .sessions()
             .open(&admitted.node, admitted.session_id, now);
         info!(node = %admitted.node, %peer, session = admitted.session_id, "node up");
         crate::actual::session_opened(shared, &admitted.node, admitted.session_id).await;
-        shared.discovery_changed().await;
+        shared.discovery_changed();
 
         let (tx, rx) = mpsc::channel(16);
         let welcome = RegistryMessage {
             body: Some(RegistryBody::Welcome(Welcome {
-                heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
+                heartbeat_interval_ms: shared.config().heartbeat_interval.as_millis() as u64,
                 registry_version: env!("CARGO_PKG_VERSION").to_string(),
             })),
         };
         // The channel is new and empty; this cannot fail.
         let _ = tx.try_send(Ok(welcome));
         let shared = shared.clone();
-        self.shared.tracker.spawn(async move {
+        self.shared.spawn(async move {
             run_session(shared, admitted, inbound, tx, opened).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -150,7 +150,7 @@ impl std::fmt::Display for End {
 /// checked it is valid; here we check there is one).
 fn require_client_cert<T>(shared: &Shared, request: &Request<T>) -> Result<(), Status> {
     let mtls = shared
-        .config
+        .config()
         .tls
         .as_ref()
         .is_some_and(|t| t.client_ca.is_some());
@@ -168,7 +168,7 @@ fn require_client_cert<T>(shared: &Shared, request: &Request<T>) -> Result<(), S
 /// changed (the agent restarts it for the new spec anyway); every other change of a file
 /// is the config renderer's to deliver ([`crate::configs`]).
 pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, StoreError> {
-    let store = &shared.store;
+    let store = shared.store();
     let assignments = store.node_assignments(node).await?;
     let node_row = store.get_node(node).await?;
     let (node_ip, data_dir) = node_row
@@ -199,7 +199,7 @@ pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, 
         let mut files = delivered.get(&key).cloned().unwrap_or_default();
         let stale = files.is_empty() || files.values().any(|d| d.fingerprint != fingerprint);
         if stale && !a.spec.configs.is_empty() {
-            let tables = tables.get_or_insert_with(|| shared.discovery.render_tables());
+            let tables = tables.get_or_insert_with(|| shared.discovery().render_tables());
             let mut fresh = BTreeMap::new();
             for c in &a.spec.configs {
                 match instance::file(&a.spec, &c.name, &ctx, tables) {
@@ -285,7 +285,7 @@ async fn send_desired(
             let msg = RegistryMessage {
                 body: Some(RegistryBody::Desired(desired)),
             };
-            shared.metrics.desired_sent.inc();
+            shared.metrics().desired_sent.inc();
             tx.send(Ok(msg)).await.is_ok()
         }
         Err(err) => {
@@ -358,7 +358,7 @@ async fn run_session(
 ) {
     let node = admitted.node.as_str();
     let id = admitted.session_id;
-    shared.metrics.sessions_open.inc();
+    shared.metrics().sessions_open.inc();
     let mut end = if send_desired(&shared, node, &tx).await {
         None
     } else {
@@ -366,30 +366,30 @@ async fn run_session(
     };
     while end.is_none() {
         tokio::select! {
-            () = shared.shutdown.cancelled() => end = Some(End::Shutdown),
+            () = shared.shutdown().cancelled() => end = Some(End::Shutdown),
             () = opened.replaced.cancelled() => end = Some(End::Replaced),
             () = opened.changed.notified() => {
                 // Instances may have been added or reset: their next reports are written.
-                shared.actual.forget(node);
+                shared.actual().forget(node);
                 if !send_desired(&shared, node, &tx).await {
                     end = Some(End::Closed);
                 }
             }
-            next = tokio::time::timeout(shared.config.node_timeout, inbound.message()) => {
+            next = tokio::time::timeout(shared.config().node_timeout, inbound.message()) => {
                 match next {
                     Err(_) => end = Some(End::Silent),
                     Ok(Ok(None)) => end = Some(End::Closed),
                     Ok(Err(status)) => end = Some(End::Broken(status)),
                     Ok(Ok(Some(msg))) => match msg.body {
                         Some(AgentBody::Heartbeat(hb)) => {
-                            shared.sessions.touch(node, id, now_ms(), hb.load.as_ref().map(load_row));
+                            shared.sessions().touch(node, id, now_ms(), hb.load.as_ref().map(load_row));
                         }
                         Some(AgentBody::Status(status)) => {
-                            shared.sessions.touch(node, id, now_ms(), None);
+                            shared.sessions().touch(node, id, now_ms(), None);
                             record_status(&shared, node, id, status).await;
                         }
                         Some(AgentBody::Event(event)) => {
-                            shared.sessions.touch(node, id, now_ms(), None);
+                            shared.sessions().touch(node, id, now_ms(), None);
                             record_event(&shared, node, event);
                         }
                         Some(AgentBody::Hello(_)) | None => {
@@ -402,8 +402,8 @@ async fn run_session(
     }
     let end = end.unwrap_or(End::Closed);
     drop(tx);
-    shared.metrics.sessions_open.dec();
-    if shared.sessions.close(node, id) {
+    shared.metrics().sessions_open.dec();
+    if shared.sessions().close(node, id) {
         crate::actual::session_ended(&shared, node, id, &end).await;
     } else {
         info!(node, session = id, reason = %end, "session replaced");

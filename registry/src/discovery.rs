@@ -25,9 +25,9 @@ use corral_proto::v1::Endpoint;
 use tokio::sync::{Notify, watch};
 use tracing::warn;
 
-use crate::server::Shared;
 use crate::spec::Spec;
 use crate::spec::render::{InstanceEntry, InstanceTable, Tables};
+use crate::state::Shared;
 use crate::store::{Store, StoreError};
 
 /// How often the table is recomputed with no poke. Every change that matters pokes (here,
@@ -532,11 +532,11 @@ pub async fn run(shared: Arc<Shared>) {
     let mut safety = tokio::time::interval(SAFETY_NET);
     loop {
         tokio::select! {
-            () = shared.shutdown.cancelled() => {
-                shared.discovery.close_watches();
+            () = shared.shutdown().cancelled() => {
+                shared.discovery().close_watches();
                 return;
             }
-            () = shared.discovery.poke.notified() => {}
+            () = shared.discovery().poke.notified() => {}
             _ = safety.tick() => {}
         }
         if let Err(e) = shared.refresh_discovery().await {

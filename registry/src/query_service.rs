@@ -10,7 +10,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::discovery::Table;
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub struct QueryService {
     pub shared: Arc<Shared>,
@@ -47,7 +47,7 @@ impl Query for QueryService {
     async fn find(&self, request: Request<FindRequest>) -> Result<Response<Endpoints>, Status> {
         let name = request.into_inner().name;
         check_name(&name)?;
-        lookup(&self.shared.discovery.table(), &name).map(Response::new)
+        lookup(&self.shared.discovery().table(), &name).map(Response::new)
     }
 
     type WatchStream = EndpointStream;
@@ -61,7 +61,7 @@ impl Query for QueryService {
     ) -> Result<Response<EndpointStream>, Status> {
         let name = request.into_inner().name;
         check_name(&name)?;
-        let rx = self.shared.discovery.watch_name(&name);
+        let rx = self.shared.discovery().watch_name(&name);
         let stream = WatchStream::new(rx).map(move |eps| {
             Ok(Endpoints {
                 name: name.clone(),

@@ -15,7 +15,7 @@ use corral_proto::v1::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub use nodes::node_to_proto;
 

@@ -13,8 +13,8 @@ use tracing::{info, warn};
 use super::freeze::Memory;
 use super::instance::{self, Placement};
 use super::plan::{InFlight, InstanceKey, Observed, Planner, Settle, next_batch};
-use crate::server::Shared;
 use crate::spec::Spec;
+use crate::state::Shared;
 use crate::store::{Delivered, EventRow, InstanceRow, StoreError, now_ms};
 
 const LEASE_NAME: &str = "config-renderer";
@@ -36,8 +36,8 @@ struct Renderer {
 
 /// Runs until shutdown: takes the lease when free and renders while it holds it.
 pub async fn run(shared: Arc<Shared>) {
-    let mut tables = shared.discovery.subscribe_instances();
-    let mut recomputed = shared.discovery.subscribe_recomputes();
+    let mut tables = shared.discovery().subscribe_instances();
+    let mut recomputed = shared.discovery().subscribe_recomputes();
     let mut r = Renderer {
         planner: Planner::default(),
         memory: Memory::default(),
@@ -48,7 +48,7 @@ pub async fn run(shared: Arc<Shared>) {
     let mut renewed = Instant::now() - LEASE;
     loop {
         tokio::select! {
-            () = shared.shutdown.cancelled() => break,
+            () = shared.shutdown().cancelled() => break,
             _ = tables.changed() => {}
             _ = recomputed.changed() => {}
             () = tokio::time::sleep_until(wake) => {}
@@ -58,10 +58,10 @@ pub async fn run(shared: Arc<Shared>) {
         if renewed.elapsed() >= LEASE / 5 {
             renewed = Instant::now();
             let held = shared
-                .store
+                .store()
                 .lease(
                     LEASE_NAME,
-                    &shared.replica_id,
+                    shared.replica_id(),
                     now,
                     now + LEASE.as_millis() as i64,
                 )
@@ -69,7 +69,7 @@ pub async fn run(shared: Arc<Shared>) {
             match held {
                 Ok(true) => {
                     if r.leading_since.is_none() {
-                        info!(replica = %shared.replica_id, "rendering configs for the fleet");
+                        info!(replica = %shared.replica_id(), "rendering configs for the fleet");
                         r.leading_since = Some(now);
                     }
                 }
@@ -95,8 +95,8 @@ pub async fn run(shared: Arc<Shared>) {
     }
     if r.leading_since.is_some() {
         let _ = shared
-            .store
-            .release_lease(LEASE_NAME, &shared.replica_id)
+            .store()
+            .release_lease(LEASE_NAME, shared.replica_id())
             .await;
     }
 }
@@ -137,7 +137,7 @@ fn limit_ms(spec: &Spec) -> i64 {
 impl Renderer {
     /// One pass over every instance with config files; the next time something is due.
     async fn pass(&mut self, shared: &Shared, now: i64) -> Result<Option<i64>, StoreError> {
-        let store = &shared.store;
+        let store = shared.store();
         let servers: HashMap<(String, String), Spec> = store
             .list_servers()
             .await?
@@ -179,11 +179,11 @@ impl Renderer {
         let mut absent = store.rollout_absences().await?;
         absent.extend(self.planner.restarting_now().cloned());
         let (live, frozen) = self.memory.tables(
-            &shared.discovery.table(),
-            &shared.discovery.instances(),
+            &shared.discovery().table(),
+            &shared.discovery().instances(),
             &absent,
         );
-        let grace = shared.config.node_timeout / 2;
+        let grace = shared.config().node_timeout / 2;
         let in_grace = self
             .leading_since
             .is_some_and(|since| now - since < grace.as_millis() as i64);
@@ -387,7 +387,7 @@ impl Renderer {
     ) -> Result<bool, StoreError> {
         let (app, server, node) = key;
         if !shared
-            .store
+            .store()
             .deliver_configs((app, server, node), files, restart_at, now)
             .await?
         {
@@ -402,7 +402,7 @@ impl Renderer {
             restart = restart_at.is_some(),
             "config delivered"
         );
-        shared.resend(std::slice::from_ref(node)).await;
+        shared.resend(std::slice::from_ref(node));
         Ok(true)
     }
 
@@ -419,7 +419,7 @@ impl Renderer {
         let names = change.restarting.join(", ");
         warn!(instance = %format!("{app}.{server}@{node}"), config = %names, "config flapping: holding its changes");
         shared
-            .store
+            .store()
             .hold_config((app, server, node), &names)
             .await?;
         crate::actual::event(
