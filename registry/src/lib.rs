@@ -24,6 +24,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod configs;
+pub mod desired;
 pub mod dev;
 pub mod discovery;
 pub mod download;

@@ -228,15 +228,11 @@ impl Renderer {
             } else {
                 let pkg_key = (i.app.clone(), i.server.clone(), i.desired_version.clone());
                 if !packages.contains_key(&pkg_key) {
-                    let p = crate::agent_service::package_ref(
-                        store,
-                        &i.app,
-                        &i.server,
-                        &i.desired_version,
-                    )
-                    .await
-                    .ok()
-                    .flatten();
+                    let p =
+                        crate::desired::package_ref(store, &i.app, &i.server, &i.desired_version)
+                            .await
+                            .ok()
+                            .flatten();
                     packages.insert(pkg_key.clone(), p);
                 }
                 packages.get(&pkg_key).cloned().flatten()
