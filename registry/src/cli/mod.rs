@@ -5,10 +5,13 @@
 //! (exit 1). A flag whose value cannot work is a usage error (exit 2), refused before
 //! anything is sent ([`args`]).
 
+pub mod apply;
 pub mod args;
+pub mod events;
 pub mod node;
 pub mod output;
 pub mod package;
+pub mod rollout;
 pub mod server;
 
 use clap::{Args, ValueEnum};

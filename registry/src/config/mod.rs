@@ -9,6 +9,10 @@ use corral_common::archive::Limits;
 use corral_common::config_file::{self, ConfigFileError, first_zero};
 use serde::Deserialize;
 
+mod serve;
+
+pub use serve::{ServeArgs, load};
+
 /// Defaults, in one place.
 pub mod defaults {
     use std::time::Duration;
