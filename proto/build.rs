@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/corral/v1/agent.proto",
         "proto/corral/v1/admin.proto",
         "proto/corral/v1/query.proto",
+        "proto/corral/v1/types.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

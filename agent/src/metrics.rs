@@ -2,6 +2,8 @@
 //! node's instances by state and restarts by server, computed from the status board at
 //! scrape time.
 
+use corral_proto::v1::InstanceState;
+use corral_proto::wire::name_of;
 use std::collections::BTreeMap;
 
 use corral_common::metrics::{Exposition, ServerLabels, StateLabels, replace};
@@ -86,7 +88,7 @@ impl Metrics {
         let mut states = BTreeMap::<String, i64>::new();
         let mut restarts = BTreeMap::<String, i64>::new();
         for s in statuses {
-            *states.entry(s.state.clone()).or_default() += 1;
+            *states.entry(name_of::<InstanceState>(s.state)).or_default() += 1;
             let sum = restarts
                 .entry(format!("{}.{}", s.app, s.server))
                 .or_default();
@@ -124,7 +126,7 @@ mod tests {
         InstanceStatus {
             app: "demo".into(),
             server: server.into(),
-            state: state.into(),
+            state: corral_proto::wire::number::<InstanceState>(state),
             restarts,
             ..Default::default()
         }

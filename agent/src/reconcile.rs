@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_proto::v1::{DesiredState, ServerSpec};
+use corral_proto::v1::{DesiredState, HealthStatus, InstanceState, InstanceStatus};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -90,13 +90,13 @@ impl Reconciler {
         for inst in state.instances {
             let name = format!("{}.{}", inst.app, inst.server);
             wanted.push(name.clone());
-            let d = Desired {
-                spec: inst.spec.unwrap_or_default(),
-                running: inst.running,
-                restart_counter: inst.restart_counter,
-                prefetch: inst.prefetch,
-                configs: inst.configs,
-                ordinal: inst.ordinal,
+            let (app, server) = (inst.app.clone(), inst.server.clone());
+            let d = match Desired::from_wire(inst) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.refuse(&name, &app, &server, &e);
+                    continue;
+                }
             };
             match self.runners.get_mut(&name) {
                 Some(h) if !h.removing => {
@@ -107,7 +107,7 @@ impl Reconciler {
                 // Being removed: let that finish; the next desired state starts it anew.
                 Some(_) => {}
                 None => {
-                    let (tx, task) = Runner::spawn(self.shared.clone(), inst.app, inst.server, d);
+                    let (tx, task) = Runner::spawn(self.shared.clone(), app, server, d);
                     self.runners.insert(
                         name,
                         Handle {
@@ -129,6 +129,32 @@ impl Reconciler {
         if !self.swept {
             self.swept = true;
             self.sweep_leftovers(&wanted).await;
+        }
+    }
+
+    /// The registry sent an instance this agent cannot read: nothing changes for it, and
+    /// its status says why (its runner's, or a `failed` one for an instance not run yet).
+    fn refuse(&mut self, name: &str, app: &str, server: &str, error: &str) {
+        let message = format!(
+            "the registry sent a spec this agent cannot run ({error}); nothing was changed: \
+             is the agent older than the registry?"
+        );
+        warn!(instance = %name, cause = %error, "refused a desired state");
+        match self.runners.get(name) {
+            Some(h) if !h.removing => {
+                let _ = h.tx.try_send(Command::Refused(message));
+            }
+            _ => {
+                let status = InstanceStatus {
+                    app: app.to_string(),
+                    server: server.to_string(),
+                    state: InstanceState::Failed.into(),
+                    health: HealthStatus::NoCheck.into(),
+                    last_error: message,
+                    ..InstanceStatus::default()
+                };
+                self.shared.board.publish(name, status, None);
+            }
         }
     }
 
@@ -155,14 +181,7 @@ impl Reconciler {
                 continue;
             }
             info!(instance = %name, pid = memory.pid, "stopping a leftover instance that is no longer assigned");
-            let d = Desired {
-                spec: ServerSpec::default(),
-                running: false,
-                restart_counter: memory.acted_counter,
-                prefetch: None,
-                configs: Vec::new(),
-                ordinal: 0,
-            };
+            let d = Desired::leftover(&memory);
             let (tx, task) =
                 Runner::spawn(self.shared.clone(), app.to_string(), server.to_string(), d);
             let _ = tx.send(Command::Remove).await;

@@ -101,7 +101,7 @@ mod tests {
         InstanceStatus {
             app: "a".into(),
             server: "s".into(),
-            state: state.into(),
+            state: corral_proto::wire::number::<corral_proto::v1::InstanceState>(state),
             ..Default::default()
         }
     }
@@ -116,7 +116,10 @@ mod tests {
         board.publish("a.s", status("running"), None);
         let (changed, _, events) = board.changes(seq);
         assert_eq!(changed.len(), 1);
-        assert_eq!(changed[0].state, "running");
+        assert_eq!(
+            changed[0].state,
+            i32::from(corral_proto::v1::InstanceState::Running)
+        );
         assert!(events.is_empty());
     }
 }

@@ -11,11 +11,12 @@
 
 /// The protocol version an agent announces in its first message. The registry refuses
 /// versions it does not speak with a message naming both.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 pub mod locator;
 pub mod names;
 pub mod text;
+pub mod wire;
 
 mod hash;
 pub use hash::spec_hash;

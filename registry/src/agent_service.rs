@@ -8,9 +8,10 @@ use corral_proto::v1::agent_message::Body as AgentBody;
 use corral_proto::v1::agent_server::Agent;
 use corral_proto::v1::registry_message::Body as RegistryBody;
 use corral_proto::v1::{
-    AgentMessage, DownloadChunk, DownloadRequest, InstanceEvent, InstanceStatus, LoadReport,
-    RegistryMessage, Welcome,
+    AgentMessage, DownloadChunk, DownloadRequest, EventKind, HealthStatus, InstallState,
+    InstanceEvent, InstanceState, InstanceStatus, LoadReport, RegistryMessage, Welcome,
 };
+use corral_proto::wire::{Named, Unknown, known};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -183,11 +184,34 @@ async fn send_desired(
     }
 }
 
+/// The names of a report's typed fields; an error names the field this registry cannot
+/// read (a value it does not know, or one left out).
+fn report_names(status: &InstanceStatus) -> Result<(String, String, String), Unknown> {
+    let state = known::<InstanceState>("InstanceStatus.state", status.state)?;
+    let health = known::<HealthStatus>("InstanceStatus.health", status.health)?;
+    let install = match &status.install {
+        Some(i) => known::<InstallState>("Install.state", i.state)?.name(),
+        None => "",
+    };
+    Ok((
+        state.name().to_string(),
+        health.name().to_string(),
+        install.to_string(),
+    ))
+}
+
 async fn record_status(shared: &Shared, node: &str, session_id: i64, status: InstanceStatus) {
+    let (state, health, install_state) = match report_names(&status) {
+        Ok(names) => names,
+        Err(e) => {
+            warn!(node, server = %format!("{}.{}", status.app, status.server), cause = %e, "refused a status report it cannot read");
+            return;
+        }
+    };
     let report = StatusReport {
         app: status.app,
         server: status.server,
-        state: status.state,
+        state,
         pid: i64::from(status.pid),
         restarts: i64::try_from(status.restarts).unwrap_or(i64::MAX),
         started_at_ms: status.started_at_ms,
@@ -199,14 +223,10 @@ async fn record_status(shared: &Shared, node: &str, session_id: i64, status: Ins
             .as_ref()
             .map(|i| i.version.clone())
             .unwrap_or_default(),
-        install_state: status
-            .install
-            .as_ref()
-            .map(|i| i.state.clone())
-            .unwrap_or_default(),
+        install_state,
         install_percent: status.install.as_ref().map_or(0, |i| i64::from(i.percent)),
         install_error: status.install.map(|i| i.error).unwrap_or_default(),
-        health: status.health,
+        health,
         health_error: status.health_error,
     };
     crate::actual::reported(shared, node, session_id, report).await;
@@ -214,6 +234,13 @@ async fn record_status(shared: &Shared, node: &str, session_id: i64, status: Ins
 
 /// Records an event under the session's node: an agent reports for its own node only.
 fn record_event(shared: &Shared, node: &str, event: InstanceEvent) {
+    let kind = match known::<EventKind>("InstanceEvent.kind", event.kind) {
+        Ok(k) => k.name().to_string(),
+        Err(e) => {
+            warn!(node, server = %format!("{}.{}", event.app, event.server), cause = %e, "refused an event it cannot read");
+            return;
+        }
+    };
     let row = EventRow {
         id: 0,
         at_ms: if event.at_ms > 0 {
@@ -227,11 +254,7 @@ fn record_event(shared: &Shared, node: &str, event: InstanceEvent) {
         from: event.from,
         to: event.to,
         reason: event.reason,
-        kind: if event.kind.is_empty() {
-            "state".into()
-        } else {
-            event.kind
-        },
+        kind,
     };
     crate::actual::event(shared, row);
 }

@@ -82,10 +82,12 @@ pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, 
             .configs
             .iter()
             .filter_map(|c| {
+                let (on_change, signal) = c.wire_on_change();
                 files.get(&c.name).map(|d| ConfigFile {
                     name: c.name.clone(),
                     content: d.content.clone(),
-                    on_change: c.on_change.clone(),
+                    on_change,
+                    signal,
                 })
             })
             .collect();

@@ -229,7 +229,8 @@ fn a_node_cannot_act_for_another() {
         let forged = InstanceStatus {
             app: "demo".into(),
             server: "app".into(),
-            state: "crash-looping".into(),
+            state: corral_proto::v1::InstanceState::CrashLooping.into(),
+            health: corral_proto::v1::HealthStatus::NoCheck.into(),
             pid: 1,
             ..InstanceStatus::default()
         };
@@ -248,7 +249,7 @@ fn a_node_cannot_act_for_another() {
                 to: "barrier".into(),
                 reason: "the forged report has been handled".into(),
                 at_ms: 0,
-                ..InstanceEvent::default()
+                kind: corral_proto::v1::EventKind::State.into(),
             })),
         })
         .await

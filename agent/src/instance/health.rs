@@ -11,6 +11,8 @@
 //! 10.0.0.1:20001: connection refused"), a timeout, or an exec check's exit and the last
 //! line of its output.
 
+use corral_proto::v1::{HealthKind, HealthStatus};
+use corral_proto::wire::Named;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,7 @@ pub enum Verdict {
 /// Where and how to probe one instance.
 #[derive(Clone, Debug)]
 pub struct Target {
+    pub kind: HealthKind,
     pub check: HealthCheck,
     /// Host and port for tcp and http checks.
     pub addr: Option<(String, u16)>,
@@ -82,6 +85,16 @@ impl Health {
     }
 
     /// "" without a check, else the verdict.
+    /// The verdict as the wire carries it.
+    pub fn status(&self) -> HealthStatus {
+        match (&self.check, self.verdict) {
+            (None, _) => HealthStatus::NoCheck,
+            (_, Verdict::Unknown) => HealthStatus::Unknown,
+            (_, Verdict::Healthy) => HealthStatus::Healthy,
+            (_, Verdict::Unhealthy) => HealthStatus::Unhealthy,
+        }
+    }
+
     pub fn report(&self) -> &'static str {
         match (&self.check, self.verdict) {
             (None, _) => "",
@@ -170,7 +183,7 @@ pub fn spawn(target: Target, tx: mpsc::Sender<Result<(), String>>) -> JoinHandle
                 Ok(r) => r,
                 Err(_) => Err(format!(
                     "{} check timed out after {}",
-                    target.check.kind,
+                    target.kind.name(),
                     humantime::format_duration(timeout)
                 )),
             };
@@ -183,20 +196,20 @@ pub fn spawn(target: Target, tx: mpsc::Sender<Result<(), String>>) -> JoinHandle
 }
 
 async fn probe(t: &Target) -> Result<(), String> {
-    match t.check.kind.as_str() {
-        "tcp" => {
+    match t.kind {
+        HealthKind::Tcp => {
             let (host, port) = t.addr.as_ref().ok_or("no address to check")?;
             TcpStream::connect((host.as_str(), *port))
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("connect to {host}:{port}: {}", io_cause(&e)))
         }
-        "http" => {
+        HealthKind::Http => {
             let (host, port) = t.addr.as_ref().ok_or("no address to check")?;
             http_get(host, *port, &t.check.path).await
         }
-        "exec" => run_exec(t.exec.as_ref().ok_or("no command to run")?).await,
-        other => Err(format!("unknown check kind {other:?}")),
+        HealthKind::Exec => run_exec(t.exec.as_ref().ok_or("no command to run")?).await,
+        HealthKind::Unspecified => Err("the check has no kind".into()),
     }
 }
 
@@ -349,7 +362,7 @@ mod tests {
         start_period_ms: u64,
     ) -> HealthCheck {
         HealthCheck {
-            kind: "tcp".into(),
+            kind: HealthKind::Tcp.into(),
             healthy_after,
             unhealthy_after,
             restart_after,
@@ -443,8 +456,9 @@ mod tests {
             l.local_addr().expect("addr").port()
         };
         let t = Target {
+            kind: HealthKind::Tcp,
             check: HealthCheck {
-                kind: "tcp".into(),
+                kind: HealthKind::Tcp.into(),
                 ..HealthCheck::default()
             },
             addr: Some(("127.0.0.1".into(), port)),

@@ -16,6 +16,7 @@
 //!                        ReportError (what runs keeps running) or only the progress
 //! ```
 
+use corral_proto::v1::InstallState;
 use corral_proto::v1::PackageRef;
 
 use super::fallback::{self, AfterFailure, Failure, Situation, Start};
@@ -104,11 +105,11 @@ pub enum Action {
     Publish,
 }
 
-/// "downloading", "ready", "failed": the states an install reports.
+/// Downloading, ready, failed: the states an install reports.
 pub fn downloading(version: &str) -> Progress {
     Progress {
         version: version.to_string(),
-        state: "downloading".into(),
+        state: InstallState::Downloading,
         ..Progress::default()
     }
 }
@@ -116,7 +117,7 @@ pub fn downloading(version: &str) -> Progress {
 pub fn ready(version: &str) -> Progress {
     Progress {
         version: version.to_string(),
-        state: "ready".into(),
+        state: InstallState::Ready,
         percent: 100,
         error: String::new(),
     }
@@ -125,7 +126,7 @@ pub fn ready(version: &str) -> Progress {
 pub fn failed(version: &str, error: &str) -> Progress {
     Progress {
         version: version.to_string(),
-        state: "failed".into(),
+        state: InstallState::Failed,
         percent: 0,
         error: error.to_string(),
     }
@@ -134,7 +135,9 @@ pub fn failed(version: &str, error: &str) -> Progress {
 impl Install {
     /// The last install of `version` failed and none runs now.
     fn failed_for(&self, version: &str) -> bool {
-        self.task.is_none() && self.progress.version == version && self.progress.state == "failed"
+        self.task.is_none()
+            && self.progress.version == version
+            && self.progress.state == InstallState::Failed
     }
 
     /// Installs `pkg` unless that install is under way already.

@@ -24,9 +24,13 @@ pub mod runner;
 pub mod spec;
 pub mod state;
 
-use corral_proto::v1::{ConfigFile, PackageRef, ServerSpec};
+use std::time::Duration;
 
-/// What the registry wants of one instance.
+use corral_proto::v1::{ConfigFile, HealthKind, InstanceSpec, PackageRef, ServerSpec, StopPolicy};
+use nix::sys::signal::Signal;
+
+/// What the registry wants of one instance, with the spec's typed parts read once (see
+/// [`spec`]): a spec with a value this agent does not know never reaches a runner.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
     pub spec: ServerSpec,
@@ -38,6 +42,66 @@ pub struct Desired {
     pub configs: Vec<ConfigFile>,
     /// 0-based within the server, stable: `CORRAL_ORDINAL`.
     pub ordinal: u32,
+    pub policy: state::Policy,
+    pub stop_signal: Signal,
+    /// Each config file's `on_change`, in the order of `configs`.
+    pub on_change: Vec<spec::OnChange>,
+    pub health_kind: Option<HealthKind>,
+}
+
+impl Desired {
+    /// Reads an instance of the desired state; an error names the field this agent
+    /// cannot read (a value it does not know, or one left out).
+    pub fn from_wire(inst: InstanceSpec) -> Result<Desired, String> {
+        let spec = inst.spec.ok_or("InstanceSpec.spec is not set")?;
+        Ok(Desired {
+            policy: spec::policy(&spec)?,
+            stop_signal: spec::stop_signal(&spec)?,
+            health_kind: spec::health_kind(&spec)?,
+            on_change: inst
+                .configs
+                .iter()
+                .map(spec::on_change)
+                .collect::<Result<_, _>>()?,
+            spec,
+            running: inst.running,
+            restart_counter: inst.restart_counter,
+            prefetch: inst.prefetch,
+            configs: inst.configs,
+            ordinal: inst.ordinal,
+        })
+    }
+
+    /// An instance a previous agent left running that is no longer assigned: stopped
+    /// (never restarted) the way its spec said when it started, or with SIGTERM and
+    /// 10 s when that spec is not known.
+    pub fn leftover(memory: &memory::Memory) -> Desired {
+        let mut spec = fallback::decode(&memory.spec).unwrap_or_default();
+        if spec.stop.is_none() {
+            spec.stop = Some(StopPolicy {
+                signal: "SIGTERM".into(),
+                timeout_ms: 10_000,
+            });
+        }
+        Desired {
+            stop_signal: spec::stop_signal(&spec).unwrap_or(Signal::SIGTERM),
+            spec,
+            running: false,
+            restart_counter: memory.acted_counter,
+            prefetch: None,
+            configs: Vec::new(),
+            ordinal: 0,
+            policy: state::Policy {
+                kind: state::RestartKind::Never,
+                min_uptime: Duration::ZERO,
+                initial_delay: Duration::ZERO,
+                max_delay: Duration::from_secs(1),
+                max_quick_failures: 1,
+            },
+            on_change: Vec::new(),
+            health_kind: None,
+        }
+    }
 }
 
 pub use corral_proto::spec_hash;

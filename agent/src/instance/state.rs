@@ -38,6 +38,21 @@ pub enum State {
 }
 
 impl State {
+    /// The state as the wire carries it.
+    pub fn wire(self) -> corral_proto::v1::InstanceState {
+        use corral_proto::v1::InstanceState as W;
+        match self {
+            State::Starting => W::Starting,
+            State::Running => W::Running,
+            State::Stopping => W::Stopping,
+            State::Stopped => W::Stopped,
+            State::Exited => W::Exited,
+            State::Backoff => W::Backoff,
+            State::CrashLooping => W::CrashLooping,
+            State::Failed => W::Failed,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Starting => "starting",

@@ -1,5 +1,7 @@
 //! Admin RPCs on instance events: list, and follow as they are recorded.
 
+use corral_proto::v1::EventKind;
+use corral_proto::wire::{Named, known, number};
 use std::time::Duration;
 
 use corral_proto::v1::{Event, ListEventsRequest, ListEventsResponse};
@@ -26,23 +28,19 @@ fn to_proto(e: EventRow) -> Event {
         from: e.from,
         to: e.to,
         reason: e.reason,
-        kind: e.kind,
+        kind: number::<EventKind>(&e.kind),
     }
 }
 
-/// The kinds of events there are.
-pub const KINDS: [&str; 3] = ["state", "health", "config"];
-
-fn kind(req: &ListEventsRequest) -> Result<Option<&str>, Status> {
-    match req.kind.as_str() {
-        "" => Ok(None),
-        k if KINDS.contains(&k) => Ok(Some(k)),
-        other => Err(Status::invalid_argument(format!(
-            "event kind {:?} is not one of {}",
-            other.chars().take(64).collect::<String>(),
-            KINDS.join(", ")
-        ))),
-    }
+/// The kind of events asked for; None: every kind.
+fn kind(req: &ListEventsRequest) -> Result<Option<&'static str>, Status> {
+    req.kind
+        .map(|k| {
+            known::<EventKind>("ListEventsRequest.kind", k)
+                .map(Named::name)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+        .transpose()
 }
 
 fn filter(req: &ListEventsRequest) -> Result<Option<(String, String)>, Status> {

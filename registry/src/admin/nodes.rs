@@ -1,10 +1,12 @@
 //! Admin RPCs on nodes.
 
 use corral_proto::names::NODE_NAME_MAX;
+use corral_proto::v1::NodeState;
 use corral_proto::v1::{
     GetNodeRequest, ListNodesRequest, ListNodesResponse, LoadReport, Node, RemoveNodeRequest,
     RemoveNodeResponse,
 };
+use corral_proto::wire::number;
 use tonic::Status;
 use tracing::info;
 
@@ -14,7 +16,7 @@ use crate::store::{NodeRow, StoreError};
 pub fn node_to_proto(row: NodeRow) -> Node {
     Node {
         name: row.name,
-        state: row.state.as_str().to_string(),
+        state: number::<NodeState>(row.state.as_str()),
         address: row.address,
         agent_version: row.agent_version,
         hostname: row.hostname,
@@ -57,7 +59,7 @@ pub async fn get(shared: &Shared, req: GetNodeRequest) -> Result<Node, Status> {
         .instances_on(&node.name)
         .await?
         .into_iter()
-        .map(|i| super::servers::instance_info(i, node.state.clone()))
+        .map(|i| super::servers::instance_info(i, node.state))
         .collect();
     Ok(node)
 }

@@ -1,6 +1,10 @@
 //! Admin RPCs on servers: list, status, start/stop/restart/undeploy (apply and expand
 //! are in [`super::apply`]).
 
+use corral_proto::v1::{
+    HealthStatus, InstallState, InstanceState, NodeState, RunState, ServerAction,
+};
+use corral_proto::wire::{known, number};
 use std::collections::{BTreeMap, HashMap};
 
 use corral_proto::v1::{
@@ -56,12 +60,12 @@ pub async fn status(
     if shared.store().get_server(app, server).await?.is_none() {
         return Err(StoreError::ServerNotFound(req.server).into());
     }
-    let node_states: HashMap<String, String> = shared
+    let node_states: HashMap<String, i32> = shared
         .store()
         .list_nodes()
         .await?
         .into_iter()
-        .map(|n| (n.name, n.state.as_str().to_string()))
+        .map(|n| (n.name, number::<NodeState>(n.state.as_str())))
         .collect();
     let instances = shared.store().instances_of(app, server).await?;
     Ok(ServerStatusResponse {
@@ -69,10 +73,8 @@ pub async fn status(
         instances: instances
             .into_iter()
             .map(|i| {
-                let node_state = node_states
-                    .get(&i.node)
-                    .cloned()
-                    .unwrap_or_else(|| "unknown".into());
+                // A node that never joined has no state: left unset.
+                let node_state = node_states.get(&i.node).copied().unwrap_or(0);
                 instance_info(i, node_state)
             })
             .collect(),
@@ -80,10 +82,10 @@ pub async fn status(
 }
 
 /// An instance as the admin API shows it (server status, node show).
-pub fn instance_info(i: InstanceRow, node_state: String) -> InstanceInfo {
+pub fn instance_info(i: InstanceRow, node_state: i32) -> InstanceInfo {
     let install = (!i.install_version.is_empty()).then(|| Install {
         version: i.install_version,
-        state: i.install_state,
+        state: number::<InstallState>(&i.install_state),
         percent: u32::try_from(i.install_percent).unwrap_or(0),
         error: i.install_error,
     });
@@ -91,8 +93,8 @@ pub fn instance_info(i: InstanceRow, node_state: String) -> InstanceInfo {
         server: format!("{}.{}", i.app, i.server),
         node_state,
         node: i.node,
-        desired: i.desired,
-        state: i.state,
+        desired: number::<RunState>(&i.desired),
+        state: number::<InstanceState>(&i.state),
         pid: u32::try_from(i.pid).unwrap_or(0),
         restarts: u64::try_from(i.restarts).unwrap_or(0),
         started_at_ms: i.started_at_ms,
@@ -100,7 +102,7 @@ pub fn instance_info(i: InstanceRow, node_state: String) -> InstanceInfo {
         last_error: i.last_error,
         version: i.version,
         reported_at_ms: i.reported_at_ms,
-        health: i.health,
+        health: number::<HealthStatus>(&i.health),
         health_error: i.health_error,
         install,
         ordinal: u32::try_from(i.ordinal).unwrap_or(0),
@@ -113,16 +115,17 @@ pub async fn control(
     req: ControlServerRequest,
 ) -> Result<ControlServerResponse, Status> {
     let (app, server) = split_server(&req.server)?;
-    let action = match req.action.as_str() {
-        "start" => Action::Start,
-        "stop" => Action::Stop,
-        "restart" => Action::Restart,
-        "undeploy" => Action::Undeploy,
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "action {} is not one of start, stop, restart, undeploy",
-                corral_proto::text::quoted(other)
-            )));
+    let action = match known::<ServerAction>("ControlServerRequest.action", req.action)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?
+    {
+        ServerAction::Start => Action::Start,
+        ServerAction::Stop => Action::Stop,
+        ServerAction::Restart => Action::Restart,
+        ServerAction::Undeploy => Action::Undeploy,
+        ServerAction::Unspecified => {
+            return Err(Status::invalid_argument(
+                "ControlServerRequest.action is not set",
+            ));
         }
     };
     let node = (!req.node.is_empty()).then_some(req.node.as_str());

@@ -2,7 +2,8 @@
 //! happen.
 
 use clap::Args;
-use corral_proto::v1::{Event, ListEventsRequest};
+use corral_proto::v1::{Event, EventKind, ListEventsRequest};
+use corral_proto::wire::name_of;
 use serde_json::{Value, json};
 
 use super::output::time_ms;
@@ -26,7 +27,7 @@ pub struct EventsArgs {
 }
 
 fn event_json(e: &Event) -> Value {
-    json!({"id": e.id, "time": time_ms(e.at_ms), "at_ms": e.at_ms, "kind": e.kind, "server": e.server,
+    json!({"id": e.id, "time": time_ms(e.at_ms), "at_ms": e.at_ms, "kind": name_of::<EventKind>(e.kind), "server": e.server,
            "node": e.node, "from": e.from, "to": e.to, "reason": e.reason})
 }
 
@@ -35,7 +36,7 @@ fn event_line(e: &Event) -> String {
     format!(
         "{}  {:<6}  {}@{}  {} -> {}  {}",
         time_ms(e.at_ms),
-        e.kind,
+        name_of::<EventKind>(e.kind),
         e.server,
         e.node,
         e.from,
@@ -50,7 +51,12 @@ pub async fn events(a: EventsArgs, args: &ClientArgs) -> Result<(), CliError> {
         server: a.server.unwrap_or_default(),
         after_id: 0,
         limit: Some(a.limit),
-        kind: a.kind.unwrap_or_default(),
+        kind: a
+            .kind
+            .as_deref()
+            .map(|k| corral_proto::wire::from_name::<EventKind>("--kind", k))
+            .transpose()
+            .map_err(CliError::Failed)?,
     };
     let print = |e: &Event| {
         if args.output == Format::Json {

@@ -2,6 +2,8 @@
 
 use clap::Subcommand;
 use corral_proto::v1::{GetNodeRequest, InstanceInfo, ListNodesRequest, Node, RemoveNodeRequest};
+use corral_proto::v1::{HealthStatus, NodeState};
+use corral_proto::wire::name_of;
 use serde_json::{Value, json};
 
 use super::output::{ago_ms, bytes, print_table, time_ms};
@@ -22,7 +24,7 @@ pub enum NodeCommand {
 pub fn node_json(n: &Node) -> Value {
     json!({
         "name": n.name,
-        "state": n.state,
+        "state": name_of::<NodeState>(n.state),
         "address": n.address,
         "agent_version": n.agent_version,
         "hostname": n.hostname,
@@ -55,7 +57,7 @@ fn print_instances(instances: &[InstanceInfo]) {
             vec![
                 i.server.clone(),
                 state_cell(i),
-                i.health.clone(),
+                name_of::<HealthStatus>(i.health),
                 pid_cell(i.pid),
                 i.version.clone(),
                 error_cell(i),
@@ -88,7 +90,7 @@ pub async fn run(cmd: NodeCommand, args: &ClientArgs) -> Result<(), CliError> {
                 .map(|n| {
                     vec![
                         n.name.clone(),
-                        n.state.clone(),
+                        name_of::<NodeState>(n.state),
                         n.address.clone(),
                         n.agent_version.clone(),
                         n.cpu_cores.to_string(),
@@ -139,7 +141,7 @@ pub async fn run(cmd: NodeCommand, args: &ClientArgs) -> Result<(), CliError> {
             );
             let rows = vec![
                 vec!["name".into(), n.name.clone()],
-                vec!["state".into(), n.state.clone()],
+                vec!["state".into(), name_of::<NodeState>(n.state)],
                 vec!["address".into(), n.address.clone()],
                 vec!["hostname".into(), n.hostname.clone()],
                 vec!["agent version".into(), n.agent_version.clone()],

@@ -4,7 +4,11 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use corral_proto::v1::{GetRolloutRequest, ListRolloutsRequest, Rollout, StartRolloutRequest};
+use corral_proto::v1::{
+    GetRolloutRequest, ListRolloutsRequest, Rollout, RolloutPhase, RolloutState,
+    StartRolloutRequest,
+};
+use corral_proto::wire::name_of;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -55,11 +59,19 @@ pub enum RolloutCommand {
     Status { id: i64 },
 }
 
+/// Whether a rollout in this state has ended.
+fn ended(state: i32) -> bool {
+    matches!(
+        RolloutState::try_from(state),
+        Ok(RolloutState::Succeeded | RolloutState::Failed | RolloutState::Interrupted)
+    )
+}
+
 fn rollout_json(r: &Rollout) -> Value {
-    json!({"id": r.id, "server": r.server, "to_version": r.to_version, "state": r.state, "error": r.error,
+    json!({"id": r.id, "server": r.server, "to_version": r.to_version, "state": name_of::<RolloutState>(r.state), "error": r.error,
            "batch": r.batch, "min_healthy_ms": r.min_healthy_ms, "deadline_ms": r.deadline_ms, "created_at": time_ms(r.created_at_ms), "updated_at": time_ms(r.updated_at_ms),
            "instances": r.instances.iter().map(|i| json!({"node": i.node, "batch": i.batch, "from_version": i.from_version,
-               "phase": i.phase, "percent": i.percent, "error": i.error})).collect::<Vec<_>>()})
+               "phase": name_of::<RolloutPhase>(i.phase), "percent": i.percent, "error": i.error})).collect::<Vec<_>>()})
 }
 
 /// Follows a rollout to its end with a progress bar per instance; Err when it failed.
@@ -92,12 +104,12 @@ async fn follow(client: &mut super::Client, id: i64, args: &ClientArgs) -> Resul
             };
             bar.set_position(u64::from(i.percent));
             bar.set_message(if i.error.is_empty() {
-                i.phase.clone()
+                name_of::<RolloutPhase>(i.phase)
             } else {
-                format!("{}: {}", i.phase, i.error)
+                format!("{}: {}", name_of::<RolloutPhase>(i.phase), i.error)
             });
         }
-        let done = matches!(r.state.as_str(), "succeeded" | "failed" | "interrupted");
+        let done = ended(r.state);
         last = Some(r);
         if done {
             break;
@@ -106,9 +118,7 @@ async fn follow(client: &mut super::Client, id: i64, args: &ClientArgs) -> Resul
     for (_, b) in &bars {
         b.finish();
     }
-    let Some(r) =
-        last.filter(|r| matches!(r.state.as_str(), "succeeded" | "failed" | "interrupted"))
-    else {
+    let Some(r) = last.filter(|r| ended(r.state)) else {
         // The registry ends a watch early only when it shuts down; the rollout itself
         // lives in the database and goes on.
         return Err(CliError::Unreachable {
@@ -124,14 +134,19 @@ async fn follow(client: &mut super::Client, id: i64, args: &ClientArgs) -> Resul
     } else {
         println!(
             "rollout {} of {} to {}: {}",
-            r.id, r.server, r.to_version, r.state
+            r.id,
+            r.server,
+            r.to_version,
+            name_of::<RolloutState>(r.state)
         );
     }
-    match r.state.as_str() {
-        "succeeded" => Ok(()),
+    match RolloutState::try_from(r.state) {
+        Ok(RolloutState::Succeeded) => Ok(()),
         _ => Err(CliError::Failed(format!(
             "rollout {} {}: {}",
-            r.id, r.state, r.error
+            r.id,
+            name_of::<RolloutState>(r.state),
+            r.error
         ))),
     }
 }
@@ -206,7 +221,7 @@ pub async fn rollouts(cmd: RolloutCommand, args: &ClientArgs) -> Result<(), CliE
                         r.id.to_string(),
                         r.server.clone(),
                         r.to_version.clone(),
-                        r.state.clone(),
+                        name_of::<RolloutState>(r.state),
                         time_ms(r.created_at_ms),
                         r.error.clone(),
                     ]
@@ -231,7 +246,7 @@ pub async fn rollouts(cmd: RolloutCommand, args: &ClientArgs) -> Result<(), CliE
                 r.id,
                 r.server,
                 r.to_version,
-                r.state,
+                name_of::<RolloutState>(r.state),
                 if r.error.is_empty() {
                     String::new()
                 } else {
@@ -246,7 +261,7 @@ pub async fn rollouts(cmd: RolloutCommand, args: &ClientArgs) -> Result<(), CliE
                         i.node.clone(),
                         i.batch.to_string(),
                         i.from_version.clone(),
-                        i.phase.clone(),
+                        name_of::<RolloutPhase>(i.phase),
                         format!("{}%", i.percent),
                         i.error.clone(),
                     ]

@@ -5,6 +5,10 @@ use corral_proto::v1::{
     ControlServerRequest, ExpandRequest, ExportServerRequest, FindRequest, InstanceInfo,
     ListServersRequest, ServerStatusRequest,
 };
+use corral_proto::v1::{
+    HealthStatus, InstallState, InstanceState, NodeState, RunState, ServerAction,
+};
+use corral_proto::wire::{Named, name_of};
 use serde_json::{Value, json};
 
 use super::output::{ago_ms, print_table, time_ms};
@@ -61,9 +65,9 @@ pub fn instance_json(i: &InstanceInfo) -> Value {
     json!({
         "server": i.server,
         "node": i.node,
-        "node_state": i.node_state,
-        "desired": i.desired,
-        "state": i.state,
+        "node_state": node_state(i),
+        "desired": name_of::<RunState>(i.desired),
+        "state": name_of::<InstanceState>(i.state),
         "pid": if i.pid == 0 { Value::Null } else { json!(i.pid) },
         "restarts": i.restarts,
         "started_at": time_ms(i.started_at_ms),
@@ -71,12 +75,16 @@ pub fn instance_json(i: &InstanceInfo) -> Value {
         "last_exit": i.last_exit,
         "last_error": i.last_error,
         "version": i.version,
-        "healthy": match i.health.as_str() { "healthy" => json!(true), "unhealthy" => json!(false), _ => Value::Null },
-        "health": i.health,
+        "healthy": match HealthStatus::try_from(i.health) {
+            Ok(HealthStatus::Healthy) => json!(true),
+            Ok(HealthStatus::Unhealthy) => json!(false),
+            _ => Value::Null,
+        },
+        "health": name_of::<HealthStatus>(i.health),
         "health_error": i.health_error,
         "install": i.install.as_ref().map(|x| json!({
             "version": x.version,
-            "state": x.state,
+            "state": name_of::<InstallState>(x.state),
             "percent": x.percent,
             "error": x.error,
         })),
@@ -88,10 +96,20 @@ pub fn instance_json(i: &InstanceInfo) -> Value {
 
 /// The STATE cell of an instance: its state, and its node's when that is not up.
 pub fn state_cell(i: &InstanceInfo) -> String {
-    if i.node_state == "up" {
-        i.state.clone()
+    let state = name_of::<InstanceState>(i.state);
+    if i.node_state == i32::from(NodeState::Up) {
+        state
     } else {
-        format!("{} (node {})", i.state, i.node_state)
+        format!("{state} (node {})", node_state(i))
+    }
+}
+
+/// The state of an instance's node; "not joined" for a node that never joined.
+fn node_state(i: &InstanceInfo) -> String {
+    if i.node_state == 0 {
+        "not joined".into()
+    } else {
+        name_of::<NodeState>(i.node_state)
     }
 }
 
@@ -175,7 +193,7 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
                         i.node.clone(),
                         i.ordinal.to_string(),
                         state_cell(i),
-                        i.desired.clone(),
+                        name_of::<RunState>(i.desired),
                         pid_cell(i.pid),
                         i.restarts.to_string(),
                         if i.started_at_ms > 0 {
@@ -184,7 +202,7 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
                             String::new()
                         },
                         i.version.clone(),
-                        i.health.clone(),
+                        name_of::<HealthStatus>(i.health),
                         i.last_exit.clone(),
                         error_cell(i),
                     ]
@@ -227,15 +245,15 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
             }
             return Ok(());
         }
-        ServerCommand::Start(t) => ("start", t),
-        ServerCommand::Stop(t) => ("stop", t),
-        ServerCommand::Restart(t) => ("restart", t),
-        ServerCommand::Undeploy(t) => ("undeploy", t),
+        ServerCommand::Start(t) => (ServerAction::Start, t),
+        ServerCommand::Stop(t) => (ServerAction::Stop, t),
+        ServerCommand::Restart(t) => (ServerAction::Restart, t),
+        ServerCommand::Undeploy(t) => (ServerAction::Undeploy, t),
     };
     let resp = client
         .control_server(ControlServerRequest {
             server: target.server.clone(),
-            action: action.to_string(),
+            action: action.into(),
             node: target.node.unwrap_or_default(),
         })
         .await?
@@ -243,10 +261,15 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
     if args.output == Format::Json {
         println!(
             "{}",
-            json!({"server": target.server, "action": action, "nodes": resp.nodes})
+            json!({"server": target.server, "action": action.name(), "nodes": resp.nodes})
         );
     } else {
-        println!("{action} {} on {}", target.server, resp.nodes.join(", "));
+        println!(
+            "{} {} on {}",
+            action.name(),
+            target.server,
+            resp.nodes.join(", ")
+        );
     }
     Ok(())
 }

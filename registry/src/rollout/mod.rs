@@ -4,6 +4,8 @@
 
 pub mod executor;
 
+use corral_proto::v1::{RolloutPhase, RolloutState};
+use corral_proto::wire::{name_of, number};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ pub async fn to_proto(shared: &Shared, r: RolloutRow) -> Result<Rollout, StoreEr
         id: r.id,
         server: format!("{}.{}", r.app, r.server),
         to_version: r.to_version,
-        state: r.state,
+        state: number::<RolloutState>(&r.state),
         error: r.error,
         batch: r.batch as u32,
         min_healthy_ms: r.min_healthy_ms as u64,
@@ -42,7 +44,7 @@ pub async fn to_proto(shared: &Shared, r: RolloutRow) -> Result<Rollout, StoreEr
                 node: i.node,
                 batch: i.batch as u32,
                 from_version: i.from_version,
-                phase: i.phase,
+                phase: number::<RolloutPhase>(&i.phase),
                 percent: i.percent as u32,
                 error: i.error,
             })
@@ -222,7 +224,7 @@ pub async fn watch(shared: Arc<Shared>, req: GetRolloutRequest) -> Result<Rollou
         if tx.send(Ok(last.clone())).await.is_err() {
             return;
         }
-        while !executor::is_final(&last.state) {
+        while !executor::is_final(name_of::<RolloutState>(last.state).as_str()) {
             tokio::select! {
                 () = shared.shutdown().cancelled() => return,
                 () = tx.closed() => return,

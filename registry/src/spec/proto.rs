@@ -1,8 +1,21 @@
 //! A spec in the wire form the agent runs it from.
 
-use corral_proto::v1::{Adapter, HealthCheck, RestartPolicy, ServerSpec, StopPolicy};
+use corral_proto::v1::{
+    Adapter, HealthCheck, HealthKind, OnChange, RestartKind, RestartPolicy, ServerSpec, StopPolicy,
+};
+use corral_proto::wire::number;
 
-use super::Spec;
+use super::{ConfigTemplate, Spec};
+
+impl ConfigTemplate {
+    /// `on_change` as the wire carries it: the mode, and the signal's name for a signal.
+    pub fn wire_on_change(&self) -> (i32, String) {
+        match self.on_change.strip_prefix("signal:") {
+            Some(signal) => (OnChange::Signal.into(), signal.to_string()),
+            None => (number::<OnChange>(&self.on_change), String::new()),
+        }
+    }
+}
 
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -27,7 +40,7 @@ impl Spec {
                 })
                 .collect(),
             restart: Some(RestartPolicy {
-                policy: self.restart.policy.clone(),
+                policy: number::<RestartKind>(&self.restart.policy),
                 min_uptime_ms: ms(self.restart.min_uptime),
                 initial_delay_ms: ms(self.restart.initial_delay),
                 max_delay_ms: ms(self.restart.max_delay),
@@ -36,7 +49,7 @@ impl Spec {
             // Filled in with the package's sha256 and size when the desired state is built.
             package: None,
             health: self.health.as_ref().map(|h| HealthCheck {
-                kind: h.kind.clone(),
+                kind: number::<HealthKind>(&h.kind),
                 adapter: h
                     .adapter
                     .clone()

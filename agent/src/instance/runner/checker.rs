@@ -3,6 +3,7 @@
 //! changed verdict is reported as a "health" event, and too many failures in a row
 //! restart the instance.
 
+use corral_proto::v1::EventKind;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -87,7 +88,15 @@ impl Runner {
                 env,
             }
         });
-        health::Target { check, addr, exec }
+        health::Target {
+            kind: self
+                .desired
+                .health_kind
+                .unwrap_or(corral_proto::v1::HealthKind::Unspecified),
+            check,
+            addr,
+            exec,
+        }
     }
 
     /// One probe's result.
@@ -100,7 +109,7 @@ impl Runner {
             self.shared.board.publish(
                 &self.name,
                 self.status(),
-                Some(self.event("health", verdict, event)),
+                Some(self.event(EventKind::Health, verdict, event)),
             );
         } else if self.health.report_error() != cause {
             self.publish(None);

@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use tracing::info;
 
 use super::Runner;
-use crate::instance::spec::{self, OnChange};
+use crate::instance::spec::OnChange;
 use crate::instance::state::Event;
 
 /// What changed config files ask of the running process.
@@ -15,21 +15,21 @@ use crate::instance::state::Event;
 enum Reaction {
     /// One file asks for a restart: that covers every other.
     Restart,
-    /// Send each signal, in order: its name, and the signal (None: no signal has it).
-    Signals(Vec<(String, Option<Signal>)>),
+    /// Send each signal, in order: its name, and the signal.
+    Signals(Vec<(String, Signal)>),
 }
 
 /// The reaction to files changed with these `on_change` modes.
-fn reaction<'a>(modes: impl IntoIterator<Item = &'a str>) -> Reaction {
-    let modes: Vec<OnChange> = modes.into_iter().map(spec::on_change).collect();
-    if modes.contains(&OnChange::Restart) {
+fn reaction<'a>(modes: impl IntoIterator<Item = &'a OnChange>) -> Reaction {
+    let modes: Vec<&OnChange> = modes.into_iter().collect();
+    if modes.contains(&&OnChange::Restart) {
         return Reaction::Restart;
     }
     Reaction::Signals(
         modes
             .into_iter()
             .filter_map(|m| match m {
-                OnChange::Signal { name, signal } => Some((name, signal)),
+                OnChange::Signal { name, signal } => Some((name.clone(), *signal)),
                 OnChange::Nothing | OnChange::Restart => None,
             })
             .collect(),
@@ -67,8 +67,9 @@ impl Runner {
             .desired
             .configs
             .iter()
-            .filter(|c| changed.contains(&c.name))
-            .map(|c| c.on_change.as_str());
+            .zip(&self.desired.on_change)
+            .filter(|(c, _)| changed.contains(&c.name))
+            .map(|(_, mode)| mode);
         let signals = match reaction(modes) {
             Reaction::Restart => {
                 self.reason = format!("config {} changed", changed.join(", "));
@@ -78,16 +79,9 @@ impl Runner {
             Reaction::Signals(signals) => signals,
         };
         for (name, signal) in signals {
-            match signal {
-                Some(signal) => {
-                    info!(instance = %self.name, signal = %name, "config changed; signalling the process");
-                    if let Err(e) =
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-                    {
-                        self.last_error = format!("cannot send {name} to pid {pid}: {e}");
-                    }
-                }
-                None => self.last_error = format!("unknown signal {name:?} in on_change"),
+            info!(instance = %self.name, signal = %name, "config changed; signalling the process");
+            if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+                self.last_error = format!("cannot send {name} to pid {pid}: {e}");
             }
         }
     }
@@ -99,21 +93,25 @@ mod tests {
 
     #[test]
     fn reactions() {
-        let signals = |list: &[(&str, Option<Signal>)]| {
+        let signals = |list: &[(&str, Signal)]| {
             Reaction::Signals(list.iter().map(|(n, s)| (n.to_string(), *s)).collect())
         };
+        let sig = |name: &str, signal| OnChange::Signal {
+            name: name.into(),
+            signal,
+        };
+        let (none, restart) = (OnChange::Nothing, OnChange::Restart);
         #[rustfmt::skip]
         let table = [
             ("nothing changed", vec![], signals(&[])),
-            ("none", vec!["none"], signals(&[])),
-            ("a restart", vec!["none", "restart"], Reaction::Restart),
-            ("a restart covers a signal", vec!["signal:HUP", "restart"], Reaction::Restart),
-            ("signals in order", vec!["signal:SIGHUP", "none", "signal:USR2"],
-                signals(&[("SIGHUP", Some(Signal::SIGHUP)), ("SIGUSR2", Some(Signal::SIGUSR2))])),
-            ("an unknown signal is said", vec!["signal:BOGUS"], signals(&[("SIGBOGUS", None)])),
+            ("none", vec![none.clone()], signals(&[])),
+            ("a restart", vec![none.clone(), restart.clone()], Reaction::Restart),
+            ("a restart covers a signal", vec![sig("SIGHUP", Signal::SIGHUP), restart], Reaction::Restart),
+            ("signals in order", vec![sig("SIGHUP", Signal::SIGHUP), none, sig("SIGUSR2", Signal::SIGUSR2)],
+                signals(&[("SIGHUP", Signal::SIGHUP), ("SIGUSR2", Signal::SIGUSR2)])),
         ];
         for (name, modes, want) in table {
-            assert_eq!(reaction(modes), want, "{name}");
+            assert_eq!(reaction(&modes), want, "{name}");
         }
     }
 }

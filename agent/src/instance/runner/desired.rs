@@ -10,7 +10,7 @@ use crate::instance::install;
 use crate::instance::memory::{self, Memory};
 use crate::instance::process;
 use crate::instance::state::{Event, Machine, State};
-use crate::instance::{Desired, spec, spec_hash};
+use crate::instance::{Desired, spec_hash};
 
 impl Runner {
     /// Set-up: directories, then adopt what a previous agent left running, or start;
@@ -108,7 +108,7 @@ impl Runner {
         let configs_changed = new.configs != self.desired.configs;
         let spec_changed = new_hash != self.hash;
         let was_running = self.desired.running;
-        self.policy = spec::policy(&new.spec);
+        self.policy = new.policy;
         self.desired = new;
         self.hash = new_hash;
         if spec_changed && self.desired.running {

@@ -51,7 +51,7 @@ impl Runner {
                     self.start_cancelled();
                     return Some(Event::GroupGone);
                 }
-                let sig = spec::stop_signal(&self.desired.spec);
+                let sig = self.desired.stop_signal;
                 if let Some(pgid) = self.group
                     && let Err(e) = process::signal_group(pgid, sig)
                 {

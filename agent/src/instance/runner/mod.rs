@@ -30,7 +30,7 @@ use super::install::Install;
 use super::memory::{self, Memory};
 use super::process::{ExitInfo, Proc};
 use super::state::{Event, Machine, Policy, State};
-use super::{Desired, spec, spec_hash};
+use super::{Desired, spec_hash};
 use crate::package::install::{InstallError, Installer, Progress};
 use crate::status::Board;
 
@@ -47,6 +47,9 @@ const GROUP_POLL: Duration = Duration::from_millis(20);
 
 pub enum Command {
     Update(Box<Desired>),
+    /// The registry sent a desired state this agent cannot read for the instance: it
+    /// keeps what it has and reports why.
+    Refused(String),
     /// Stop the instance and forget it (undeployed).
     Remove,
     /// The agent is exiting: stop the instance first when `stop` is set, else leave it
@@ -138,7 +141,7 @@ impl Runner {
         let dir = shared.instances_dir.join(&name);
         let hash = spec_hash(&desired.spec);
         let runner = Runner {
-            policy: spec::policy(&desired.spec),
+            policy: desired.policy,
             name,
             app,
             server,
@@ -254,6 +257,11 @@ impl Runner {
             Command::Update(new) => {
                 self.update(*new);
                 self.maybe_prefetch();
+                false
+            }
+            Command::Refused(why) => {
+                self.last_error = why;
+                self.publish(None);
                 false
             }
             Command::Remove => {

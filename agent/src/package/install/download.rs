@@ -2,6 +2,7 @@
 //! `.partial` file holds, retried when the stream is cut, verified by sha256; each chunk
 //! goes to the cache writer and to the unpacker.
 
+use corral_proto::v1::InstallState;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ impl Installer {
         app: &str,
         server: &str,
         pkg: &PackageRef,
-        report: &impl Fn(&str, u32),
+        report: &impl Fn(InstallState, u32),
         unpacker: &mut Unpacker,
     ) -> Result<PathBuf, InstallError> {
         let cache = self.data_dir.join("cache");
@@ -64,7 +65,7 @@ impl Installer {
         server: &str,
         pkg: &PackageRef,
         partial: &Path,
-        report: &impl Fn(&str, u32),
+        report: &impl Fn(InstallState, u32),
         unpacker: &mut Unpacker,
         cache_lock: &Held,
     ) -> Result<(), InstallError> {
@@ -118,7 +119,7 @@ impl Installer {
         server: &str,
         pkg: &PackageRef,
         offset: u64,
-        report: &impl Fn(&str, u32),
+        report: &impl Fn(InstallState, u32),
         unpacker: &mut Unpacker,
         writer: &CacheWriter,
     ) -> Result<(), InstallError> {
@@ -178,7 +179,7 @@ impl Installer {
             let percent = (received * 100 / pkg.size.max(1)) as u32 / 5 * 5;
             if percent != last_percent {
                 last_percent = percent;
-                report("downloading", percent);
+                report(InstallState::Downloading, percent);
             }
         }
         if received != pkg.size {

@@ -39,6 +39,7 @@ mod garbage;
 mod locks;
 mod unpacker;
 
+use corral_proto::v1::InstallState;
 use std::path::{Path, PathBuf};
 
 use corral_proto::v1::PackageRef;
@@ -58,8 +59,7 @@ use unpacker::{Unpacker, unpack_file};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     pub version: String,
-    /// "downloading", "unpacking", "ready" or "failed".
-    pub state: String,
+    pub state: InstallState,
     pub percent: u32,
     pub error: String,
 }
@@ -140,15 +140,15 @@ impl Installer {
         if let Some(dir) = ready_release(instance_dir, pkg) {
             return Ok(dir);
         }
-        let report = |state: &str, percent: u32| {
+        let report = |state: InstallState, percent: u32| {
             progress.send_replace(Progress {
                 version: pkg.version.clone(),
-                state: state.into(),
+                state,
                 percent,
                 error: String::new(),
             });
         };
-        report("downloading", 0);
+        report(InstallState::Downloading, 0);
         std::fs::create_dir_all(&releases).map_err(io_err(version, &releases))?;
         if partial.exists() {
             std::fs::remove_dir_all(&partial).map_err(io_err(version, &partial))?;
@@ -169,7 +169,7 @@ impl Installer {
                 return Err(e);
             }
         };
-        report("unpacking", 100);
+        report(InstallState::Unpacking, 100);
         if unpacker.fed() != pkg.size {
             // The download did not go through it (another install had just cached the
             // package): unpack from the file.
@@ -200,7 +200,7 @@ impl Installer {
             });
         }
         let release = finish_release(instance_dir, version, &pkg.sha256)?;
-        report("ready", 100);
+        report(InstallState::Ready, 100);
         Ok(release)
     }
 

@@ -152,7 +152,8 @@ fn sim_status(state: &str) -> AgentMessage {
         body: Some(Body::Status(InstanceStatus {
             app: "bench".into(),
             server: "sim".into(),
-            state: state.into(),
+            state: corral_proto::wire::number::<corral_proto::v1::InstanceState>(state),
+            health: corral_proto::v1::HealthStatus::NoCheck.into(),
             pid: if state == "running" { 4242 } else { 0 },
             started_at_ms: 1,
             ..Default::default()
@@ -638,7 +639,11 @@ async fn run(args: &Args, dir: &Path, etcd_bin: &Path) -> anyhow::Result<()> {
             let via_agent = rounds(w, args.rounds, reg_pid, &mut rx, &mut tasks, |target| {
                 let mut control = control.clone();
                 async move {
-                    let action = if target == 1 { "start" } else { "stop" };
+                    let action = if target == 1 {
+                        corral_proto::v1::ServerAction::Start
+                    } else {
+                        corral_proto::v1::ServerAction::Stop
+                    };
                     control
                         .control_server(ControlServerRequest {
                             server: "bench.real".into(),

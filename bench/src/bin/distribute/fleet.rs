@@ -205,10 +205,11 @@ impl Fleet {
                 .await?
                 .into_inner()
                 .nodes;
-            let up = self
-                .agents
-                .iter()
-                .all(|a| nodes.iter().any(|n| n.name == a.node && n.state == "up"));
+            let up = self.agents.iter().all(|a| {
+                nodes.iter().any(|n| {
+                    n.name == a.node && n.state == i32::from(corral_proto::v1::NodeState::Up)
+                })
+            });
             if up {
                 return Ok(());
             }

@@ -337,9 +337,11 @@ async fn one_run(args: &Args, pkg: &Path, sha: &str, dir: &Path) -> anyhow::Resu
             if m.unpacked.is_none() && release.exists() {
                 m.unpacked = Some(elapsed);
             }
-            let running = instances
-                .iter()
-                .any(|i| i.node == a.node && i.state == "running" && i.version == "1.0.0");
+            let running = instances.iter().any(|i| {
+                i.node == a.node
+                    && i.state == i32::from(corral_proto::v1::InstanceState::Running)
+                    && i.version == "1.0.0"
+            });
             if m.running.is_none() && running {
                 m.running = Some(elapsed);
             }
