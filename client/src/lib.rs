@@ -128,6 +128,7 @@ impl Resolver {
             })?;
         let mut request = tonic::Request::new(FindRequest {
             name: self.name.clone(),
+            ..Default::default()
         });
         if let Some(token) = &self.token {
             let value = format!("Bearer {token}").parse().map_err(|_| {

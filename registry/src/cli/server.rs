@@ -441,7 +441,13 @@ async fn expand(
 /// `registry endpoints APP.SERVER.ADAPTER`
 pub async fn endpoints(name: String, args: &ClientArgs) -> Result<(), CliError> {
     let mut query = super::connect_query(args).await?;
-    let resp = query.find(FindRequest { name }).await?.into_inner();
+    let resp = query
+        .find(FindRequest {
+            name,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     if args.output == Format::Json {
         let all: Vec<Value> = resp
             .endpoints

@@ -7,6 +7,7 @@
 mod diff;
 mod export;
 mod extra;
+pub mod meta;
 mod proto;
 pub mod render;
 
@@ -48,6 +49,9 @@ pub struct Spec {
     /// How config changes that restart instances roll out.
     #[serde(default)]
     pub config_restart: ConfigRestart,
+    /// Adapters' weights, tags and meta, and the `[metrics]` adapter ([`meta`]).
+    #[serde(default, skip_serializing_if = "meta::SpecMeta::is_empty")]
+    pub metadata: meta::SpecMeta,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +341,7 @@ const TOP_KEYS: &[&str] = &[
     "kind",
     "address",
     "config_restart",
+    "metrics",
 ];
 
 /// Checks a package version: `[A-Za-z0-9._+-]{1,63}`, not starting with a dot.
@@ -532,6 +537,7 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
             adapters[0].port = *port;
         }
     }
+    let metadata = meta::parse(&mut c, &table, &adapters, &nodes);
     let health = extra::health(&mut c, &table, &adapters, external.is_some());
     let configs = extra::configs(&mut c, &table);
     if external.is_some() && !configs.is_empty() {
@@ -561,6 +567,7 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
             configs,
             external,
             config_restart,
+            metadata,
         })
     } else {
         Err(SpecErrors(c.errors))
@@ -588,7 +595,7 @@ fn adapters(c: &mut Checker, table: &Table) -> Vec<Adapter> {
             c.err(&path, format!("must be a table, not {}", type_name(item)));
             continue;
         };
-        c.unknown_keys(t, &path, &["name", "port"]);
+        c.unknown_keys(t, &path, &[&["name", "port"], meta::ADAPTER_KEYS].concat());
         let name = c
             .required_string(t, "name", &format!("{path}.name"))
             .unwrap_or_default();
