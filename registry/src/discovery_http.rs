@@ -6,7 +6,7 @@
 //! `--public-discovery`.
 //!
 //! Each name asked for over HTTP gets an index that moves with its list: one task per
-//! name follows the name's channel in the discovery cache while any request holds it.
+//! name follows the name's channel in the discovery cache while the name is known.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -69,32 +69,29 @@ impl Source for Lists {
     }
 }
 
-/// Follows one name's channel into its indexed snapshots while anyone holds them.
+/// Follows one name's channel into its indexed snapshots. The entry stays while the
+/// name is known, so its index moves only when its list does, however many requests
+/// come and go; it goes with the name (the server was removed) or at shutdown.
 async fn forward(
     names: Names,
     name: String,
     mut src: watch::Receiver<Watched>,
     tx: Arc<watch::Sender<Snapshot>>,
 ) {
-    loop {
-        tokio::select! {
-            changed = src.changed() => {
-                if changed.is_err() {
-                    break; // shutdown: the discovery cache closed its channels
-                }
-                let now = state_of(&src.borrow_and_update());
-                tx.send_if_modified(|s| s.update(now));
-            }
-            () = tx.closed() => {
-                // Subscribing happens under this lock: nobody can join in between.
-                let mut names = names.lock().unwrap_or_else(PoisonError::into_inner);
-                if tx.receiver_count() == 0 {
-                    names.remove(&name);
-                    return;
-                }
-            }
+    while src.changed().await.is_ok() {
+        let now = state_of(&src.borrow_and_update());
+        let gone = now == State::Unknown;
+        if gone {
+            // Under the lock: a request either found the entry (and hears it go) or
+            // starts a new one.
+            let mut names = names.lock().unwrap_or_else(PoisonError::into_inner);
+            names.remove(&name);
+            tx.send_if_modified(|s| s.update(now));
+            return;
         }
+        tx.send_if_modified(|s| s.update(now));
     }
+    // Shutdown: the discovery cache closed its channels.
     names
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

@@ -66,7 +66,7 @@ impl Snapshot {
 pub enum LookupError {
     #[error("{0}")]
     BadName(String),
-    #[error("no service {0} (no server has that adapter)")]
+    #[error("no service {} (no server has that adapter)", corral_proto::text::quoted(.0))]
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
