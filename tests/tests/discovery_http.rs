@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use corral_client::{Policy, Resolver};
 use corral_tests::fleet::{Fleet, wait_endpoints};
 use corral_tests::lookup::{Events, agent_http, get, send};
 use corral_tests::sim::SimNodes;
@@ -106,6 +107,41 @@ fn metadata_reaches_every_interface() {
     assert_eq!(metadata(&reg.json()), expected(), "{}", reg.body);
     let agent = wait_list(agent_http(f.agent("node-a")), &[], 2);
     assert_eq!(metadata(&agent.json()), expected(), "{}", agent.body);
+
+    // The Rust resolver: its balancer sees the weights and tags, and follows them.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut r = Resolver::new(&f.registry.addr(), NAME).expect("resolver");
+        r.token = Some(TOKEN.into());
+        let mut b = r.balancer(Policy::Weighted).with_tag("v2");
+        while b.endpoints().len() < 2 {
+            tokio::time::timeout(20 * S, b.changed())
+                .await
+                .expect("the list within 20 s")
+                .expect("the resolver runs");
+        }
+        let mut weights: Vec<(String, u32)> = b
+            .endpoints()
+            .into_iter()
+            .map(|e| (e.node, e.weight))
+            .collect();
+        weights.sort();
+        assert_eq!(weights, [("node-a".into(), 5), ("node-b".into(), 10)]);
+        let to_b = (0..3000)
+            .filter(|_| b.pick().is_some_and(|e| e.node == "node-b"))
+            .count();
+        assert!(
+            (1700..2300).contains(&to_b),
+            "{to_b} of 3000 to weight 10 of 15"
+        );
+        let none = Resolver::new(&f.registry.addr(), NAME).expect("resolver");
+        assert!(
+            none.balancer(Policy::RoundRobin)
+                .with_tag("v3")
+                .pick()
+                .is_none()
+        );
+    });
 
     // Templates: endpoints(name, tag=...) and the entries of instances(...).
     let file = f.instance_file("node-b", "demo.api", "conf/upstream.txt");
