@@ -32,8 +32,26 @@ pub const MAX_NAMES: usize = 10_000;
 pub const NODE_HEADER: &str = "x-corral-node";
 pub const IDENTITY_HEADER: &str = "x-corral-identity";
 
-/// A name as watched: DNS asks without regard to case.
-type Key = (String, bool);
+/// The names watched: as asked (HTTP), and without regard to case (DNS).
+#[derive(Default)]
+struct Names {
+    exact: HashMap<String, Entry>,
+    nocase: HashMap<String, Entry>,
+}
+
+impl Names {
+    fn map(&mut self, ignore_case: bool) -> &mut HashMap<String, Entry> {
+        if ignore_case {
+            &mut self.nocase
+        } else {
+            &mut self.exact
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.exact.len() + self.nocase.len()
+    }
+}
 
 struct Entry {
     tx: Arc<watch::Sender<Snapshot>>,
@@ -43,7 +61,7 @@ struct Entry {
 }
 
 pub struct Cache {
-    names: Mutex<Option<HashMap<Key, Entry>>>,
+    names: Mutex<Option<Names>>,
     /// The open session's connection (None between sessions).
     channel: watch::Receiver<Option<Channel>>,
     node: String,
@@ -59,7 +77,7 @@ impl Cache {
         idle: Duration,
     ) -> Cache {
         Cache {
-            names: Mutex::new(Some(HashMap::new())),
+            names: Mutex::new(Some(Names::default())),
             channel,
             node,
             data_dir,
@@ -74,7 +92,7 @@ impl Cache {
             let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(e) = names
                 .as_mut()
-                .and_then(|n| n.get_mut(&(name.to_string(), ignore_case)))
+                .and_then(|n| n.map(ignore_case).get_mut(name))
             {
                 e.last_asked = Instant::now();
                 let now = e.tx.borrow().clone();
@@ -86,6 +104,16 @@ impl Cache {
         let rx = self.watch(name, ignore_case).await?;
         let now = rx.borrow().clone();
         Ok(now)
+    }
+
+    /// The name's list now if the registry has answered for it (marking it asked for);
+    /// None otherwise, without waiting or starting a watch.
+    pub fn peek(&self, name: &str, ignore_case: bool) -> Option<Snapshot> {
+        let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = names.as_mut()?.map(ignore_case).get_mut(name)?;
+        e.last_asked = Instant::now();
+        let now = e.tx.borrow().clone();
+        (now.state != State::Pending).then_some(now)
     }
 
     /// A receiver of the name's list, once the registry has answered for it.
@@ -131,8 +159,7 @@ impl Cache {
                 "the agent is shutting down".into(),
             ));
         };
-        let key = (name.to_string(), ignore_case);
-        if let Some(e) = names.get_mut(&key) {
+        if let Some(e) = names.map(ignore_case).get_mut(name) {
             e.last_asked = Instant::now();
             return Ok(e.tx.subscribe());
         }
@@ -155,8 +182,8 @@ impl Cache {
             }
             .run(stop.clone()),
         );
-        names.insert(
-            key,
+        names.map(ignore_case).insert(
+            name.to_string(),
             Entry {
                 tx,
                 last_asked: Instant::now(),
@@ -178,14 +205,16 @@ impl Cache {
             }
             let mut guard = self.names.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(names) = guard.as_mut() {
-                names.retain(|(name, _), e| {
-                    let keep = e.tx.receiver_count() > 0 || e.last_asked.elapsed() < self.idle;
-                    if !keep {
-                        debug!(%name, "discovery cache: idle name forgotten");
-                        e.stop.cancel();
-                    }
-                    keep
-                });
+                for map in [&mut names.exact, &mut names.nocase] {
+                    map.retain(|name, e| {
+                        let keep = e.tx.receiver_count() > 0 || e.last_asked.elapsed() < self.idle;
+                        if !keep {
+                            debug!(%name, "discovery cache: idle name forgotten");
+                            e.stop.cancel();
+                        }
+                        keep
+                    });
+                }
             }
         }
         let names = self
@@ -193,7 +222,10 @@ impl Cache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        for e in names.into_iter().flat_map(HashMap::into_values) {
+        for e in names
+            .into_iter()
+            .flat_map(|n| n.exact.into_values().chain(n.nocase.into_values()))
+        {
             e.stop.cancel();
         }
     }
@@ -204,7 +236,7 @@ impl Cache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map_or(0, HashMap::len)
+            .map_or(0, Names::len)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,6 +1,8 @@
 //! The agent's DNS server for the `corral.` zone (hickory-server), on UDP and TCP at the
 //! same address (default `127.0.0.1:8600`), answered from the watch cache
-//! ([`super::answer`] says what each name means).
+//! ([`super::answer`] says what each name means). TCP is hickory's server with the
+//! handler below; UDP answers from encoded answers ([`super::dns_udp`]) and hands the
+//! rest to the same handler.
 //!
 //! Over UDP an answer is cut to the client's buffer (512 bytes without EDNS) with the TC
 //! bit set, so the client asks again over TCP and gets all of it. A name asked for the
@@ -25,11 +27,16 @@ use tracing::{info, warn};
 
 use super::answer::{self, Answer, Question};
 use super::cache::Cache;
+use super::dns_udp::Udp;
 use super::{LookupError, State};
 
 /// The largest UDP answer, whatever buffer a client offers (the DNS flag day's 1232
 /// bytes: no fragmentation on any common path).
-const MAX_UDP_PAYLOAD: u16 = 1232;
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+/// Tasks answering on the UDP socket at once. One: an answer costs about a microsecond
+/// besides its two system calls, and a second loop on the same socket only adds
+/// contention (measured on 2 cores: p99 0.13 ms with one, 0.4 ms with two).
+const UDP_LOOPS: usize = 1;
 /// A TCP connection that sends no query for this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
@@ -54,8 +61,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
 
 /// Answers DNS questions from the cache.
 pub struct Dns {
-    cache: Arc<Cache>,
-    ttl: u32,
+    pub(super) cache: Arc<Cache>,
+    pub(super) ttl: u32,
     /// Moves on every answer: where the next list of addresses starts.
     rotate: AtomicUsize,
 }
@@ -70,13 +77,19 @@ pub async fn serve(
     let addr = udp
         .local_addr()
         .map_or_else(|e| e.to_string(), |a| a.to_string());
-    let mut server = Server::new(Dns {
+    let dns = Arc::new(Dns {
         cache,
         ttl: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
         rotate: AtomicUsize::new(0),
     });
-    server.register_socket(udp);
+    let mut server = Server::new(Shared(dns.clone()));
     server.register_listener(tcp, TCP_IDLE, 64);
+    let fast = Arc::new(Udp::new(dns));
+    let socket = Arc::new(udp);
+    let mut loops = tokio::task::JoinSet::new();
+    for _ in 0..UDP_LOOPS {
+        loops.spawn(super::dns_udp::serve(fast.clone(), socket.clone()));
+    }
     info!(dns = %addr, "DNS serving the corral. zone (UDP and TCP)");
     tokio::select! {
         () = shutdown.cancelled() => {
@@ -89,6 +102,21 @@ pub async fn serve(
                 warn!(cause = %e, "DNS server stopped");
             }
         }
+    }
+    loops.shutdown().await;
+}
+
+/// The handler as hickory's TCP server holds it, shared with the UDP loops.
+struct Shared(Arc<Dns>);
+
+#[tonic::async_trait]
+impl RequestHandler for Shared {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response: R,
+    ) -> ResponseInfo {
+        self.0.handle_request::<R, T>(request, response).await
     }
 }
 

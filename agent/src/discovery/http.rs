@@ -80,10 +80,6 @@ pub fn endpoint_json(e: &Endpoint) -> serde_json::Value {
     })
 }
 
-fn list_json(eps: &[Endpoint]) -> String {
-    serde_json::Value::Array(eps.iter().map(endpoint_json).collect()).to_string()
-}
-
 /// The parameters of `/v1/endpoints`: `index` and `wait`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Blocking {
@@ -189,8 +185,8 @@ async fn wait_for_change(
 }
 
 fn answer(name: &str, snap: &Snapshot) -> Response {
-    let eps = match &snap.state {
-        ListState::Known(eps) => eps,
+    match &snap.state {
+        ListState::Known(_) => {}
         ListState::Unknown => return lookup_error(&LookupError::NotFound(name.to_string())),
         ListState::Pending => {
             return lookup_error(&LookupError::Unavailable(format!(
@@ -200,7 +196,7 @@ fn answer(name: &str, snap: &Snapshot) -> Response {
     };
     let mut response = (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        list_json(eps),
+        snap.json(),
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&snap.index.to_string()) {
@@ -233,11 +229,11 @@ async fn watch_events<S: Source>(
             if sent != Some(snap.index) {
                 sent = Some(snap.index);
                 let (event, last) = match &snap.state {
-                    ListState::Known(eps) => (
+                    ListState::Known(_) => (
                         Event::default()
                             .event("endpoints")
                             .id(snap.index.to_string())
-                            .data(list_json(eps)),
+                            .data(String::from_utf8_lossy(&snap.json())),
                         false,
                     ),
                     _ => (

@@ -6,7 +6,7 @@
 //!   list when no registry answers, and forgets a name nobody asked for in a while.
 //! * [`http`] — `GET /v1/endpoints/NAME` and `GET /v1/watch/NAME`, over any [`Source`]:
 //!   the agent's cache, or the registry's own discovery table.
-//! * [`dns`] + [`answer`] — the `corral.` DNS zone, served from the cache.
+//! * [`dns`] + [`dns_udp`] + [`answer`] — the `corral.` DNS zone, served from the cache.
 //!
 //! Every list carries an index ([`Snapshot::index`]) that moves whenever the list does:
 //! what a blocking query compares, and the `X-Corral-Index` header.
@@ -14,22 +14,32 @@
 pub mod answer;
 pub mod cache;
 pub mod dns;
+pub mod dns_udp;
 pub mod http;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use corral_proto::v1::Endpoint;
 use tokio::sync::watch;
 
 /// One name's list as a source holds it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     /// Moves (upwards) on every change of `state`; a clock in milliseconds where it can
     /// be, so an index stays ahead of those a previous run of the process handed out.
     pub index: u64,
     pub state: State,
+    /// The list as JSON, made once per change for every client that asks (a thousand
+    /// blocking queries woken by one change share one serialization).
+    json: Arc<OnceLock<bytes::Bytes>>,
+}
+
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index && self.state == other.state
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +57,7 @@ impl Snapshot {
         Snapshot {
             index: next_index(),
             state,
+            json: Arc::default(),
         }
     }
 
@@ -57,7 +68,24 @@ impl Snapshot {
         }
         self.state = state;
         self.index = next_index().max(self.index + 1);
+        self.json = Arc::default();
         true
+    }
+
+    /// The endpoints as a JSON list (empty unless known), made on first use.
+    pub fn json(&self) -> bytes::Bytes {
+        self.json
+            .get_or_init(|| {
+                let text = match &self.state {
+                    State::Known(eps) => {
+                        serde_json::Value::Array(eps.iter().map(http::endpoint_json).collect())
+                            .to_string()
+                    }
+                    _ => "[]".to_string(),
+                };
+                bytes::Bytes::from(text)
+            })
+            .clone()
     }
 }
 
