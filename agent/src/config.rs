@@ -6,6 +6,9 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use corral_common::config_file::{self, ConfigFileError, first_zero};
+use corral_common::fs::absolute;
+use corral_common::tls::ClientTls;
 use serde::Deserialize;
 use tonic::transport::Uri;
 
@@ -27,10 +30,9 @@ pub mod defaults {
     pub const LOG_KEEP: u32 = 5;
     /// Releases kept per instance (the running one always stays).
     pub const KEEP_RELEASES: usize = 5;
-    /// A package may unpack to at most this many bytes...
-    pub const MAX_UNPACKED_SIZE: u64 = 4 << 30;
-    /// ... and this many entries.
-    pub const MAX_PACKAGE_ENTRIES: u64 = 100_000;
+    /// A package may unpack to at most this many bytes, and hold this many entries (the
+    /// registry checks uploads against the same defaults).
+    pub use corral_common::archive::{MAX_PACKAGE_ENTRIES, MAX_UNPACKED_SIZE};
     /// Where DNS for the `corral.` zone is served, UDP and TCP ("off": not at all).
     pub const DNS: &str = "127.0.0.1:8600";
     /// The TTL of DNS answers.
@@ -64,7 +66,7 @@ pub struct AgentConfig {
     /// `user = "root"`). Off by default: least privilege.
     pub allow_root: bool,
     /// TLS to the registry (https:// locators): its CA, and our certificate for mTLS.
-    pub tls: crate::tls::ClientTls,
+    pub tls: ClientTls,
     /// Where DNS for the `corral.` zone is served (UDP and TCP); None: off.
     pub dns: Option<SocketAddr>,
     /// The TTL of DNS answers, whole seconds.
@@ -138,7 +140,7 @@ pub struct Overrides {
     pub stop_services_on_exit: bool,
     pub join_token: Option<String>,
     pub allow_root: bool,
-    pub tls: crate::tls::ClientTls,
+    pub tls: ClientTls,
     pub dns: Option<String>,
     pub dns_ttl: Option<Duration>,
     pub discovery_idle: Option<Duration>,
@@ -146,11 +148,8 @@ pub struct Overrides {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: {source}")]
-    File {
-        path: String,
-        source: Box<config::ConfigError>,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("no locator: pass --locator URL[,URL...], set CORRAL_LOCATOR or `locator` in {0}")]
     NoLocator(String),
     #[error("locator entry {entry:?} is not a registry URL (expected e.g. http://10.0.0.1:17890)")]
@@ -188,16 +187,11 @@ pub fn parse_dns(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
 /// Parses a comma-separated locator list. Entries without a scheme get `http://`.
 pub fn parse_locator(text: &str) -> Result<Vec<Uri>, ConfigError> {
     let mut out = Vec::new();
-    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let with_scheme = if entry.contains("://") {
-            entry.to_string()
-        } else {
-            format!("http://{entry}")
-        };
+    for (entry, uri) in corral_proto::locator::entries(text) {
         let bad = || ConfigError::BadLocator {
             entry: entry.to_string(),
         };
-        let uri: Uri = with_scheme.parse().map_err(|_| bad())?;
+        let uri = uri.ok_or_else(bad)?;
         let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
         let host_ok = uri.host().is_some_and(|h| !h.is_empty());
         let path_ok = uri.path() == "/" || uri.path().is_empty();
@@ -239,18 +233,9 @@ fn route_ip(locators: &[Uri]) -> Result<IpAddr, ConfigError> {
     Err(ConfigError::NoAdvertiseIp(last))
 }
 
+/// Reads the config file; a missing one is an error only when `required`.
 pub fn read_file(path: &Path, required: bool) -> Result<FileConfig, ConfigError> {
-    if !required && !path.exists() {
-        return Ok(FileConfig::default());
-    }
-    config::Config::builder()
-        .add_source(config::File::from(path.to_path_buf()).format(config::FileFormat::Toml))
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|source| ConfigError::File {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })
+    Ok(config_file::read(path, required)?)
 }
 
 impl AgentConfig {
@@ -314,7 +299,7 @@ impl AgentConfig {
                 .map_or(defaults::MAX_UNPACKED_SIZE, |b| b.as_u64()),
             join_token: over.join_token.or(file.join_token),
             allow_root: over.allow_root || file.allow_root.unwrap_or(false),
-            tls: crate::tls::ClientTls {
+            tls: ClientTls {
                 ca: over.tls.ca.or(file.tls_ca),
                 cert: over.tls.cert.or(file.tls_cert),
                 key: over.tls.key.or(file.tls_key),
@@ -338,33 +323,23 @@ impl AgentConfig {
             return Err(ConfigError::DnsTtl(config.dns_ttl));
         }
         // Zero cannot work for these; refused rather than quietly turned into 1.
-        for (what, n) in [
+        let zero = first_zero(&[
             ("log_max_size", config.log_max_size),
             ("keep_releases", config.keep_releases as u64),
             ("max_unpacked_size", config.max_unpacked_size),
             ("max_package_entries", config.max_package_entries),
-        ] {
-            if n == 0 {
-                return Err(ConfigError::Zero { what });
-            }
-        }
-        for (what, d) in [
+        ])
+        .or(first_zero(&[
             ("reconnect_initial", config.reconnect_initial),
             ("reconnect_max", config.reconnect_max),
             ("connect_timeout", config.connect_timeout),
             ("discovery_idle", config.discovery_idle),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::Zero { what });
-            }
+        ]));
+        match zero {
+            Some(what) => Err(ConfigError::Zero { what }),
+            None => Ok(config),
         }
-        Ok(config)
     }
-}
-
-/// `path` made absolute against the current directory (as it is when given).
-pub fn absolute(path: PathBuf) -> PathBuf {
-    std::path::absolute(&path).unwrap_or(path)
 }
 
 #[cfg(test)]

@@ -36,10 +36,7 @@ async fn health(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
 
 async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, corral_common::metrics::CONTENT_TYPE)],
         ctx.metrics.encode_with(&ctx.board.all()),
     )
 }

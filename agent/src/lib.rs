@@ -5,7 +5,11 @@
 //! * [`session`] + [`backoff`] — dialing the locator's registries, joining, heartbeats,
 //!   receiving the desired state and sending instance status.
 //! * [`reconcile`] — makes the host match the desired state, one runner per instance.
-//! * [`instance`] — an instance's state machine, its runner, its processes.
+//! * [`instance`] — one runner task per instance: the lifecycle and install state
+//!   machines (pure, table-tested), the runner's event loop and the code that performs
+//!   their actions (a file per concern: desired state, lifecycle, release, launch,
+//!   configs, health checker, reports), processes, health checks.
+//! * [`package`] — installing a release: download, unpack with checked entries, switch.
 //! * [`status`] — the latest instance statuses and pending events, for the session.
 //! * [`logs`] — size-based rotation of service logs.
 //! * [`identity`] — the node's secret identity in the data dir.
@@ -13,8 +17,13 @@
 //! * [`config`] — defaults, config file, environment and flags.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
 //! * [`discovery`] — discovery for the host's clients: the watch cache, HTTP and DNS.
-//! * [`logging`] — tracing set-up shared with the registry binary.
-//! * [`check`] — `agent check` and the run record it reads; [`notify`] — sd_notify.
+//! * [`check`] — `agent check`: the run record it reads, restarting an agent that does
+//!   not answer.
+//! * [`datadir`] — the data dir, its lock and pid file, writes by rename.
+//! * [`package`] — unpacking and installing releases.
+//!
+//! What the registry binary uses too (tracing set-up, sd_notify, client TLS, the package
+//! rules, signals, time, the GET of `/health`) is in `corral_common`.
 
 pub mod backoff;
 pub mod check;
@@ -25,15 +34,12 @@ pub mod facts;
 pub mod http;
 pub mod identity;
 pub mod instance;
-pub mod logging;
 pub mod logs;
 pub mod metrics;
-pub mod notify;
 pub mod package;
 pub mod reconcile;
 pub mod session;
 pub mod status;
-pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -63,13 +69,8 @@ pub struct Context {
     pub dns: Option<std::net::SocketAddr>,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// The clock of every `*_ms` field the agent reports (its modules take it from here).
+pub use corral_common::time::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -203,8 +204,9 @@ pub async fn run(
     );
     // The HTTP side is bound and the run loop starts: tell systemd (READY=1, watchdog
     // pings, STOPPING=1 once `shutdown` is cancelled).
-    let notifier =
-        tokio::spawn(notify::Notifier::from_env().run(std::future::ready(()), shutdown.clone()));
+    let notifier = tokio::spawn(
+        corral_common::notify::Notifier::from_env().run(std::future::ready(()), shutdown.clone()),
+    );
     let result = session::run(ctx.clone(), shutdown.clone()).await;
     shutdown.cancel();
     let _ = reconciler.await;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use corral_agent::config::{AgentConfig, Overrides};
-use corral_agent::logging::{LogFormat, init_tracing};
+use corral_common::logging::LogArgs;
+use corral_common::signal::cancel_on_shutdown_signal;
+use corral_common::tls::ClientTls;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -17,12 +19,8 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Log format.
-    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -92,7 +90,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose, cli.log_format);
+    cli.log.init();
     match cli.command {
         Command::Run(args) => run(*args),
         Command::Check(args) => check(args),
@@ -140,7 +138,7 @@ fn run(args: RunArgs) -> ExitCode {
         stop_services_on_exit: args.stop_services_on_exit,
         join_token: args.join_token,
         allow_root: args.allow_root,
-        tls: corral_agent::tls::ClientTls {
+        tls: ClientTls {
             ca: args.tls_ca,
             cert: args.tls_cert,
             key: args.tls_key,
@@ -175,7 +173,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(cancel_on_shutdown_signal(shutdown.clone()));
         match corral_agent::run(config, http, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -185,21 +183,4 @@ fn run(args: RunArgs) -> ExitCode {
             }
         }
     })
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
-    shutdown.cancel();
 }

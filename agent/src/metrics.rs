@@ -4,25 +4,13 @@
 
 use std::collections::BTreeMap;
 
+use corral_common::metrics::{Exposition, ServerLabels, StateLabels, replace};
 use corral_proto::v1::InstanceStatus;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 
 use crate::instance::state::State;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: String,
-}
-
-/// `server` is `app.server`: servers are defined by operators, so their number is bounded.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerLabels {
-    pub server: String,
-}
 
 /// Every instance state, reported with 0 when no instance is in it, so a dashboard sees
 /// 0 rather than nothing.
@@ -38,10 +26,7 @@ const STATES: [State; 8] = [
 ];
 
 pub struct Metrics {
-    registry: Registry,
-    /// Held while the gauges computed at scrape time are replaced and encoded, so two
-    /// concurrent scrapes never see each other's half-replaced families.
-    scrape: std::sync::Mutex<()>,
+    exposition: Exposition,
     /// This node's instances, by state.
     pub instances: Family<StateLabels, Gauge>,
     /// Restarts of each server's instance on this node.
@@ -55,40 +40,39 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("corral_agent");
+        let mut exposition = Exposition::new("corral_agent");
         let connected = Gauge::default();
         let sessions = Counter::default();
         let heartbeats = Counter::default();
         let instances = Family::<StateLabels, Gauge>::default();
         let restarts = Family::<ServerLabels, Gauge>::default();
-        registry.register(
+        exposition.register(
             "connected",
             "1 while a registry session is open",
             connected.clone(),
         );
-        registry.register(
+        exposition.register(
             "sessions",
             "Registry sessions opened since start",
             sessions.clone(),
         );
-        registry.register(
+        exposition.register(
             "heartbeats",
             "Heartbeats sent since start",
             heartbeats.clone(),
         );
-        registry.register(
+        exposition.register(
             "instances",
             "Instances on this node, by state",
             instances.clone(),
         );
-        registry.register(
+        exposition.register(
             "instance_restarts",
             "Restarts of each server's (app.server) instance on this node",
             restarts.clone(),
         );
         Metrics {
-            registry,
-            scrape: std::sync::Mutex::new(()),
+            exposition,
             instances,
             restarts,
             connected,
@@ -97,43 +81,32 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-
     /// Sets the instance gauges from the current statuses, then encodes everything.
     pub fn encode_with(&self, statuses: &[InstanceStatus]) -> String {
-        let mut states = BTreeMap::<&str, i64>::new();
-        for state in STATES {
-            states.insert(state.as_str(), 0);
-        }
+        let mut states = BTreeMap::<String, i64>::new();
         let mut restarts = BTreeMap::<String, i64>::new();
         for s in statuses {
-            *states.entry(s.state.as_str()).or_default() += 1;
+            *states.entry(s.state.clone()).or_default() += 1;
             let sum = restarts
                 .entry(format!("{}.{}", s.app, s.server))
                 .or_default();
             *sum = sum.saturating_add(i64::try_from(s.restarts).unwrap_or(i64::MAX));
         }
-        // The lock guards no data of its own, so a panic elsewhere cannot leave it torn.
-        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        // Cleared first, so a removed instance's server and states go away.
-        self.instances.clear();
-        for (state, n) in states {
-            self.instances
-                .get_or_create(&StateLabels {
-                    state: state.to_string(),
-                })
-                .set(n);
-        }
-        self.restarts.clear();
-        for (server, n) in restarts {
-            self.restarts.get_or_create(&ServerLabels { server }).set(n);
-        }
-        self.encode()
+        let states: Vec<(String, i64)> = states.into_iter().collect();
+        let restarts: Vec<(String, i64)> = restarts.into_iter().collect();
+        self.exposition.scrape(|| {
+            // Every known state is reported, 0 when no instance is in it; a removed
+            // instance's server goes away.
+            replace(
+                &self.instances,
+                &STATES.map(State::as_str),
+                &states,
+                |state| StateLabels { state },
+            );
+            replace(&self.restarts, &[], &restarts, |server| ServerLabels {
+                server,
+            });
+        })
     }
 }
 

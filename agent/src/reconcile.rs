@@ -148,7 +148,7 @@ impl Reconciler {
             let Some(memory) = crate::instance::memory::load(&entry.path()) else {
                 continue;
             };
-            let Some((app, server)) = name.split_once('.') else {
+            let Some((app, server)) = corral_proto::names::split_server(&name) else {
                 continue;
             };
             if memory.pid == 0 {

@@ -50,22 +50,14 @@ pub struct Resolver {
 impl Resolver {
     /// `locator`: comma-separated registry URLs.
     pub fn new(locator: &str, name: &str) -> Result<Resolver, Error> {
-        if name.split('.').count() != 3 || name.split('.').any(str::is_empty) {
+        if corral_proto::names::split_service(name).is_none() {
             return Err(Error::BadName(name.to_string()));
         }
         let mut locators = Vec::new();
-        for entry in locator.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let with_scheme = if entry.contains("://") {
-                entry.to_string()
-            } else {
-                format!("http://{entry}")
-            };
-            let uri: Uri = with_scheme
-                .parse()
-                .map_err(|_| Error::BadLocator(entry.to_string()))?;
-            if uri.host().is_none_or(str::is_empty) {
-                return Err(Error::BadLocator(entry.to_string()));
-            }
+        for (entry, uri) in corral_proto::locator::entries(locator) {
+            let uri = uri
+                .filter(|u| u.host().is_some_and(|h| !h.is_empty()))
+                .ok_or_else(|| Error::BadLocator(entry.to_string()))?;
             locators.push(uri);
         }
         if locators.is_empty() {

@@ -3,13 +3,17 @@
 //! * `corral.v1.Agent` — the one long-lived session an agent opens with the registry.
 //! * `corral.v1.Admin` — the admin API the `registry` CLI talks to.
 //!
-//! Beside the wire: [`names`], the name rules both ends check, and [`text`], how error
-//! messages show user input without echoing it whole.
+//! Beside the wire: [`names`], the name rules both ends check (and the one parser of
+//! `APP.SERVER.ADAPTER`), [`locator`], how a list of registry addresses is written, and
+//! [`text`], how error messages show user input without echoing it whole. They live here
+//! rather than in `corral_common` because the client library uses them too, and it
+//! depends on this crate alone.
 
 /// The protocol version an agent announces in its first message. The registry refuses
 /// versions it does not speak with a message naming both.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+pub mod locator;
 pub mod names;
 pub mod text;
 

@@ -1,4 +1,6 @@
-//! Rules for names that both ends of the wire check.
+//! Rules for names that both ends of the wire check, and the one parser of the dotted
+//! names: `APP.SERVER` (a server, an instance's directory) and `APP.SERVER.ADAPTER` (a
+//! service name, as discovery and templates know it).
 
 use crate::text::quoted;
 
@@ -33,6 +35,51 @@ pub fn check_node_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The parts of a dotted name: `APP.SERVER` or `APP.SERVER.ADAPTER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Name<'a> {
+    pub app: &'a str,
+    pub server: &'a str,
+    pub adapter: Option<&'a str>,
+}
+
+impl<'a> Name<'a> {
+    /// Splits `APP.SERVER` or `APP.SERVER.ADAPTER`: two or three parts, none empty. The
+    /// characters of each part are the spec's to check.
+    pub fn parse(name: &'a str) -> Option<Name<'a>> {
+        let mut parts = name.split('.');
+        let (app, server) = (parts.next()?, parts.next()?);
+        let adapter = parts.next();
+        let empty = [Some(app), Some(server), adapter].contains(&Some(""));
+        if empty || parts.next().is_some() {
+            return None;
+        }
+        Some(Name {
+            app,
+            server,
+            adapter,
+        })
+    }
+}
+
+/// `APP.SERVER` split into app and server; None for anything else.
+pub fn split_server(name: &str) -> Option<(&str, &str)> {
+    match Name::parse(name)? {
+        Name {
+            app,
+            server,
+            adapter: None,
+        } => Some((app, server)),
+        _ => None,
+    }
+}
+
+/// `APP.SERVER.ADAPTER` split into its three parts; None for anything else.
+pub fn split_service(name: &str) -> Option<(&str, &str, &str)> {
+    let n = Name::parse(name)?;
+    Some((n.app, n.server, n.adapter?))
 }
 
 /// The environment variable that carries an adapter's port to the service:
@@ -76,6 +123,25 @@ mod tests {
         let err = check_node_name(&"n".repeat(1 << 20)).expect_err("too long");
         assert!(err.len() < 200, "{err}");
         assert!(err.contains("1048576 bytes; the limit is 63"), "{err}");
+    }
+
+    #[test]
+    fn dotted_names_split() {
+        assert_eq!(split_server("demo.echo"), Some(("demo", "echo")));
+        assert_eq!(
+            split_service("demo.echo.Main"),
+            Some(("demo", "echo", "Main"))
+        );
+        let server = Name::parse("demo.echo").expect("server");
+        assert_eq!(
+            (server.app, server.server, server.adapter),
+            ("demo", "echo", None)
+        );
+        for bad in ["", "demo", "demo.", ".echo", "a..b", "a.b.c.d", "a.b."] {
+            assert_eq!(Name::parse(bad), None, "{bad}");
+        }
+        assert_eq!(split_server("demo.echo.Main"), None);
+        assert_eq!(split_service("demo.echo"), None);
     }
 
     #[test]

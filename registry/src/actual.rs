@@ -16,12 +16,13 @@
 mod write;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{EventRow, StatusReport, now_ms};
 
 pub use write::run;
@@ -298,14 +299,14 @@ impl Inner {
 
 /// The node's session opened: what the database holds of its instances is known.
 pub async fn session_opened(shared: &Shared, node: &str, session_id: i64) {
-    let rows = match shared.store.node_reports(node).await {
+    let rows = match shared.store().node_reports(node).await {
         Ok(rows) => rows,
         Err(err) => {
             warn!(node, cause = %err, "cannot read the node's instances: its next reports are all written");
             Vec::new()
         }
     };
-    shared.actual.seed(node, session_id, rows);
+    shared.actual().seed(node, session_id, rows);
 }
 
 /// A status report of `node`'s session `session_id`: recorded, and when its state or
@@ -314,19 +315,19 @@ pub async fn session_opened(shared: &Shared, node: &str, session_id: i64) {
 pub async fn reported(shared: &Shared, node: &str, session_id: i64, report: StatusReport) {
     let (app, server) = (report.app.clone(), report.server.clone());
     let (state, health) = (report.state.clone(), report.health.clone());
-    if shared.actual.report(node, session_id, report, now_ms()) != Change::Discovery {
+    if shared.actual().report(node, session_id, report, now_ms()) != Change::Discovery {
         return;
     }
     // Config files that list it follow through the renderer, which watches the tables.
     shared
-        .discovery
+        .discovery()
         .instance_reported(node, &app, &server, &state, &health);
 }
 
 /// An event an agent reported.
 pub fn event(shared: &Shared, row: EventRow) {
-    let dropped = shared.actual.event(row);
-    shared.metrics.events_dropped.inc_by(dropped);
+    let dropped = shared.actual().event(row);
+    shared.metrics().events_dropped.inc_by(dropped);
 }
 
 /// The node's session ended (and no newer one replaced it): the node is `down`, now or
@@ -338,18 +339,38 @@ pub async fn session_ended(
     reason: &(dyn std::fmt::Display + Sync),
 ) {
     let at_ms = now_ms();
-    if shared.outage.reachable() {
-        match shared.store.mark_node_down(node, session_id, at_ms).await {
+    if shared.outage().reachable() {
+        match shared.store().mark_node_down(node, session_id, at_ms).await {
             Ok(_) => {
                 info!(node, session = session_id, %reason, "node down");
-                shared.discovery_changed().await;
+                shared.discovery_changed();
                 return;
             }
             Err(err) => warn!(node, cause = %err, "could not mark node down; trying again"),
         }
     }
     info!(node, session = session_id, %reason, "node down (written when the database answers)");
-    shared.actual.node_down(node, session_id, at_ms);
+    shared.actual().node_down(node, session_id, at_ms);
+}
+
+/// Keeps the event log bounded: the newest `event_retention` events stay.
+pub async fn trim_events(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shared.shutdown().cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match shared
+            .store()
+            .trim_events(shared.config().event_retention as i64)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "trimmed old events"),
+            Err(err) => warn!(cause = %err, "could not trim events"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! The `Agent.Session` RPC: one long-lived stream per joined agent.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +8,8 @@ use corral_proto::v1::agent_message::Body as AgentBody;
 use corral_proto::v1::agent_server::Agent;
 use corral_proto::v1::registry_message::Body as RegistryBody;
 use corral_proto::v1::{
-    AgentMessage, ConfigFile, DesiredState, DownloadChunk, DownloadRequest, InstanceEvent,
-    InstanceSpec, InstanceStatus, LoadReport, PackageRef, RegistryMessage, Welcome,
+    AgentMessage, DownloadChunk, DownloadRequest, InstanceEvent, InstanceStatus, LoadReport,
+    RegistryMessage, Welcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -18,11 +17,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::configs::instance::{self, Placement};
+use crate::desired::desired_state;
 use crate::join;
-use crate::server::Shared;
 use crate::sessions::Opened;
-use crate::store::{Delivered, EventRow, LoadRow, StatusReport, Store, StoreError, now_ms};
+use crate::state::Shared;
+use crate::store::{EventRow, LoadRow, StatusReport, now_ms};
 
 /// How long a new session may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,9 +87,9 @@ impl Agent for AgentService {
         }
         let now = now_ms();
         let admitted = match join::admit(
-            &shared.store,
+            shared.store(),
             &hello,
-            shared.config.join_token.as_deref(),
+            shared.config().join_token.as_deref(),
             now,
         )
         .await
@@ -102,23 +101,23 @@ impl Agent for AgentService {
             }
         };
         let opened = shared
-            .sessions
+            .sessions()
             .open(&admitted.node, admitted.session_id, now);
         info!(node = %admitted.node, %peer, session = admitted.session_id, "node up");
         crate::actual::session_opened(shared, &admitted.node, admitted.session_id).await;
-        shared.discovery_changed().await;
+        shared.discovery_changed();
 
         let (tx, rx) = mpsc::channel(16);
         let welcome = RegistryMessage {
             body: Some(RegistryBody::Welcome(Welcome {
-                heartbeat_interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
+                heartbeat_interval_ms: shared.config().heartbeat_interval.as_millis() as u64,
                 registry_version: env!("CARGO_PKG_VERSION").to_string(),
             })),
         };
         // The channel is new and empty; this cannot fail.
         let _ = tx.try_send(Ok(welcome));
         let shared = shared.clone();
-        self.shared.tracker.spawn(async move {
+        self.shared.spawn(async move {
             run_session(shared, admitted, inbound, tx, opened).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -150,7 +149,7 @@ impl std::fmt::Display for End {
 /// checked it is valid; here we check there is one).
 fn require_client_cert<T>(shared: &Shared, request: &Request<T>) -> Result<(), Status> {
     let mtls = shared
-        .config
+        .config()
         .tls
         .as_ref()
         .is_some_and(|t| t.client_ca.is_some());
@@ -160,118 +159,6 @@ fn require_client_cert<T>(shared: &Shared, request: &Request<T>) -> Result<(), S
         ));
     }
     Ok(())
-}
-
-/// The node's full desired state, from the database: specs with this node's ports,
-/// releases and rendered environment, and the config files delivered to each instance.
-/// Files are rendered here the first time an instance needs them and when its spec
-/// changed (the agent restarts it for the new spec anyway); every other change of a file
-/// is the config renderer's to deliver ([`crate::configs`]).
-pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, StoreError> {
-    let store = &shared.store;
-    let assignments = store.node_assignments(node).await?;
-    let node_row = store.get_node(node).await?;
-    let (node_ip, data_dir) = node_row
-        .map(|n| (n.address, n.data_dir))
-        .unwrap_or_default();
-    let delivered = store.node_configs(node).await?;
-    let mut tables = None;
-    let mut instances = Vec::with_capacity(assignments.len());
-    for a in assignments {
-        let (app, server) = (a.spec.app.clone(), a.spec.server.clone());
-        let placement = Placement {
-            node,
-            node_ip: &node_ip,
-            data_dir: &data_dir,
-            ordinal: u32::try_from(a.ordinal).unwrap_or(0),
-            ports: store.instance_ports(&app, &server, node).await?,
-            version: &a.desired_version,
-        };
-        let ctx = instance::context(&a.spec, &placement);
-        let env = instance::env(&a.spec, &ctx).unwrap_or_else(|f| {
-            warn!(node, server = %a.spec.name(), cause = %f, "cannot render env; sending it unrendered");
-            a.spec.env.clone()
-        });
-        let package = package_ref(store, &app, &server, &a.desired_version).await?;
-        let spec = instance::wire_spec(&a.spec, &placement.ports, package, env);
-        let fingerprint = corral_proto::spec_hash(&spec);
-        let key = (app.clone(), server.clone(), node.to_string());
-        let mut files = delivered.get(&key).cloned().unwrap_or_default();
-        let stale = files.is_empty() || files.values().any(|d| d.fingerprint != fingerprint);
-        if stale && !a.spec.configs.is_empty() {
-            let tables = tables.get_or_insert_with(|| shared.discovery.render_tables());
-            let mut fresh = BTreeMap::new();
-            for c in &a.spec.configs {
-                match instance::file(&a.spec, &c.name, &ctx, tables) {
-                    Ok(r) => {
-                        fresh.insert(
-                            c.name.clone(),
-                            Delivered {
-                                content: r.content,
-                                fingerprint: fingerprint.clone(),
-                            },
-                        );
-                    }
-                    // Checked at apply with this instance's values; a failure now is on
-                    // something only the running fleet has. It keeps its last file.
-                    Err(f) => {
-                        warn!(node, server = %a.spec.name(), cause = %f, "cannot render a config");
-                        if let Some(old) = files.get(&c.name) {
-                            fresh.insert(c.name.clone(), old.clone());
-                        }
-                    }
-                }
-            }
-            store
-                .deliver_configs((&app, &server, node), &fresh, None, now_ms())
-                .await?;
-            files = fresh;
-        }
-        let configs = a
-            .spec
-            .configs
-            .iter()
-            .filter_map(|c| {
-                files.get(&c.name).map(|d| ConfigFile {
-                    name: c.name.clone(),
-                    content: d.content.clone(),
-                    on_change: c.on_change.clone(),
-                })
-            })
-            .collect();
-        instances.push(InstanceSpec {
-            app: app.clone(),
-            server: server.clone(),
-            spec: Some(spec),
-            running: a.running,
-            restart_counter: u64::try_from(a.restart_counter).unwrap_or(0),
-            prefetch: package_ref(store, &app, &server, &a.prefetch_version).await?,
-            configs,
-            ordinal: placement.ordinal,
-        });
-    }
-    Ok(DesiredState { instances })
-}
-
-/// What an agent needs to fetch and verify a release; None for no version.
-pub async fn package_ref(
-    store: &Store,
-    app: &str,
-    server: &str,
-    version: &str,
-) -> Result<Option<PackageRef>, StoreError> {
-    if version.is_empty() {
-        return Ok(None);
-    }
-    let p = store
-        .get_package(app, server, version)
-        .await?
-        .ok_or_else(|| StoreError::PackageNotFound(format!("{app}.{server} {version}")))?;
-    Ok(Some(PackageRef {
-        version: p.version,
-        sha256: p.sha256,
-        size: u64::try_from(p.size).unwrap_or(0),
-    }))
 }
 
 /// Sends the node's desired state; false when the agent's stream is gone.
@@ -285,7 +172,7 @@ async fn send_desired(
             let msg = RegistryMessage {
                 body: Some(RegistryBody::Desired(desired)),
             };
-            shared.metrics.desired_sent.inc();
+            shared.metrics().desired_sent.inc();
             tx.send(Ok(msg)).await.is_ok()
         }
         Err(err) => {
@@ -358,7 +245,7 @@ async fn run_session(
 ) {
     let node = admitted.node.as_str();
     let id = admitted.session_id;
-    shared.metrics.sessions_open.inc();
+    shared.metrics().sessions_open.inc();
     let mut end = if send_desired(&shared, node, &tx).await {
         None
     } else {
@@ -366,30 +253,30 @@ async fn run_session(
     };
     while end.is_none() {
         tokio::select! {
-            () = shared.shutdown.cancelled() => end = Some(End::Shutdown),
+            () = shared.shutdown().cancelled() => end = Some(End::Shutdown),
             () = opened.replaced.cancelled() => end = Some(End::Replaced),
             () = opened.changed.notified() => {
                 // Instances may have been added or reset: their next reports are written.
-                shared.actual.forget(node);
+                shared.actual().forget(node);
                 if !send_desired(&shared, node, &tx).await {
                     end = Some(End::Closed);
                 }
             }
-            next = tokio::time::timeout(shared.config.node_timeout, inbound.message()) => {
+            next = tokio::time::timeout(shared.config().node_timeout, inbound.message()) => {
                 match next {
                     Err(_) => end = Some(End::Silent),
                     Ok(Ok(None)) => end = Some(End::Closed),
                     Ok(Err(status)) => end = Some(End::Broken(status)),
                     Ok(Ok(Some(msg))) => match msg.body {
                         Some(AgentBody::Heartbeat(hb)) => {
-                            shared.sessions.touch(node, id, now_ms(), hb.load.as_ref().map(load_row));
+                            shared.sessions().touch(node, id, now_ms(), hb.load.as_ref().map(load_row));
                         }
                         Some(AgentBody::Status(status)) => {
-                            shared.sessions.touch(node, id, now_ms(), None);
+                            shared.sessions().touch(node, id, now_ms(), None);
                             record_status(&shared, node, id, status).await;
                         }
                         Some(AgentBody::Event(event)) => {
-                            shared.sessions.touch(node, id, now_ms(), None);
+                            shared.sessions().touch(node, id, now_ms(), None);
                             record_event(&shared, node, event);
                         }
                         Some(AgentBody::Hello(_)) | None => {
@@ -402,8 +289,8 @@ async fn run_session(
     }
     let end = end.unwrap_or(End::Closed);
     drop(tx);
-    shared.metrics.sessions_open.dec();
-    if shared.sessions.close(node, id) {
+    shared.metrics().sessions_open.dec();
+    if shared.sessions().close(node, id) {
         crate::actual::session_ended(&shared, node, id, &end).await;
     } else {
         info!(node, session = id, reason = %end, "session replaced");

@@ -1,5 +1,11 @@
 //! `registry dev`: a registry on an SQLite file and an agent for this host, in one
 //! process, for trying Corral out on one machine.
+//!
+//! The only module of the registry that uses the agent crate. It runs the agent as a
+//! library (`corral_agent::run`) rather than starting the `agent` binary as a child: one
+//! process is what `registry dev` promises (one binary to try Corral, Ctrl-C stops both,
+//! one log on the terminal), it needs no `agent` binary found beside this one, and the
+//! agent's settings are built here as a typed `AgentConfig` instead of a command line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +13,9 @@ use std::time::Duration;
 
 use corral_agent::AgentConfig;
 use corral_agent::config::{defaults as agent_defaults, parse_locator};
+use corral_common::archive::Limits;
+use corral_common::fs::absolute;
+use corral_common::tls::ClientTls;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +81,7 @@ fn absolute_sqlite(url: &str) -> String {
             let (file, query) = path
                 .split_once('?')
                 .map_or((path, None), |(f, q)| (f, Some(q)));
-            let abs = corral_agent::config::absolute(PathBuf::from(file));
+            let abs = absolute(PathBuf::from(file));
             match query {
                 Some(q) => format!("sqlite://{}?{q}", abs.display()),
                 None => format!("sqlite://{}", abs.display()),
@@ -136,7 +145,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
         None => corral_agent::facts::default_node_name()
             .map_err(corral_agent::config::ConfigError::NodeName)?,
     };
-    let data_dir = corral_agent::config::absolute(opts.data_dir.clone());
+    let data_dir = absolute(opts.data_dir.clone());
     let db = absolute_sqlite(&opts.db);
     let agent_config = AgentConfig {
         locators: parse_locator(&format!("http://{listen}"))?,
@@ -157,7 +166,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
         join_token: None,
         // Trying Corral out on one's own machine: services run as whoever runs `dev`.
         allow_root: true,
-        tls: corral_agent::tls::ClientTls::default(),
+        tls: ClientTls::default(),
         // Off: port 8600 may be taken on a developer's machine (Consul's default too).
         dns: None,
         dns_ttl: agent_defaults::DNS_TTL,
@@ -172,7 +181,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
         flush_interval: defaults::FLUSH_INTERVAL,
         event_retention: defaults::EVENT_RETENTION,
         max_package_size: defaults::MAX_PACKAGE_SIZE,
-        package_limits: corral_agent::package::Limits::default(),
+        package_limits: Limits::default(),
         download_rate: None,
         // One machine, loopback only: no tokens, and the banner says so.
         admin_tokens: Vec::new(),

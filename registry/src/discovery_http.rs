@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::auth::Tokens;
 use crate::discovery::Watched;
-use crate::server::Shared;
+use crate::state::Shared;
 
 type Names = Arc<Mutex<HashMap<String, Arc<watch::Sender<Snapshot>>>>>;
 
@@ -44,7 +44,7 @@ impl Source for Lists {
             match names.get(name) {
                 Some(tx) => tx.subscribe(),
                 None => {
-                    let mut src = self.shared.discovery.watch_name(name);
+                    let mut src = self.shared.discovery().watch_name(name);
                     let now = src.borrow_and_update().clone();
                     if now.is_none() {
                         return Err(LookupError::NotFound(name.to_string()));
@@ -52,7 +52,7 @@ impl Source for Lists {
                     let tx = Arc::new(watch::Sender::new(Snapshot::new(state_of(&now))));
                     names.insert(name.to_string(), tx.clone());
                     let rx = tx.subscribe();
-                    self.shared.tracker.spawn(forward(
+                    self.shared.spawn(forward(
                         self.names.clone(),
                         name.to_string(),
                         src,
@@ -128,7 +128,7 @@ pub fn auth(admin_tokens: &[String], public: bool) -> Auth {
 
 /// The discovery routes of the registry's HTTP side.
 pub fn routes(shared: &Arc<Shared>) -> Router {
-    let auth = auth(&shared.config.admin_tokens, shared.config.public_discovery);
+    let auth = auth(&shared.config().admin_tokens, shared.config().public_discovery);
     let lists = Arc::new(Lists {
         shared: shared.clone(),
         names: Names::default(),

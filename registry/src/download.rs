@@ -12,7 +12,7 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::StoreError;
 
 type Stream =
@@ -20,7 +20,7 @@ type Stream =
 
 /// Checks who asks: a node with its identity, for a server assigned to it.
 async fn authorize(shared: &Shared, req: &DownloadRequest) -> Result<(), Status> {
-    let node = shared.store.get_node(&req.node).await?;
+    let node = shared.store().get_node(&req.node).await?;
     let known = node.is_some_and(|n| crate::join::identity_hash(&req.identity) == n.identity_hash);
     if !known {
         return Err(Status::unauthenticated(format!(
@@ -28,7 +28,7 @@ async fn authorize(shared: &Shared, req: &DownloadRequest) -> Result<(), Status>
             corral_proto::text::quoted(&req.node)
         )));
     }
-    let instances = shared.store.instances_of(&req.app, &req.server).await?;
+    let instances = shared.store().instances_of(&req.app, &req.server).await?;
     if !instances.iter().any(|i| i.node == req.node) {
         return Err(Status::permission_denied(format!(
             "node {} runs no instance of {}.{}",
@@ -134,7 +134,7 @@ pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Strea
     crate::spec::check_version(&req.version).map_err(Status::invalid_argument)?;
     let name = format!("{}.{} {}", req.app, req.server, req.version);
     let pkg = shared
-        .store
+        .store()
         .get_package(&req.app, &req.server, &req.version)
         .await?
         .ok_or_else(|| StoreError::PackageNotFound(name.clone()))?;
@@ -147,25 +147,25 @@ pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Strea
     }
     let chunk = u64::try_from(pkg.chunk_size).unwrap_or(1).max(1);
     let (tx, rx) = mpsc::channel(2);
-    let rate = shared.config.download_rate;
+    let rate = shared.config().download_rate;
     let task_shared = shared.clone();
-    shared.tracker.spawn(async move {
+    shared.spawn(async move {
         let shared = task_shared;
-        let _active = shared.chunks.start();
+        let _active = shared.chunks().start();
         let started = Instant::now();
         let mut sent: u64 = 0;
         let mut seq = req.offset / chunk;
         let mut skip = (req.offset % chunk) as usize;
         while seq * chunk < size {
             let read = async {
-                shared.metrics.chunks_read.inc();
+                shared.metrics().chunks_read.inc();
                 shared
-                    .store
+                    .store()
                     .read_chunk(&req.app, &req.server, &req.version, seq as i64)
                     .await
             };
             let data = match shared
-                .chunks
+                .chunks()
                 .get((pkg.sha256.clone(), chunk, seq), read)
                 .await
             {
@@ -189,7 +189,7 @@ pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Strea
             if tx.send(Ok(DownloadChunk { data })).await.is_err() {
                 return;
             }
-            shared.metrics.chunks_sent.inc();
+            shared.metrics().chunks_sent.inc();
             if let Some(rate) = rate {
                 // Pace to the configured rate: no faster than `rate` bytes per second.
                 let due = Duration::from_secs_f64(sent as f64 / rate as f64);

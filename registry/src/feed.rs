@@ -1,65 +1,82 @@
 //! Keeping replicas in step. Several registries can serve one fleet from one MySQL
-//! database; each keeps caches in memory (open sessions, the discovery table). When one
-//! of them changes something, it tells its own sessions at once and appends a row to the
-//! `changes` table; every replica follows that table and tells its sessions too, so an
-//! agent hears of a change within a poll interval whichever replica it is connected to.
-//! Each row names the replica that wrote it, and a replica skips its own rows: it told
-//! its sessions and its discovery cache when it made the change.
+//! database; each keeps caches in memory (open sessions, the discovery table). What one
+//! of them changes it publishes on its own bus ([`crate::bus`]): its sessions and
+//! discovery hear of it at once, and [`record`] appends it to the `changes` table; every
+//! replica follows that table ([`follow`]) and publishes what the others wrote on its own
+//! bus, so an agent hears of a change within a poll interval whichever replica it is
+//! connected to. Each row names the replica that wrote it, and a replica skips its own
+//! rows: its bus carried them when it made the change.
 
 use std::time::Duration;
 
 use tracing::warn;
 
-use crate::server::Shared;
-use crate::store::{Change, now_ms};
+use tokio::sync::broadcast;
+
+use crate::bus::{Change, Origin, Published};
+use crate::state::Shared;
+use crate::store::now_ms;
 
 /// How often a replica reads the feed.
 pub const POLL: Duration = Duration::from_millis(200);
 /// How long rows stay in the feed.
 const KEEP: Duration = Duration::from_secs(600);
 
-impl Shared {
-    /// The desired state of these nodes changed: resend it to their sessions, here
-    /// and on every other replica. Discovery is recomputed first, so files rendered for
-    /// the new state list the fleet as it now is.
-    pub async fn changed(&self, nodes: &[String]) {
-        if let Err(e) = self.refresh_discovery().await {
-            warn!(cause = %e, "cannot recompute discovery before sending a change");
+/// Records in the feed, until shutdown, the changes this replica publishes on its bus,
+/// for the other replicas. Changes that arrive together are written in one batch.
+pub async fn record(shared: std::sync::Arc<Shared>) {
+    let mut rx = shared.subscribe();
+    loop {
+        let first = tokio::select! {
+            () = shared.shutdown().cancelled() => return,
+            p = rx.recv() => p,
+        };
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(Ok(more));
         }
-        self.resend(nodes).await;
-    }
-
-    /// Recomputes discovery from the database now, with the reports not written yet on
-    /// top of what it reads.
-    pub async fn refresh_discovery(&self) -> Result<(), crate::store::StoreError> {
-        self.metrics.discovery_recomputes.inc();
-        self.discovery
-            .refresh(&self.store, || self.actual.unwritten())
-            .await
-    }
-
-    /// Only what these nodes are sent changed (new config files), nothing discovery
-    /// depends on: resend their desired state here and on every other replica.
-    pub async fn resend(&self, nodes: &[String]) {
-        self.sessions.notify(nodes);
-        if let Err(e) = self
-            .store
-            .record_changes(nodes, "desired", &self.replica_id, now_ms())
-            .await
-        {
-            warn!(cause = %e, "cannot record a change for the other replicas");
+        let mut nodes: Vec<String> = Vec::new();
+        let mut discovery = false;
+        for p in batch {
+            match p {
+                Ok(Published {
+                    origin: Origin::Elsewhere,
+                    ..
+                }) => {}
+                Ok(Published {
+                    change: Change::Desired { nodes: n, .. },
+                    ..
+                }) => nodes.extend(n.iter().cloned()),
+                Ok(Published {
+                    change: Change::Discovery,
+                    ..
+                }) => discovery = true,
+                // Fell behind: the other replicas must recompute and resend everything.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    discovery = true;
+                    nodes.extend(shared.sessions().live_nodes());
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
         }
-    }
-
-    /// Something discovery depends on changed (an instance's state or health, a node
-    /// up or down): recompute here and on every other replica.
-    pub async fn discovery_changed(&self) {
-        self.discovery.poke();
-        if let Err(e) = self
-            .store
-            .record_changes(&[], "discovery", &self.replica_id, now_ms())
-            .await
-        {
+        nodes.sort();
+        nodes.dedup();
+        let me = shared.replica_id();
+        let now = now_ms();
+        let mut result = Ok(());
+        if !nodes.is_empty() {
+            result = shared
+                .store()
+                .record_changes(&nodes, "desired", me, now)
+                .await;
+        }
+        if discovery && result.is_ok() {
+            result = shared
+                .store()
+                .record_changes(&[], "discovery", me, now)
+                .await;
+        }
+        if let Err(e) = result {
             warn!(cause = %e, "cannot record a change for the other replicas");
         }
     }
@@ -67,7 +84,7 @@ impl Shared {
 
 /// Follows the feed until shutdown.
 pub async fn follow(shared: std::sync::Arc<Shared>) {
-    let mut last = match shared.store.last_change_id().await {
+    let mut last = match shared.store().last_change_id().await {
         Ok(id) => id,
         Err(e) => {
             warn!(cause = %e, "cannot read the change feed; following from the start");
@@ -77,10 +94,10 @@ pub async fn follow(shared: std::sync::Arc<Shared>) {
     let mut trimmed = std::time::Instant::now();
     loop {
         tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shared.shutdown().cancelled() => return,
             () = tokio::time::sleep(POLL) => {}
         }
-        let changes = match shared.store.changes_after(last).await {
+        let changes = match shared.store().changes_after(last).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(cause = %e, "cannot read the change feed");
@@ -90,20 +107,20 @@ pub async fn follow(shared: std::sync::Arc<Shared>) {
         if let Some(c) = changes.last() {
             last = c.id;
         }
-        if let Some(nodes) = written_by_others(&changes, &shared.replica_id) {
-            if nodes.is_empty() {
-                shared.discovery.poke();
+        if let Some(nodes) = written_by_others(&changes, shared.replica_id()) {
+            shared.changed_elsewhere(if nodes.is_empty() {
+                crate::bus::Change::Discovery
             } else {
-                if let Err(e) = shared.refresh_discovery().await {
-                    warn!(cause = %e, "cannot recompute discovery before sending a change");
+                crate::bus::Change::Desired {
+                    nodes: nodes.into(),
+                    refresh: true,
                 }
-                shared.sessions.notify(&nodes);
-            }
+            });
         }
         if trimmed.elapsed() > Duration::from_secs(60) {
             trimmed = std::time::Instant::now();
             if let Err(e) = shared
-                .store
+                .store()
                 .trim_changes(now_ms() - KEEP.as_millis() as i64)
                 .await
             {
@@ -115,7 +132,7 @@ pub async fn follow(shared: std::sync::Arc<Shared>) {
 
 /// The nodes named by the rows another replica wrote, or None when every row is this
 /// replica's own (nothing to do: it acted when it wrote them).
-fn written_by_others(changes: &[Change], me: &str) -> Option<Vec<String>> {
+fn written_by_others(changes: &[crate::store::Change], me: &str) -> Option<Vec<String>> {
     let mut theirs = changes.iter().filter(|c| c.replica != me).peekable();
     theirs.peek()?;
     Some(
@@ -129,6 +146,7 @@ fn written_by_others(changes: &[Change], me: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Change;
 
     fn change(id: i64, node: &str, replica: &str) -> Change {
         Change {

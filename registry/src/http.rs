@@ -11,7 +11,7 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::metrics::FleetCounts;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::StoreError;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -25,17 +25,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// otherwise; within a second either way ([`crate::outage::CHECK_WITHIN`]). Both say how
 /// many agent reports and events wait to be written.
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let backend = shared.store.backend().name();
+    let backend = shared.store().backend().name();
     let checked = crate::outage::check(&shared).await;
     let error = match checked {
-        Ok(()) => shared.outage.error(),
+        Ok(()) => shared.outage().error(),
         Err(err) => Some(err.to_string()),
     };
-    let (statuses, events, dropped) = shared.actual.counts();
+    let (statuses, events, dropped) = shared.actual().counts();
     let mut body = json!({
         "status": "ok",
         "database": backend,
-        "sessions": shared.sessions.len(),
+        "sessions": shared.sessions().len(),
         "waiting": {"statuses": statuses, "events": events, "events_dropped": dropped},
     });
     match error {
@@ -52,8 +52,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     // Fleet counts come from the database, so every replica reports the whole fleet. A
     // failed query leaves its family as the last scrape saw it; the scrape still answers,
     // at once while the database is unreachable.
-    let store = &shared.store;
-    let counts = if shared.outage.reachable() {
+    let store = shared.store();
+    let counts = if shared.outage().reachable() {
         FleetCounts {
             nodes: logged(store.count_nodes_by_state().await),
             instances: logged(store.count_instances_by_state().await),
@@ -64,11 +64,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         FleetCounts::default()
     };
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shared.metrics.encode_fleet(&counts),
+        [(header::CONTENT_TYPE, corral_common::metrics::CONTENT_TYPE)],
+        shared.metrics().encode_fleet(&counts),
     )
 }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use corral_common::fs::ReadError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -28,10 +29,10 @@ pub struct TlsListener {
 }
 
 fn bad(path: &Path, e: impl std::fmt::Display) -> TlsError {
-    TlsError::Read {
+    TlsError::Read(ReadError {
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
-    }
+    })
 }
 
 /// The rustls configuration for a certificate chain and key in PEM files.

@@ -3,15 +3,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use corral_agent::logging::{LogFormat, init_tracing};
+use corral_common::logging::LogArgs;
+use corral_common::signal::cancel_on_shutdown_signal;
+use corral_registry::cli::apply::ApplyArgs;
+use corral_registry::cli::events::EventsArgs;
 use corral_registry::cli::node::NodeCommand;
-use corral_registry::cli::package::{PackageCommand, PatchArgs, RollbackArgs, RolloutCommand};
-use corral_registry::cli::server::{ApplyArgs, EventsArgs, ServerCommand};
+use corral_registry::cli::package::PackageCommand;
+use corral_registry::cli::rollout::{PatchArgs, RollbackArgs, RolloutCommand};
+use corral_registry::cli::server::ServerCommand;
 use corral_registry::cli::{CliError, ClientArgs};
-use corral_registry::config::{self, FileConfig, RegistryConfig, defaults};
+use corral_registry::config::{RegistryConfig, ServeArgs, defaults};
 use corral_registry::dev::{self, DevOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -24,12 +27,8 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    /// Log format.
-    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     /// The admin commands' options (--addr, --token, -o ...), accepted before or after
     /// the subcommand.
     #[command(flatten)]
@@ -91,62 +90,6 @@ enum Command {
     },
 }
 
-#[derive(Args)]
-struct ServeArgs {
-    /// Config file [default: /etc/corral/registry.toml, if present].
-    #[arg(long, env = "CORRAL_REGISTRY_CONFIG")]
-    config: Option<PathBuf>,
-    /// gRPC address [default: 127.0.0.1:17890].
-    #[arg(long, env = "CORRAL_REGISTRY_LISTEN")]
-    listen: Option<String>,
-    /// HTTP address for /health and /metrics [default: 127.0.0.1:17891].
-    #[arg(long, env = "CORRAL_REGISTRY_HTTP")]
-    http: Option<String>,
-    /// Database: sqlite://PATH or mysql://USER[:PASS]@HOST[:PORT]/DB [default: sqlite:///var/lib/corral/registry.db].
-    #[arg(long, env = "CORRAL_DB")]
-    db: Option<String>,
-    /// A node whose session is silent this long is down [default: 10s].
-    #[arg(long, env = "CORRAL_NODE_TIMEOUT", value_parser = humantime::parse_duration)]
-    node_timeout: Option<Duration>,
-    /// How often agents send heartbeats [default: 2s].
-    #[arg(long, env = "CORRAL_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
-    heartbeat_interval: Option<Duration>,
-    /// Pace each package download to this many bytes per second, e.g. "50 MiB" [default: unlimited].
-    #[arg(long, env = "CORRAL_DOWNLOAD_RATE")]
-    download_rate: Option<bytesize::ByteSize>,
-    /// A bearer token admin calls must present (repeatable; CORRAL_ADMIN_TOKENS is comma-separated).
-    #[arg(
-        long = "admin-token",
-        env = "CORRAL_ADMIN_TOKENS",
-        value_delimiter = ','
-    )]
-    admin_tokens: Vec<String>,
-    /// The token agents need to join for the first time.
-    #[arg(long, env = "CORRAL_JOIN_TOKEN")]
-    join_token: Option<String>,
-    /// Let anyone read discovery (Query.Find/Watch) without a token.
-    #[arg(long, env = "CORRAL_PUBLIC_DISCOVERY")]
-    public_discovery: bool,
-    /// Serve without tokens even on a non-loopback address.
-    #[arg(long, env = "CORRAL_NO_AUTH")]
-    no_auth: bool,
-    /// TLS certificate (PEM) for the gRPC port.
-    #[arg(long, env = "CORRAL_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    #[arg(long, env = "CORRAL_TLS_KEY")]
-    tls_key: Option<PathBuf>,
-    /// CA (PEM) whose client certificates agents must present: mutual TLS.
-    #[arg(long, env = "CORRAL_TLS_CLIENT_CA")]
-    tls_client_ca: Option<PathBuf>,
-    /// TLS certificate (PEM) for the HTTP port (/health, /metrics).
-    #[arg(long, env = "CORRAL_HTTP_TLS_CERT")]
-    http_tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM) for the HTTP port.
-    #[arg(long, env = "CORRAL_HTTP_TLS_KEY")]
-    http_tls_key: Option<PathBuf>,
-}
-
 #[derive(Subcommand)]
 enum TlsCommand {
     /// Write a CA and certificates for the registry, agents and admin clients.
@@ -180,85 +123,6 @@ struct DevArgs {
     /// Node name of the dev agent [default: the host name].
     #[arg(long)]
     node: Option<String>,
-}
-
-fn serve_config(args: ServeArgs) -> Result<RegistryConfig, config::ConfigError> {
-    let (path, required) = match &args.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from(defaults::CONFIG_FILE), false),
-    };
-    let file: FileConfig = config::read_file(&path, required)?;
-    let listen = args
-        .listen
-        .or(file.listen)
-        .unwrap_or_else(|| defaults::LISTEN.into());
-    let http = args
-        .http
-        .or(file.http)
-        .unwrap_or_else(|| defaults::HTTP.into());
-    let config = RegistryConfig {
-        listen: config::parse_addr("--listen", &listen)?,
-        http: config::parse_addr("--http", &http)?,
-        db: args.db.or(file.db).unwrap_or_else(|| defaults::DB.into()),
-        heartbeat_interval: args
-            .heartbeat_interval
-            .or(file.heartbeat_interval)
-            .unwrap_or(defaults::HEARTBEAT_INTERVAL),
-        node_timeout: args
-            .node_timeout
-            .or(file.node_timeout)
-            .unwrap_or(defaults::NODE_TIMEOUT),
-        flush_interval: file.flush_interval.unwrap_or(defaults::FLUSH_INTERVAL),
-        event_retention: file.event_retention.unwrap_or(defaults::EVENT_RETENTION),
-        max_package_size: file
-            .max_package_size
-            .map_or(defaults::MAX_PACKAGE_SIZE, |b| b.as_u64()),
-        package_limits: corral_agent::package::Limits {
-            max_unpacked_bytes: file
-                .max_unpacked_size
-                .map_or(corral_agent::config::defaults::MAX_UNPACKED_SIZE, |b| {
-                    b.as_u64()
-                }),
-            max_entries: file
-                .max_package_entries
-                .unwrap_or(corral_agent::config::defaults::MAX_PACKAGE_ENTRIES),
-        },
-        download_rate: args
-            .download_rate
-            .map(|b| b.as_u64())
-            .or(file.download_rate.map(|b| b.as_u64())),
-        admin_tokens: if args.admin_tokens.is_empty() {
-            file.admin_tokens.unwrap_or_default()
-        } else {
-            args.admin_tokens
-        },
-        join_token: args.join_token.or(file.join_token),
-        public_discovery: args.public_discovery || file.public_discovery.unwrap_or(false),
-        no_auth: args.no_auth || file.no_auth.unwrap_or(false),
-        tls: match (
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
-            args.tls_client_ca.or(file.tls_client_ca),
-        ) {
-            (Some(cert), Some(key), client_ca) => Some(config::TlsFiles {
-                cert,
-                key,
-                client_ca,
-            }),
-            (None, None, None) => None,
-            _ => return Err(config::ConfigError::HalfTls),
-        },
-        http_tls: match (
-            args.http_tls_cert.or(file.http_tls_cert),
-            args.http_tls_key.or(file.http_tls_key),
-        ) {
-            (Some(c), Some(k)) => Some((c, k)),
-            (None, None) => None,
-            _ => return Err(config::ConfigError::HalfTls),
-        },
-    };
-    config.validate()?;
-    Ok(config)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -306,8 +170,8 @@ fn main() -> ExitCode {
     let admin = |result| cli_result(corral_registry::cli::finish(result, client));
     match cli.command {
         Command::Serve(args) => {
-            init_tracing(cli.verbose, cli.log_format);
-            let config = match serve_config(args) {
+            cli.log.init();
+            let config = match corral_registry::config::load(args) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("registry: {e}");
@@ -317,7 +181,7 @@ fn main() -> ExitCode {
             rt.block_on(serve(config))
         }
         Command::Dev(args) => {
-            init_tracing(cli.verbose, cli.log_format);
+            cli.log.init();
             let opts = DevOptions {
                 db: args.db,
                 listen: args.listen,
@@ -328,7 +192,7 @@ fn main() -> ExitCode {
             };
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(wait_for_signal(shutdown.clone()));
+                tokio::spawn(cancel_on_shutdown_signal(shutdown.clone()));
                 match dev::run(opts, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -342,7 +206,7 @@ fn main() -> ExitCode {
             admin(rt.block_on(corral_registry::cli::node::run(command, client)))
         }
         Command::Apply { args } => {
-            admin(rt.block_on(corral_registry::cli::server::apply(args, client)))
+            admin(rt.block_on(corral_registry::cli::apply::apply(args, client)))
         }
         Command::Server { command } => {
             admin(rt.block_on(corral_registry::cli::server::run(command, client)))
@@ -351,13 +215,13 @@ fn main() -> ExitCode {
             admin(rt.block_on(corral_registry::cli::package::run(command, client)))
         }
         Command::Patch { args } => {
-            admin(rt.block_on(corral_registry::cli::package::patch(args, client)))
+            admin(rt.block_on(corral_registry::cli::rollout::patch(args, client)))
         }
         Command::Rollback { args } => {
-            admin(rt.block_on(corral_registry::cli::package::rollback(args, client)))
+            admin(rt.block_on(corral_registry::cli::rollout::rollback(args, client)))
         }
         Command::Rollout { command } => {
-            admin(rt.block_on(corral_registry::cli::package::rollouts(command, client)))
+            admin(rt.block_on(corral_registry::cli::rollout::rollouts(command, client)))
         }
         Command::Tls {
             command: TlsCommand::Init(a),
@@ -383,7 +247,7 @@ fn main() -> ExitCode {
             admin(rt.block_on(corral_registry::cli::server::endpoints(name, client)))
         }
         Command::Events { args } => {
-            admin(rt.block_on(corral_registry::cli::server::events(args, client)))
+            admin(rt.block_on(corral_registry::cli::events::events(args, client)))
         }
     }
 }
@@ -417,12 +281,12 @@ async fn serve(config: RegistryConfig) -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    tokio::spawn(cancel_on_shutdown_signal(shutdown.clone()));
     // systemd (Type=notify): READY=1 once /health answers (the database is open),
     // watchdog pings, STOPPING=1 on shutdown. A no-op without NOTIFY_SOCKET.
     let http_addr = http.local_addr().unwrap_or(config.http);
-    let notifier = tokio::spawn(corral_agent::notify::Notifier::from_env().run(
-        corral_agent::check::wait_healthy(http_addr),
+    let notifier = tokio::spawn(corral_common::notify::Notifier::from_env().run(
+        corral_common::health::wait_healthy(http_addr),
         shutdown.clone(),
     ));
     let result = corral_registry::run(config, grpc, http, shutdown.clone()).await;
@@ -441,21 +305,4 @@ async fn serve(config: RegistryConfig) -> ExitCode {
             }
         }
     }
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-    }
-    shutdown.cancel();
 }

@@ -6,27 +6,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use corral_common::metrics::{Exposition, ServerLabels, StateLabels, replace};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: String,
-}
-
-/// `server` is `app.server`: servers are defined by operators, so their number is bounded.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerLabels {
-    pub server: String,
 }
 
 /// Node states, always reported (0 when none), so a dashboard sees 0 rather than nothing.
@@ -62,10 +51,7 @@ pub struct FleetCounts {
 }
 
 pub struct Metrics {
-    registry: Registry,
-    /// Held while gauges computed at scrape time are replaced and encoded, so two
-    /// concurrent scrapes never see each other's half-replaced families.
-    scrape: std::sync::Mutex<()>,
+    exposition: Exposition,
     pub nodes: Family<StateLabels, Gauge>,
     pub instances: Family<StateLabels, Gauge>,
     /// Restarts summed over each server's instances.
@@ -89,7 +75,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("corral_registry");
+        let mut exposition = Exposition::new("corral_registry");
         let nodes = Family::<StateLabels, Gauge>::default();
         let instances = Family::<StateLabels, Gauge>::default();
         let restarts = Family::<ServerLabels, Gauge>::default();
@@ -99,36 +85,36 @@ impl Metrics {
         let rpc_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
-        registry.register(
+        exposition.register(
             "nodes",
             "Nodes known to the registry, by state",
             nodes.clone(),
         );
-        registry.register(
+        exposition.register(
             "instances",
             "Instances of the whole fleet, by state",
             instances.clone(),
         );
-        registry.register(
+        exposition.register(
             "instance_restarts",
             "Restarts of each server (app.server), summed over its instances",
             restarts.clone(),
         );
-        registry.register("rollouts", "Rollouts, by state", rollouts.clone());
-        registry.register(
+        exposition.register("rollouts", "Rollouts, by state", rollouts.clone());
+        exposition.register(
             "sessions_open",
             "Agent sessions open on this replica",
             sessions_open.clone(),
         );
-        registry.register("rpcs", "gRPC calls received, by method", rpcs.clone());
+        exposition.register("rpcs", "gRPC calls received, by method", rpcs.clone());
         let chunks_sent = Counter::default();
         let chunks_read = Counter::default();
-        registry.register(
+        exposition.register(
             "package_chunks_sent",
             "Package chunks sent to agents",
             chunks_sent.clone(),
         );
-        registry.register(
+        exposition.register(
             "package_chunks_read",
             "Package chunks read from the database for downloads (the others sent were shared between downloads running at the same time)",
             chunks_read.clone(),
@@ -136,29 +122,28 @@ impl Metrics {
         let desired_sent = Counter::default();
         let discovery_recomputes = Counter::default();
         let events_dropped = Counter::default();
-        registry.register(
+        exposition.register(
             "desired_states_sent",
             "Desired states sent to agents (one per session, then one per change of its node)",
             desired_sent.clone(),
         );
-        registry.register(
+        exposition.register(
             "discovery_recomputes",
             "Recomputations of the discovery table from the database",
             discovery_recomputes.clone(),
         );
-        registry.register(
+        exposition.register(
             "events_dropped",
             "Instance events dropped while the database was unreachable (the queue waiting for it was full)",
             events_dropped.clone(),
         );
-        registry.register(
+        exposition.register(
             "rpc_duration_seconds",
             "Time to answer a gRPC call (to the response headers for streams), by method",
             rpc_seconds.clone(),
         );
         Arc::new(Metrics {
-            registry,
-            scrape: std::sync::Mutex::new(()),
+            exposition,
             nodes,
             instances,
             restarts,
@@ -174,53 +159,26 @@ impl Metrics {
         })
     }
 
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-
     /// Sets the fleet-wide gauges from `counts`, then encodes everything.
     pub fn encode_fleet(&self, counts: &FleetCounts) -> String {
-        // The lock guards no data of its own, so a panic elsewhere cannot leave it torn.
-        let _scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = &counts.nodes {
-            replace(&self.nodes, NODE_STATES, c, |state| StateLabels { state });
-        }
-        if let Some(c) = &counts.instances {
-            replace(&self.instances, INSTANCE_STATES, c, |state| StateLabels {
-                state,
-            });
-        }
-        if let Some(c) = &counts.restarts {
-            replace(&self.restarts, &[], c, |server| ServerLabels { server });
-        }
-        if let Some(c) = &counts.rollouts {
-            replace(&self.rollouts, ROLLOUT_STATES, c, |state| StateLabels {
-                state,
-            });
-        }
-        self.encode()
-    }
-}
-
-/// Replaces every value of a gauge family: the labels in `always` show 0 when `counts`
-/// lacks them, and labels gone from `counts` (an undeployed server) disappear.
-fn replace<L>(
-    family: &Family<L, Gauge>,
-    always: &[&str],
-    counts: &[(String, i64)],
-    labels: impl Fn(String) -> L,
-) where
-    L: Clone + std::hash::Hash + Eq,
-{
-    family.clear();
-    for label in always {
-        family.get_or_create(&labels((*label).to_string())).set(0);
-    }
-    for (label, n) in counts {
-        family.get_or_create(&labels(label.clone())).set(*n);
+        self.exposition.scrape(|| {
+            if let Some(c) = &counts.nodes {
+                replace(&self.nodes, NODE_STATES, c, |state| StateLabels { state });
+            }
+            if let Some(c) = &counts.instances {
+                replace(&self.instances, INSTANCE_STATES, c, |state| StateLabels {
+                    state,
+                });
+            }
+            if let Some(c) = &counts.restarts {
+                replace(&self.restarts, &[], c, |server| ServerLabels { server });
+            }
+            if let Some(c) = &counts.rollouts {
+                replace(&self.rollouts, ROLLOUT_STATES, c, |state| StateLabels {
+                    state,
+                });
+            }
+        })
     }
 }
 

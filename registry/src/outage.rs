@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::StoreError;
 
 /// How often the watch checks the database.
@@ -127,8 +127,8 @@ impl Outage {
 
 /// Checks the database and records the outcome; when it has just come back, catches up.
 pub async fn check(shared: &Arc<Shared>) -> Result<(), StoreError> {
-    let checked = shared.store.check(CHECK_WITHIN).await;
-    if shared.outage.observe(&checked) {
+    let checked = shared.store().check(CHECK_WITHIN).await;
+    if shared.outage().observe(&checked) {
         back(shared).await;
     }
     checked
@@ -138,14 +138,14 @@ pub async fn check(shared: &Arc<Shared>) -> Result<(), StoreError> {
 /// The writers were woken by the change of availability.
 async fn back(shared: &Arc<Shared>) {
     // The config renderer follows the recomputation (it could not deliver meanwhile).
-    shared.discovery.poke();
+    shared.discovery().poke();
 }
 
 /// Watches the database until shutdown.
 pub async fn watch(shared: Arc<Shared>) {
     loop {
         tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shared.shutdown().cancelled() => return,
             () = tokio::time::sleep(PROBE_EVERY) => {}
         }
         let _ = check(&shared).await;

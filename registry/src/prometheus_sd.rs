@@ -25,7 +25,7 @@ use axum::routing::get;
 use corral_agent::discovery::http::{Auth, error};
 use serde_json::{Value, json};
 
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::spec::Spec;
 use crate::spec::render::InstanceTable;
 
@@ -42,7 +42,7 @@ async fn targets(
     if let Err(why) = auth(&headers) {
         return error(StatusCode::UNAUTHORIZED, why);
     }
-    let servers = match shared.store.list_servers().await {
+    let servers = match shared.store().list_servers().await {
         Ok(s) => s,
         Err(e) => {
             return error(
@@ -52,7 +52,7 @@ async fn targets(
         }
     };
     let specs: Vec<Spec> = servers.into_iter().map(|s| s.spec).collect();
-    axum::Json(document(&specs, &shared.discovery.instances())).into_response()
+    axum::Json(document(&specs, &shared.discovery().instances())).into_response()
 }
 
 /// `HOST:PORT`, with an IPv6 host in brackets.

@@ -17,7 +17,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::auth::Tokens;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// The node and identity an agent presented, to be checked by the call.
 #[derive(Clone)]
@@ -106,7 +106,7 @@ impl Verifier {
                 corral_proto::text::quoted(&claim.node)
             ))
         };
-        match shared.store.get_node(&claim.node).await {
+        match shared.store().get_node(&claim.node).await {
             Ok(Some(node)) if node.identity_hash == hash => {
                 self.proven
                     .lock()

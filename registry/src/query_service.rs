@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::discovery::Table;
 use crate::query_auth::Verifier;
 use crate::query_watch::EndpointStream;
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub struct QueryService {
     pub shared: Arc<Shared>,
@@ -28,8 +28,7 @@ impl QueryService {
 
 /// A name must look like `APP.SERVER.ADAPTER`.
 fn check_name(name: &str) -> Result<(), Status> {
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+    if corral_proto::names::split_service(name).is_none() {
         return Err(Status::invalid_argument(format!(
             "service name {} must be APP.SERVER.ADAPTER, e.g. demo.echo.Main",
             corral_proto::text::quoted(name)
@@ -58,7 +57,7 @@ impl Query for QueryService {
         self.nodes.check(&self.shared, &request).await?;
         let req = request.into_inner();
         check_name(&req.name)?;
-        let table = self.shared.discovery.table();
+        let table = self.shared.discovery().table();
         let name = if req.ignore_case {
             crate::query_watch::resolve(&table, &req.name).unwrap_or(req.name)
         } else {

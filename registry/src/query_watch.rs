@@ -14,7 +14,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
 use crate::discovery::{Table, Watched};
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub type EndpointStream = Pin<Box<dyn Stream<Item = Result<Endpoints, Status>> + Send>>;
 
@@ -28,7 +28,7 @@ fn message(name: &str, watched: &Watched) -> Endpoints {
 
 /// The list of `name` now, then again on every change of it.
 pub fn exact(shared: &Shared, name: String) -> EndpointStream {
-    let rx = shared.discovery.watch_name(&name);
+    let rx = shared.discovery().watch_name(&name);
     Box::pin(WatchStream::new(rx).map(move |w| Ok(message(&name, &w))))
 }
 
@@ -49,15 +49,15 @@ pub fn resolve(table: &Table, requested: &str) -> Option<String> {
 pub fn ignoring_case(shared: Arc<Shared>, requested: String) -> EndpointStream {
     let (tx, rx) = mpsc::channel(4);
     let task = shared.clone();
-    task.tracker.spawn(async move {
-        let mut recomputes = shared.discovery.subscribe_recomputes();
+    task.spawn(async move {
+        let mut recomputes = shared.discovery().subscribe_recomputes();
         let mut last: Option<Endpoints> = None;
         loop {
             recomputes.borrow_and_update();
-            let resolved = resolve(&shared.discovery.table(), &requested);
+            let resolved = resolve(&shared.discovery().table(), &requested);
             let mut list = resolved
                 .as_ref()
-                .map(|name| shared.discovery.watch_name(name));
+                .map(|name| shared.discovery().watch_name(name));
             // Follow the resolved name until it goes; or wait for a recomputation.
             loop {
                 let now = match (&resolved, list.as_mut()) {
@@ -75,7 +75,7 @@ pub fn ignoring_case(shared: Arc<Shared>, requested: String) -> EndpointStream {
                     break;
                 }
                 tokio::select! {
-                    () = shared.shutdown.cancelled() => return,
+                    () = shared.shutdown().cancelled() => return,
                     () = tx.closed() => return,
                     changed = async {
                         match list.as_mut() {

@@ -164,9 +164,24 @@ fn install_into_a_prefix() {
         "{unit}"
     );
 
-    let template =
-        std::fs::read_to_string(prefix.join("etc/corral/registry.toml.example")).expect("template");
-    let uncommented: String = template
+    // The config templates must parse with every key uncommented (unknown keys are
+    // errors).
+    let path = uncommented(&prefix, dir.path(), "registry.toml");
+    corral_registry::config::read_file::<corral_registry::config::FileConfig>(&path, true)
+        .unwrap_or_else(|e| panic!("registry template: {e}"));
+    let path = uncommented(&prefix, dir.path(), "agent.toml");
+    let text = std::fs::read_to_string(&path).expect("agent.toml");
+    assert!(text.contains("locator = "), "{text}");
+    corral_agent::config::read_file(&path, true)
+        .unwrap_or_else(|e| panic!("agent template: {e}\n{text}"));
+}
+
+/// `etc/corral/NAME.example` as installed under `prefix`, with every `# key = value`
+/// line uncommented, written to `dir/NAME`.
+fn uncommented(prefix: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
+    let template = std::fs::read_to_string(prefix.join(format!("etc/corral/{name}.example")))
+        .expect("template");
+    let text: String = template
         .lines()
         .map(|l| match l.strip_prefix("# ") {
             Some(rest) if rest.contains(" = ") => rest,
@@ -174,10 +189,9 @@ fn install_into_a_prefix() {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    let path = dir.path().join("registry.toml");
-    std::fs::write(&path, &uncommented).expect("write");
-    corral_registry::config::read_file::<corral_registry::config::FileConfig>(&path, true)
-        .unwrap_or_else(|e| panic!("registry template: {e}\n{uncommented}"));
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
 }
 
 #[test]

@@ -128,8 +128,8 @@ pub fn next_index() -> u64 {
 /// A discovery name must be `APP.SERVER.ADAPTER`, each part non-empty and at most 63
 /// bytes (the longest app, server or adapter name).
 pub fn check_name(name: &str) -> Result<(), LookupError> {
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || p.len() > 63) {
+    let parts = corral_proto::names::split_service(name);
+    if parts.is_none_or(|(a, s, d)| [a, s, d].iter().any(|p| p.len() > 63)) {
         return Err(LookupError::BadName(format!(
             "service name {} must be APP.SERVER.ADAPTER, e.g. demo.echo.Main",
             corral_proto::text::quoted(name)

@@ -1,6 +1,7 @@
 //! What an instance runs when the release its spec names is not on disk: wait for the
-//! install, or start the previous release. Pure decisions, table-tested; the runner
-//! performs them (`runner/release.rs`).
+//! install, or start the previous release. Pure decisions, table-tested; the install
+//! machine ([`install`](super::install)) takes them, the runner performs them
+//! (`runner/release.rs`).
 //!
 //! The *previous release* is what the instance's last process was started with: its spec
 //! (kept in the instance's state file) and its release directory, when that is still on

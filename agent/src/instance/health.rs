@@ -219,6 +219,10 @@ const OUTPUT_TAIL: usize = 4096;
 /// The longest last line reported.
 const MAX_LINE: usize = 200;
 
+/// How long an exec check's output is still read after it exited, when something it
+/// started keeps the pipe open.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
+
 /// Runs an exec check with stdout and stderr in one pipe; on failure, says how it ended
 /// and the last line it printed.
 async fn run_exec(exec: &ExecCheck) -> Result<(), String> {
@@ -262,12 +266,14 @@ async fn run_exec(exec: &ExecCheck) -> Result<(), String> {
         }
     }
     .map_err(|e| format!("cannot wait for {name}: {e}"))?;
-    // What it wrote before it ended; a process it left behind is not waited for.
-    while let Ok(n) = rx.try_read(&mut buf) {
-        if n == 0 {
-            break;
+    // What it wrote before it ended: read until the pipe ends, or briefly when a
+    // process it left behind holds it open (that one is not waited for). A bare
+    // `try_read` would miss output the reactor has not seen as readable yet.
+    while open {
+        match tokio::time::timeout(DRAIN_AFTER_EXIT, rx.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => keep_tail(&mut tail, &buf[..n]),
+            _ => open = false,
         }
-        keep_tail(&mut tail, &buf[..n]);
     }
     if status.success() {
         return Ok(());

@@ -5,8 +5,7 @@ use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::check::{Budget, Kind, check_entry};
-use super::{Limits, PackageError};
+use corral_common::archive::{Kind, Limits, PackageError, walk};
 
 /// Bytes per write when unpacking a file.
 const WRITE_BUFFER: usize = 1 << 20;
@@ -107,13 +106,8 @@ fn sync_fs(dir: &Path) -> Result<(), PackageError> {
 /// removes it.
 pub fn unpack(reader: impl BufRead, dest: &Path, limits: Limits) -> Result<u64, PackageError> {
     std::fs::create_dir_all(dest).map_err(write_err(dest))?;
-    let mut archive = tar::Archive::new(flate2::bufread::GzDecoder::new(reader));
-    let mut budget = Budget::new(limits);
-    let mut count = 0;
-    for entry in archive.entries().map_err(PackageError::Corrupt)? {
-        let mut entry = entry.map_err(PackageError::Corrupt)?;
-        budget.entry()?;
-        let (rel, kind) = check_entry(&entry)?;
+    let gz = flate2::bufread::GzDecoder::new(reader);
+    let count = walk(gz, limits, |entry, rel, kind| {
         let path = dest.join(&rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(write_err(parent))?;
@@ -136,15 +130,15 @@ pub fn unpack(reader: impl BufRead, dest: &Path, limits: Limits) -> Result<u64, 
                 // io::copy's 8 KiB pieces.
                 let mut out =
                     std::io::BufWriter::with_capacity(WRITE_BUFFER, Writeback::new(&file, 0));
-                let n = std::io::copy(&mut (&mut entry).take(limit), &mut out)
+                let n = std::io::copy(&mut entry.take(limit), &mut out)
                     .map_err(PackageError::Corrupt)?;
                 out.into_inner()
                     .map_err(|e| write_err(&path)(e.into_error()))?
                     .start();
-                budget.bytes(n)?;
                 // Only the permission bits: set-uid, set-gid and sticky are dropped.
                 file.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
                     .map_err(write_err(&path))?;
+                return Ok(n);
             }
             Kind::Symlink(target) => {
                 clear(&path)?;
@@ -155,8 +149,8 @@ pub fn unpack(reader: impl BufRead, dest: &Path, limits: Limits) -> Result<u64, 
                 std::fs::hard_link(dest.join(&target), &path).map_err(write_err(&path))?;
             }
         }
-        count += 1;
-    }
+        Ok(0)
+    })?;
     sync_fs(dest)?;
     Ok(count)
 }
@@ -268,7 +262,7 @@ mod tests {
         let err = unpack(archive(&many).as_slice(), &dir.path().join("r2"), limits)
             .expect_err("too many");
         assert!(matches!(err, PackageError::TooManyEntries { .. }), "{err}");
-        let err = super::super::check::check_archive(&b"not a gzip stream"[..], limits)
+        let err = corral_common::archive::check_archive(&b"not a gzip stream"[..], limits)
             .expect_err("corrupt");
         assert!(matches!(err, PackageError::Corrupt(_)), "{err}");
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::{Key, Pending, PendingStatus};
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{EventRow, StoreError};
 
 /// Events written per transaction.
@@ -16,16 +16,16 @@ const RETRY: Duration = Duration::from_millis(500);
 
 /// Writes what waits as soon as it arrives, until shutdown (and once more then).
 pub async fn run(shared: Arc<Shared>) {
-    let mut availability = shared.outage.subscribe();
+    let mut availability = shared.outage().subscribe();
     loop {
-        let retry = shared.actual.has_pending();
+        let retry = shared.actual().has_pending();
         let stop = tokio::select! {
-            () = shared.shutdown.cancelled() => true,
-            () = shared.actual.wake.notified() => false,
+            () = shared.shutdown().cancelled() => true,
+            () = shared.actual().wake.notified() => false,
             Ok(()) = availability.changed() => false,
             () = tokio::time::sleep(RETRY), if retry => false,
         };
-        if shared.outage.reachable() {
+        if shared.outage().reachable() {
             write_pending(&shared).await;
         }
         if stop {
@@ -38,7 +38,7 @@ pub async fn run(shared: Arc<Shared>) {
 /// that led to a status before it, so whoever sees the status finds its events). The
 /// first failure stops the round; what is left goes back to wait.
 async fn write_pending(shared: &Shared) {
-    let mut todo = shared.actual.take();
+    let mut todo = shared.actual().take();
     let mut failed = Pending::default();
     let mut error: Option<StoreError> = None;
     let mut wrote = false;
@@ -50,7 +50,7 @@ async fn write_pending(shared: &Shared) {
             continue;
         }
         match shared
-            .store
+            .store()
             .mark_node_down(&down.node, down.session_id, down.at_ms)
             .await
         {
@@ -67,7 +67,7 @@ async fn write_pending(shared: &Shared) {
             }
         }
     }
-    let keep = i64::try_from(shared.config.event_retention).unwrap_or(i64::MAX);
+    let keep = i64::try_from(shared.config().event_retention).unwrap_or(i64::MAX);
     while !todo.events.is_empty() {
         if error.is_some() {
             failed.events.append(&mut todo.events);
@@ -75,7 +75,7 @@ async fn write_pending(shared: &Shared) {
         }
         let n = todo.events.len().min(EVENT_BATCH);
         let batch: Vec<EventRow> = todo.events.range(..n).cloned().collect();
-        match shared.store.insert_events(&batch, keep).await {
+        match shared.store().insert_events(&batch, keep).await {
             Ok(()) => {
                 wrote = true;
                 todo.events.drain(..n);
@@ -96,7 +96,7 @@ async fn write_pending(shared: &Shared) {
             }
             Ok(Some(false)) => {
                 wrote = true;
-                shared.actual.unassigned(&key);
+                shared.actual().unassigned(&key);
                 debug!(node = %key.0, server = %format!("{}.{}", key.1, key.2), "status of an instance not assigned here");
             }
             Ok(None) => {
@@ -109,18 +109,18 @@ async fn write_pending(shared: &Shared) {
         }
     }
     if discovery {
-        shared.discovery_changed().await;
+        shared.discovery_changed();
     }
-    let dropped = shared.actual.put_back(failed);
-    shared.metrics.events_dropped.inc_by(dropped);
+    let dropped = shared.actual().put_back(failed);
+    shared.metrics().events_dropped.inc_by(dropped);
     match error {
         Some(err) => {
             warn!(cause = %err, "could not write what agents reported; it waits and is tried again");
-            shared.outage.write_failed(&err);
+            shared.outage().write_failed(&err);
         }
         None if wrote => {
-            shared.outage.write_succeeded();
-            let dropped = shared.actual.take_dropped();
+            shared.outage().write_succeeded();
+            let dropped = shared.actual().take_dropped();
             if dropped > 0 {
                 warn!(
                     dropped,
@@ -141,14 +141,14 @@ async fn write_status(
     pending: &PendingStatus,
 ) -> Result<Option<bool>, StoreError> {
     let node = key.0.as_str();
-    if !shared.sessions.is_current(node, pending.session_id) {
-        let current = shared.store.get_node(node).await?.map(|n| n.session_id);
+    if !shared.sessions().is_current(node, pending.session_id) {
+        let current = shared.store().get_node(node).await?.map(|n| n.session_id);
         if current != Some(pending.session_id) {
             return Ok(None);
         }
     }
     shared
-        .store
+        .store()
         .report_status(node, &pending.report, pending.at_ms)
         .await
         .map(Some)

@@ -15,8 +15,8 @@ use tracing::info;
 
 use super::split_server;
 use crate::configs::check::{self, NodeInfo};
-use crate::server::Shared;
 use crate::spec::{self, Spec};
+use crate::state::Shared;
 use crate::store::{Staged, StoreError, now_ms};
 
 fn problems(source: &str, list: &[String]) -> Status {
@@ -50,7 +50,7 @@ fn check_node_names(flag: &str, nodes: &[String]) -> Result<(), Status> {
 
 async fn node_info(shared: &Shared) -> Result<NodeInfo, Status> {
     Ok(shared
-        .store
+        .store()
         .list_nodes()
         .await?
         .into_iter()
@@ -66,7 +66,7 @@ async fn check_staged(
     source: &str,
 ) -> Result<(Staged, Vec<String>), Status> {
     let nodes = node_info(shared).await?;
-    let live = shared.discovery.render_tables();
+    let live = shared.discovery().render_tables();
     let name = staged.spec.name();
     let states: HashMap<String, String> = live
         .instances
@@ -150,7 +150,7 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
     let name = new.name();
     if let Some(version) = &new.package
         && shared
-            .store
+            .store()
             .get_package(&new.app, &new.server, version)
             .await?
             .is_none()
@@ -162,7 +162,7 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
             )],
         ));
     }
-    let staged = shared.store.stage_apply(&new, now_ms()).await?;
+    let staged = shared.store().stage_apply(&new, now_ms()).await?;
     let undone = drift(staged.applied_before.as_ref(), staged.old.as_ref(), &new);
     if !undone.is_empty() && !req.force && !req.dry_run {
         staged.rollback().await;
@@ -208,7 +208,7 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
     } else {
         staged.commit().await?;
         if !nodes.is_empty() {
-            shared.changed(&nodes).await;
+            shared.changed(&nodes);
             info!(server = %name, changes = changes.len(), "spec applied");
         }
     }
@@ -227,7 +227,7 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
     check_node_names("--to", &req.nodes)?;
     let from = (!req.from.is_empty()).then_some(req.from.as_str());
     let staged = shared
-        .store
+        .store()
         .stage_expand(app, server, &req.nodes, from)
         .await?;
     if let Some(f) = from
@@ -279,7 +279,7 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
     }
     staged.commit().await?;
     if !added.is_empty() {
-        shared.changed(&added).await;
+        shared.changed(&added);
         info!(server = %req.server, nodes = ?added, "expanded");
     }
     Ok(ExpandResponse { rows, added })
@@ -291,7 +291,7 @@ pub async fn export(
 ) -> Result<ExportServerResponse, Status> {
     let (app, server) = split_server(&req.server)?;
     let row = shared
-        .store
+        .store()
         .get_server(app, server)
         .await?
         .ok_or_else(|| StoreError::ServerNotFound(req.server.clone()))?;

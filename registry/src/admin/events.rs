@@ -8,7 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::{EventStream, split_server};
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::EventRow;
 
 /// How often a follower looks for new events; the database is the only shared state,
@@ -74,7 +74,7 @@ pub async fn list(shared: &Shared, req: ListEventsRequest) -> Result<ListEventsR
         return Ok(ListEventsResponse { events: Vec::new() });
     }
     let events = shared
-        .store
+        .store()
         .list_events(server, kind(&req)?, req.after_id, limit)
         .await?;
     Ok(ListEventsResponse {
@@ -95,14 +95,14 @@ pub async fn follow(
             Vec::new()
         } else {
             shared
-                .store
+                .store()
                 .list_events(s, kind.as_deref(), req.after_id, limit)
                 .await?
         };
         // With no past events wanted, following starts after the newest one.
         let newest = if limit == 0 {
             shared
-                .store
+                .store()
                 .list_events(s, kind.as_deref(), req.after_id, 1)
                 .await?
                 .last()
@@ -114,7 +114,7 @@ pub async fn follow(
     };
     let (tx, rx) = mpsc::channel(64);
     let task_shared = shared.clone();
-    shared.tracker.spawn(async move {
+    shared.spawn(async move {
         let shared = task_shared;
         let mut last = newest;
         let mut batch = first;
@@ -126,13 +126,13 @@ pub async fn follow(
                 }
             }
             tokio::select! {
-                () = shared.shutdown.cancelled() => return,
+                () = shared.shutdown().cancelled() => return,
                 () = tx.closed() => return,
                 () = tokio::time::sleep(FOLLOW_POLL) => {}
             }
             let s = server.as_ref().map(|(a, s)| (a.as_str(), s.as_str()));
             batch = match shared
-                .store
+                .store()
                 .list_events(s, kind.as_deref(), last, MAX_LIMIT)
                 .await
             {

@@ -15,7 +15,7 @@ use corral_proto::v1::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub use nodes::node_to_proto;
 
@@ -190,8 +190,8 @@ impl Admin for AdminService {
 /// spec's name rules, so a name that passes is short enough to echo in any later error.
 pub fn split_server(name: &str) -> Result<(&str, &str), Status> {
     let shown = corral_proto::text::quoted(name);
-    match name.split_once('.') {
-        Some((app, server)) if !app.is_empty() && !server.is_empty() && !server.contains('.') => {
+    match corral_proto::names::split_server(name) {
+        Some((app, server)) => {
             for (what, part) in [("app", app), ("server", server)] {
                 crate::spec::check_name(what, part, &['_', '-'])
                     .map_err(|e| Status::invalid_argument(format!("server {shown}: {e}")))?;

@@ -8,7 +8,7 @@ use corral_proto::v1::{
 use tonic::Status;
 use tracing::info;
 
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{NodeRow, StoreError};
 
 pub fn node_to_proto(row: NodeRow) -> Node {
@@ -39,7 +39,7 @@ pub fn node_to_proto(row: NodeRow) -> Node {
 }
 
 pub async fn list(shared: &Shared, _req: ListNodesRequest) -> Result<ListNodesResponse, Status> {
-    let nodes = shared.store.list_nodes().await?;
+    let nodes = shared.store().list_nodes().await?;
     Ok(ListNodesResponse {
         nodes: nodes.into_iter().map(node_to_proto).collect(),
     })
@@ -48,12 +48,12 @@ pub async fn list(shared: &Shared, _req: ListNodesRequest) -> Result<ListNodesRe
 /// One node, with its instances.
 pub async fn get(shared: &Shared, req: GetNodeRequest) -> Result<Node, Status> {
     check_length(&req.name)?;
-    let Some(row) = shared.store.get_node(&req.name).await? else {
+    let Some(row) = shared.store().get_node(&req.name).await? else {
         return Err(StoreError::NodeNotFound(req.name).into());
     };
     let mut node = node_to_proto(row);
     node.instances = shared
-        .store
+        .store()
         .instances_on(&node.name)
         .await?
         .into_iter()
@@ -64,7 +64,7 @@ pub async fn get(shared: &Shared, req: GetNodeRequest) -> Result<Node, Status> {
 
 pub async fn remove(shared: &Shared, req: RemoveNodeRequest) -> Result<RemoveNodeResponse, Status> {
     check_length(&req.name)?;
-    shared.store.remove_node(&req.name).await?;
+    shared.store().remove_node(&req.name).await?;
     info!(node = %req.name, "node removed");
     Ok(RemoveNodeResponse {})
 }

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::sync::mpsc as std_mpsc;
 
-use corral_agent::package::check::check_archive;
+use corral_common::archive::check_archive;
 use corral_proto::v1::upload_chunk::Body;
 use corral_proto::v1::{
     ListPackagesRequest, ListPackagesResponse, PackageInfo, RemovePackageRequest,
@@ -14,7 +14,7 @@ use tonic::{Status, Streaming};
 use tracing::info;
 
 use super::split_server;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{CHUNK_SIZE, PackageRow, StoreError, now_ms};
 
 /// An upload left unfinished this long is from an uploader that died.
@@ -72,10 +72,11 @@ pub async fn upload(
     };
     let (app, server) = split_server(&h.server)?;
     crate::spec::check_version(&h.version).map_err(Status::invalid_argument)?;
-    if h.size > shared.config.max_package_size {
+    if h.size > shared.config().max_package_size {
         return Err(Status::invalid_argument(format!(
             "the package is {} bytes; the limit is {} (max_package_size)",
-            h.size, shared.config.max_package_size
+            h.size,
+            shared.config().max_package_size
         )));
     }
     if h.sha256.len() != 64 || !h.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -95,11 +96,11 @@ pub async fn upload(
         chunk_size: CHUNK_SIZE as i64,
         created_at_ms: now_ms(),
     };
-    shared.store.begin_upload(&row, STALE_UPLOAD_MS).await?;
+    shared.store().begin_upload(&row, STALE_UPLOAD_MS).await?;
     match receive(shared, &row, &mut stream).await {
         Ok(entries) => {
             shared
-                .store
+                .store()
                 .finish_upload(app, server, &row.version, entries as i64)
                 .await?;
             info!(package = %format!("{}.{} {}", app, server, row.version), bytes = row.size, entries, "package uploaded");
@@ -113,7 +114,7 @@ pub async fn upload(
         }
         Err(status) => {
             // Nothing half-done: the package and its chunks go.
-            let _ = shared.store.abort_upload(app, server, &row.version).await;
+            let _ = shared.store().abort_upload(app, server, &row.version).await;
             Err(status)
         }
     }
@@ -126,7 +127,7 @@ async fn receive(
     stream: &mut Streaming<UploadChunk>,
 ) -> Result<u64, Status> {
     let (tx, rx) = std_mpsc::sync_channel::<Vec<u8>>(4);
-    let limits = shared.config.package_limits;
+    let limits = shared.config().package_limits;
     let checker = std::thread::spawn(move || {
         let mut reader = ChannelReader {
             rx,
@@ -145,7 +146,7 @@ async fn receive(
     let size = row.size as u64;
     let flush = async |buf: &mut Vec<u8>, seq: &mut i64| -> Result<(), Status> {
         shared
-            .store
+            .store()
             .put_chunk(&row.app, &row.server, &row.version, *seq, buf)
             .await?;
         *seq += 1;
@@ -209,9 +210,9 @@ pub async fn list(
         Some(split_server(&req.server)?)
     };
     let mut packages = Vec::new();
-    for p in shared.store.list_packages(filter).await? {
+    for p in shared.store().list_packages(filter).await? {
         let used_by = shared
-            .store
+            .store()
             .package_users(&p.app, &p.server, &p.version)
             .await?;
         packages.push(package_info(p, used_by));
@@ -226,7 +227,7 @@ pub async fn remove(
     let (app, server) = split_server(&req.server)?;
     let name = format!("{app}.{server} {}", req.version);
     if shared
-        .store
+        .store()
         .get_package(app, server, &req.version)
         .await?
         .is_none()
@@ -234,11 +235,11 @@ pub async fn remove(
         return Err(StoreError::PackageNotFound(name).into());
     }
     let users = shared
-        .store
+        .store()
         .package_users(app, server, &req.version)
         .await?;
     let in_spec = shared
-        .store
+        .store()
         .get_server(app, server)
         .await?
         .is_some_and(|s| s.spec.package.as_deref() == Some(&req.version));
@@ -250,7 +251,10 @@ pub async fn remove(
         };
         return Err(StoreError::PackageInUse { name, nodes }.into());
     }
-    shared.store.abort_upload(app, server, &req.version).await?;
+    shared
+        .store()
+        .abort_upload(app, server, &req.version)
+        .await?;
     info!(package = %name, "package removed");
     Ok(RemovePackageResponse {})
 }

@@ -11,16 +11,16 @@ use tonic::Status;
 use tracing::info;
 
 use super::split_server;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{Action, InstanceRow, StoreError};
 
 pub async fn list(
     shared: &Shared,
     _req: ListServersRequest,
 ) -> Result<ListServersResponse, Status> {
-    let servers = shared.store.list_servers().await?;
+    let servers = shared.store().list_servers().await?;
     let mut states: HashMap<(String, String), BTreeMap<String, u32>> = HashMap::new();
-    for i in shared.store.all_instances().await? {
+    for i in shared.store().all_instances().await? {
         *states
             .entry((i.app, i.server))
             .or_default()
@@ -53,17 +53,17 @@ pub async fn status(
     req: ServerStatusRequest,
 ) -> Result<ServerStatusResponse, Status> {
     let (app, server) = split_server(&req.server)?;
-    if shared.store.get_server(app, server).await?.is_none() {
+    if shared.store().get_server(app, server).await?.is_none() {
         return Err(StoreError::ServerNotFound(req.server).into());
     }
     let node_states: HashMap<String, String> = shared
-        .store
+        .store()
         .list_nodes()
         .await?
         .into_iter()
         .map(|n| (n.name, n.state.as_str().to_string()))
         .collect();
-    let instances = shared.store.instances_of(app, server).await?;
+    let instances = shared.store().instances_of(app, server).await?;
     Ok(ServerStatusResponse {
         server: req.server.clone(),
         instances: instances
@@ -129,8 +129,8 @@ pub async fn control(
     if let Some(n) = node {
         super::nodes::check_length(n)?;
     }
-    let nodes = shared.store.control(app, server, node, action).await?;
-    shared.changed(&nodes).await;
+    let nodes = shared.store().control(app, server, node, action).await?;
+    shared.changed(&nodes);
     info!(server = %req.server, action = %req.action, nodes = ?nodes, "instances changed");
     Ok(ControlServerResponse { nodes })
 }

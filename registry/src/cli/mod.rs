@@ -5,10 +5,13 @@
 //! (exit 1). A flag whose value cannot work is a usage error (exit 2), refused before
 //! anything is sent ([`args`]).
 
+pub mod apply;
 pub mod args;
+pub mod events;
 pub mod node;
 pub mod output;
 pub mod package;
+pub mod rollout;
 pub mod server;
 
 use clap::{Args, ValueEnum};
@@ -77,7 +80,7 @@ pub enum CliError {
     #[error("cannot reach the registry at {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
     #[error("--ca/--cert/--key: {0}")]
-    Tls(corral_agent::tls::ClientTlsError),
+    Tls(corral_common::tls::ClientTlsError),
     #[error("{}", .0.message())]
     Rpc(#[from] tonic::Status),
     #[error("cannot read {}: {source}", .path.display())]
@@ -260,7 +263,7 @@ pub async fn connect_channel(args: &ClientArgs) -> Result<Channel, CliError> {
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
         .keep_alive_while_idle(true);
-    let tls = corral_agent::tls::ClientTls {
+    let tls = corral_common::tls::ClientTls {
         ca: args.ca.clone(),
         cert: args.cert.clone(),
         key: args.key.clone(),

@@ -1,31 +1,15 @@
-//! `registry apply`, `registry server ...` and `registry events`.
-
-use std::path::PathBuf;
+//! `registry server ...` and `registry endpoints`.
 
 use clap::{Args, Subcommand};
 use corral_proto::v1::{
-    ApplyRequest, ControlServerRequest, Event, ExpandRequest, ExportServerRequest, FindRequest,
-    InstanceInfo, ListEventsRequest, ListServersRequest, ServerStatusRequest,
+    ControlServerRequest, ExpandRequest, ExportServerRequest, FindRequest, InstanceInfo,
+    ListServersRequest, ServerStatusRequest,
 };
 use serde_json::{Value, json};
 
 use super::output::{ago_ms, print_table, time_ms};
 use super::{CliError, ClientArgs, Format, connect};
 use crate::store::now_ms;
-
-#[derive(Args, Debug)]
-pub struct ApplyArgs {
-    /// The spec file (TOML, one server).
-    #[arg(short = 'f', long = "file")]
-    pub file: PathBuf,
-    /// Print what would change and change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Apply even though it undoes an expand, patch, rollback or undeploy made since the
-    /// server's last apply.
-    #[arg(long)]
-    pub force: bool,
-}
 
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
@@ -71,69 +55,6 @@ pub struct Target {
     /// Only this node's instance.
     #[arg(long, value_parser = super::args::non_empty)]
     pub node: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct EventsArgs {
-    /// Only this server's events (APP.SERVER).
-    #[arg(long, value_parser = super::args::non_empty)]
-    pub server: Option<String>,
-    /// Keep printing new events as they happen.
-    #[arg(short, long)]
-    pub follow: bool,
-    /// How many past events to show, at most 10000; 0 with --follow: only new ones.
-    #[arg(long, default_value_t = 50)]
-    pub limit: u32,
-    /// Only events of this kind: state (state changes), health (health verdicts),
-    /// config (config changes that keep restarting an instance).
-    #[arg(long, value_parser = ["state", "health", "config"])]
-    pub kind: Option<String>,
-}
-
-pub async fn apply(args: ApplyArgs, client_args: &ClientArgs) -> Result<(), CliError> {
-    let text = std::fs::read_to_string(&args.file).map_err(|source| CliError::File {
-        path: args.file.clone(),
-        source,
-    })?;
-    let mut client = connect(client_args).await?;
-    let resp = client
-        .apply(ApplyRequest {
-            spec_toml: text,
-            dry_run: args.dry_run,
-            source: args.file.display().to_string(),
-            force: args.force,
-        })
-        .await?
-        .into_inner();
-    if client_args.output == Format::Json {
-        println!(
-            "{}",
-            json!({"server": resp.server, "dry_run": resp.dry_run, "changes": resp.changes})
-        );
-        return Ok(());
-    }
-    let prefix = if resp.dry_run { "would " } else { "" };
-    if resp.changes.is_empty() {
-        println!("{}: no change", resp.server);
-    } else {
-        println!(
-            "{}{}:",
-            if resp.dry_run {
-                "dry run, nothing changed; "
-            } else {
-                ""
-            },
-            resp.server
-        );
-        for c in &resp.changes {
-            if c.starts_with("note:") {
-                println!("  {c}");
-            } else {
-                println!("  {prefix}{c}");
-            }
-        }
-    }
-    Ok(())
 }
 
 pub fn instance_json(i: &InstanceInfo) -> Value {
@@ -196,25 +117,6 @@ pub fn pid_cell(pid: u32) -> String {
     } else {
         pid.to_string()
     }
-}
-
-fn event_json(e: &Event) -> Value {
-    json!({"id": e.id, "time": time_ms(e.at_ms), "at_ms": e.at_ms, "kind": e.kind, "server": e.server,
-           "node": e.node, "from": e.from, "to": e.to, "reason": e.reason})
-}
-
-/// One line per event, whatever its reason holds.
-fn event_line(e: &Event) -> String {
-    format!(
-        "{}  {:<6}  {}@{}  {} -> {}  {}",
-        time_ms(e.at_ms),
-        e.kind,
-        e.server,
-        e.node,
-        e.from,
-        e.to,
-        super::output::cell(&e.reason)
-    )
 }
 
 pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> {
@@ -345,41 +247,6 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
         );
     } else {
         println!("{action} {} on {}", target.server, resp.nodes.join(", "));
-    }
-    Ok(())
-}
-
-pub async fn events(a: EventsArgs, args: &ClientArgs) -> Result<(), CliError> {
-    let mut client = connect(args).await?;
-    let req = ListEventsRequest {
-        server: a.server.unwrap_or_default(),
-        after_id: 0,
-        limit: Some(a.limit),
-        kind: a.kind.unwrap_or_default(),
-    };
-    let print = |e: &Event| {
-        if args.output == Format::Json {
-            println!("{}", event_json(e));
-        } else {
-            println!("{}", event_line(e));
-        }
-    };
-    if a.follow {
-        let mut stream = client.follow_events(req).await?.into_inner();
-        while let Some(e) = stream.message().await? {
-            print(&e);
-        }
-        // A follow ends only when the registry ends it: at its shutdown.
-        return Err(CliError::Unreachable {
-            addr: args.addr.clone(),
-            reason: "it ended the event stream (it is shutting down)".into(),
-        });
-    }
-    let events = client.list_events(req).await?.into_inner().events;
-    if args.output == Format::Json {
-        println!("{}", Value::Array(events.iter().map(event_json).collect()));
-    } else {
-        events.iter().for_each(print);
     }
     Ok(())
 }

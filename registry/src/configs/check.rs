@@ -98,10 +98,11 @@ fn unknown_name(name: &str, tables: &Tables, function: &str) -> Option<Result<St
     if tables.instances.contains_key(name) {
         return None;
     }
-    let parts: Vec<&str> = name.split('.').collect();
-    let server = match parts.as_slice() {
-        [app, server, _] => format!("{app}.{server}"),
-        [app, server] if function == "instances" => format!("{app}.{server}"),
+    let parsed = corral_proto::names::Name::parse(name);
+    let (server, adapter) = match parsed {
+        Some(n) if n.adapter.is_some() || function == "instances" => {
+            (format!("{}.{}", n.app, n.server), n.adapter)
+        }
         _ => {
             return Some(Err(format!(
                 "{function}({name:?}): write APP.SERVER.ADAPTER{}",
@@ -121,7 +122,7 @@ fn unknown_name(name: &str, tables: &Tables, function: &str) -> Option<Result<St
             .collect();
         return Some(Err(format!(
             "{function}({name:?}): {server} has no adapter {:?} (it has: {})",
-            parts.last().copied().unwrap_or(""),
+            adapter.unwrap_or(""),
             if adapters.is_empty() {
                 "none".to_string()
             } else {

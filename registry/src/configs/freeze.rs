@@ -31,8 +31,7 @@ pub struct Memory {
 
 /// `app.server` of an `app.server[.adapter]` name.
 fn server_of(name: &str) -> Option<(&str, &str)> {
-    let mut parts = name.splitn(3, '.');
-    Some((parts.next()?, parts.next()?))
+    corral_proto::names::Name::parse(name).map(|n| (n.app, n.server))
 }
 
 impl Memory {

@@ -17,5 +17,6 @@
 pub mod check;
 pub mod freeze;
 pub mod instance;
+mod pass;
 pub mod plan;
 pub mod renderer;

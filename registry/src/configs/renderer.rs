@@ -3,7 +3,7 @@
 //! files that do not restart their instance, in rolling batches for those that do
 //! ([`super::plan`]), with planned absences frozen ([`super::freeze`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +11,11 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::freeze::Memory;
-use super::instance::{self, Placement};
-use super::plan::{InFlight, InstanceKey, Observed, Planner, Settle, next_batch};
-use crate::server::Shared;
+use super::pass::Change;
+use super::plan::{InstanceKey, Planner};
 use crate::spec::Spec;
-use crate::store::{Delivered, EventRow, InstanceRow, StoreError, now_ms};
+use crate::state::Shared;
+use crate::store::{Delivered, EventRow, StoreError, now_ms};
 
 const LEASE_NAME: &str = "config-renderer";
 const LEASE: Duration = Duration::from_secs(5);
@@ -25,19 +25,19 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const IDLE: Duration = Duration::from_secs(1);
 
 /// What a renderer remembers between passes.
-struct Renderer {
-    planner: Planner,
-    memory: Memory,
+pub(super) struct Renderer {
+    pub(super) planner: Planner,
+    pub(super) memory: Memory,
     /// When this replica took the lease; None while another holds it.
-    leading_since: Option<i64>,
+    pub(super) leading_since: Option<i64>,
     /// Errors already logged, so a broken template is logged once, not every pass.
-    logged: HashSet<String>,
+    pub(super) logged: HashSet<String>,
 }
 
 /// Runs until shutdown: takes the lease when free and renders while it holds it.
 pub async fn run(shared: Arc<Shared>) {
-    let mut tables = shared.discovery.subscribe_instances();
-    let mut recomputed = shared.discovery.subscribe_recomputes();
+    let mut tables = shared.discovery().subscribe_instances();
+    let mut recomputed = shared.discovery().subscribe_recomputes();
     let mut r = Renderer {
         planner: Planner::default(),
         memory: Memory::default(),
@@ -48,7 +48,7 @@ pub async fn run(shared: Arc<Shared>) {
     let mut renewed = Instant::now() - LEASE;
     loop {
         tokio::select! {
-            () = shared.shutdown.cancelled() => break,
+            () = shared.shutdown().cancelled() => break,
             _ = tables.changed() => {}
             _ = recomputed.changed() => {}
             () = tokio::time::sleep_until(wake) => {}
@@ -58,10 +58,10 @@ pub async fn run(shared: Arc<Shared>) {
         if renewed.elapsed() >= LEASE / 5 {
             renewed = Instant::now();
             let held = shared
-                .store
+                .store()
                 .lease(
                     LEASE_NAME,
-                    &shared.replica_id,
+                    shared.replica_id(),
                     now,
                     now + LEASE.as_millis() as i64,
                 )
@@ -69,7 +69,7 @@ pub async fn run(shared: Arc<Shared>) {
             match held {
                 Ok(true) => {
                     if r.leading_since.is_none() {
-                        info!(replica = %shared.replica_id, "rendering configs for the fleet");
+                        info!(replica = %shared.replica_id(), "rendering configs for the fleet");
                         r.leading_since = Some(now);
                     }
                 }
@@ -95,289 +95,15 @@ pub async fn run(shared: Arc<Shared>) {
     }
     if r.leading_since.is_some() {
         let _ = shared
-            .store
-            .release_lease(LEASE_NAME, &shared.replica_id)
+            .store()
+            .release_lease(LEASE_NAME, shared.replica_id())
             .await;
     }
 }
 
-/// A new set of files for one instance, and what delivering it does.
-struct Change {
-    key: InstanceKey,
-    ordinal: u32,
-    files: BTreeMap<String, Delivered>,
-    /// Changed files whose `on_change` restarts the instance.
-    restarting: Vec<String>,
-    /// The same change without the restarting files (kept as delivered).
-    without_restart: BTreeMap<String, Delivered>,
-    /// What the instance has now.
-    old: BTreeMap<String, Delivered>,
-    limit_ms: i64,
-    restarts: i64,
-}
-
-fn observed(i: &InstanceRow, spec: &Spec) -> Observed {
-    Observed {
-        restarts: i.restarts,
-        ready: i.state == "running" && (spec.health.is_none() || i.health == "healthy"),
-    }
-}
-
-/// How long a config restart may hold up the next batch: the check's start period, or
-/// the minimum uptime of a server without a check.
-fn limit_ms(spec: &Spec) -> i64 {
-    let d = spec
-        .health
-        .as_ref()
-        .map_or(spec.restart.min_uptime, |h| h.start_period)
-        .max(Duration::from_secs(1));
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Renderer {
-    /// One pass over every instance with config files; the next time something is due.
-    async fn pass(&mut self, shared: &Shared, now: i64) -> Result<Option<i64>, StoreError> {
-        let store = &shared.store;
-        let servers: HashMap<(String, String), Spec> = store
-            .list_servers()
-            .await?
-            .into_iter()
-            .filter(|s| !s.spec.configs.is_empty())
-            .map(|s| ((s.spec.app.clone(), s.spec.server.clone()), s.spec))
-            .collect();
-        if servers.is_empty() {
-            self.planner.retain(|_| false);
-            self.memory.retain(|_| false);
-            return Ok(None);
-        }
-        let instances: Vec<InstanceRow> = store
-            .all_instances()
-            .await?
-            .into_iter()
-            .filter(|i| servers.contains_key(&(i.app.clone(), i.server.clone())))
-            .collect();
-        let exists: HashSet<InstanceKey> = instances
-            .iter()
-            .map(|i| (i.app.clone(), i.server.clone(), i.node.clone()))
-            .collect();
-        self.planner.retain(|k| exists.contains(k));
-        self.memory.retain(|k| exists.contains(k));
-        if instances.is_empty() {
-            return Ok(None);
-        }
-        let nodes: HashMap<String, (String, String, bool)> = store
-            .list_nodes()
-            .await?
-            .into_iter()
-            .map(|n| {
-                let up = n.state == crate::store::NodeState::Up;
-                (n.name, (n.address, n.data_dir, up))
-            })
-            .collect();
-        let ports = store.all_ports().await?;
-        let delivered = store.all_configs().await?;
-        let mut absent = store.rollout_absences().await?;
-        absent.extend(self.planner.restarting_now().cloned());
-        let (live, frozen) = self.memory.tables(
-            &shared.discovery.table(),
-            &shared.discovery.instances(),
-            &absent,
-        );
-        let grace = shared.config.node_timeout / 2;
-        let in_grace = self
-            .leading_since
-            .is_some_and(|since| now - since < grace.as_millis() as i64);
-        let mut packages = HashMap::new();
-        let mut due: Option<i64> = None;
-        let mut soon = |at: i64| due = Some(due.map_or(at, |d: i64| d.min(at)));
-        let mut waiting: HashMap<(String, String), Vec<(u32, Change)>> = HashMap::new();
-        let mut busy: HashMap<(String, String), usize> = HashMap::new();
-        for i in &instances {
-            let server_key = (i.app.clone(), i.server.clone());
-            let Some(spec) = servers.get(&server_key) else {
-                continue;
-            };
-            let key: InstanceKey = (i.app.clone(), i.server.clone(), i.node.clone());
-            if self.planner.in_flight(
-                &key,
-                observed(i, spec),
-                i.config_restart_at_ms,
-                limit_ms(spec),
-                now,
-            ) {
-                *busy.entry(server_key.clone()).or_default() += 1;
-                soon(now + 500);
-            }
-            let (ip, data_dir, node_up) = nodes.get(&i.node).cloned().unwrap_or_default();
-            let placement = Placement {
-                node: &i.node,
-                node_ip: &ip,
-                data_dir: &data_dir,
-                ordinal: u32::try_from(i.ordinal).unwrap_or(0),
-                ports: ports.get(&key).cloned().unwrap_or_default(),
-                version: &i.desired_version,
-            };
-            let ctx = instance::context(spec, &placement);
-            let Some(files) = delivered.get(&key) else {
-                // Never delivered (its node has not asked yet): the session renders
-                // them when it sends the desired state.
-                continue;
-            };
-            let package = if i.desired_version.is_empty() {
-                None
-            } else {
-                let pkg_key = (i.app.clone(), i.server.clone(), i.desired_version.clone());
-                if !packages.contains_key(&pkg_key) {
-                    let p = crate::agent_service::package_ref(
-                        store,
-                        &i.app,
-                        &i.server,
-                        &i.desired_version,
-                    )
-                    .await
-                    .ok()
-                    .flatten();
-                    packages.insert(pkg_key.clone(), p);
-                }
-                packages.get(&pkg_key).cloned().flatten()
-            };
-            let env = match instance::env(spec, &ctx) {
-                Ok(env) => env,
-                Err(f) => {
-                    self.log_once(&key, &f.to_string());
-                    continue;
-                }
-            };
-            let fingerprint =
-                corral_proto::spec_hash(&instance::wire_spec(spec, &placement.ports, package, env));
-            if files.values().any(|d| d.fingerprint != fingerprint) {
-                // A new spec is on its way to the agent: the session renders the files
-                // with it (the agent restarts for the spec anyway).
-                continue;
-            }
-            let mut target = files.clone();
-            target.retain(|name, _| spec.configs.iter().any(|c| &c.name == name));
-            let mut changed = Vec::new();
-            for c in &spec.configs {
-                let restarts = c.on_change == "restart";
-                let tables = if restarts { &frozen } else { &live };
-                let rendered = match instance::file(spec, &c.name, &ctx, tables) {
-                    Ok(r) => r,
-                    Err(f) => {
-                        self.log_once(&key, &f.to_string());
-                        continue;
-                    }
-                };
-                if in_grace && !rendered.endpoints.is_empty() {
-                    // Sessions are still coming back to this leader: what endpoints()
-                    // lists now is not the fleet yet.
-                    soon(self.leading_since.unwrap_or(now) + grace.as_millis() as i64);
-                    continue;
-                }
-                let file_key = (key.clone(), c.name.clone());
-                let old = files.get(&c.name).map(|d| d.content.as_str());
-                match self.planner.settle(
-                    &file_key,
-                    &rendered.content,
-                    old,
-                    (c.wait_min, c.wait_max),
-                    now,
-                ) {
-                    Settle::Same => {}
-                    Settle::Wait(at) => soon(at),
-                    Settle::Deliver(content) => {
-                        target.insert(
-                            c.name.clone(),
-                            Delivered {
-                                content,
-                                fingerprint: fingerprint.clone(),
-                            },
-                        );
-                        changed.push((c.name.clone(), restarts));
-                    }
-                }
-            }
-            if changed.is_empty() && target.len() == files.len() {
-                continue;
-            }
-            let running = i.desired == "running"
-                && node_up
-                && matches!(i.state.as_str(), "running" | "starting");
-            let restarting: Vec<String> = changed
-                .iter()
-                .filter(|(_, r)| *r)
-                .map(|(n, _)| n.clone())
-                .collect();
-            let mut without_restart = target.clone();
-            for name in &restarting {
-                match files.get(name) {
-                    Some(old) => without_restart.insert(name.clone(), old.clone()),
-                    None => without_restart.remove(name),
-                };
-            }
-            let change = Change {
-                key: key.clone(),
-                ordinal: placement.ordinal,
-                files: target,
-                restarting,
-                without_restart,
-                old: files.clone(),
-                limit_ms: limit_ms(spec),
-                restarts: i.restarts,
-            };
-            if change.restarting.is_empty() || !running {
-                self.deliver(shared, &change.key, &change.files, None, now)
-                    .await?;
-            } else if !i.config_hold.is_empty() {
-                if change.without_restart != *files {
-                    self.deliver(shared, &change.key, &change.without_restart, None, now)
-                        .await?;
-                }
-            } else {
-                waiting
-                    .entry(server_key)
-                    .or_default()
-                    .push((change.ordinal, change));
-            }
-        }
-        for (server_key, changes) in waiting {
-            let Some(spec) = servers.get(&server_key) else {
-                continue;
-            };
-            let busy = busy.get(&server_key).copied().unwrap_or(0);
-            let keys: Vec<(u32, usize)> = changes
-                .iter()
-                .enumerate()
-                .map(|(n, (ordinal, _))| (*ordinal, n))
-                .collect();
-            for n in next_batch(&keys, spec.config_restart.batch, busy) {
-                let change = &changes[n].1;
-                if !self
-                    .planner
-                    .may_restart(&change.key, spec.config_restart.max_per_minute, now)
-                {
-                    self.flapping(shared, spec, change, now).await?;
-                    continue;
-                }
-                let flight = InFlight {
-                    at_ms: now,
-                    restarts_before: change.restarts,
-                    limit_ms: change.limit_ms,
-                };
-                if self
-                    .deliver(shared, &change.key, &change.files, Some(now), now)
-                    .await?
-                {
-                    self.planner.restarting(&change.key, flight);
-                    soon(now + 200);
-                }
-            }
-        }
-        Ok(due)
-    }
-
     /// Writes an instance's new files and tells its node; false when it is gone.
-    async fn deliver(
+    pub(super) async fn deliver(
         &mut self,
         shared: &Shared,
         key: &InstanceKey,
@@ -387,7 +113,7 @@ impl Renderer {
     ) -> Result<bool, StoreError> {
         let (app, server, node) = key;
         if !shared
-            .store
+            .store()
             .deliver_configs((app, server, node), files, restart_at, now)
             .await?
         {
@@ -402,13 +128,13 @@ impl Renderer {
             restart = restart_at.is_some(),
             "config delivered"
         );
-        shared.resend(std::slice::from_ref(node)).await;
+        shared.resend(std::slice::from_ref(node));
         Ok(true)
     }
 
     /// Config changes restarted the instance too often: hold them, keep its last files,
     /// say so in an event.
-    async fn flapping(
+    pub(super) async fn flapping(
         &mut self,
         shared: &Shared,
         spec: &Spec,
@@ -419,7 +145,7 @@ impl Renderer {
         let names = change.restarting.join(", ");
         warn!(instance = %format!("{app}.{server}@{node}"), config = %names, "config flapping: holding its changes");
         shared
-            .store
+            .store()
             .hold_config((app, server, node), &names)
             .await?;
         crate::actual::event(
@@ -448,7 +174,7 @@ impl Renderer {
         Ok(())
     }
 
-    fn log_once(&mut self, key: &InstanceKey, error: &str) {
+    pub(super) fn log_once(&mut self, key: &InstanceKey, error: &str) {
         let line = format!("{}.{}@{}: {error}", key.0, key.1, key.2);
         if self.logged.insert(line.clone()) {
             if self.logged.len() > 10_000 {

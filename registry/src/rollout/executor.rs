@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{InstanceRow, RolloutInstanceRow, RolloutRow, StoreError, now_ms};
 
 /// How long a replica's claim on a rollout lasts without renewal.
@@ -32,36 +32,27 @@ pub fn is_final(state: &str) -> bool {
 
 /// Starts driving rollout `id` on this replica, unless it already does.
 pub fn spawn(shared: Arc<Shared>, id: i64) {
-    if !shared
-        .driven_rollouts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id)
-    {
+    if !shared.drive_rollout(id) {
         return;
     }
     let task_shared = shared.clone();
-    shared.tracker.spawn(async move {
+    shared.spawn(async move {
         let shared = task_shared;
         run(&shared, id).await;
-        shared
-            .driven_rollouts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        shared.rollout_driven(id);
     });
 }
 
 async fn run(shared: &Shared, id: i64) {
     loop {
         tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shared.shutdown().cancelled() => return,
             () = tokio::time::sleep(STEP) => {}
         }
         let now = now_ms();
         match shared
-            .store
-            .lease_rollout(id, &shared.replica_id, now, now + LEASE.as_millis() as i64)
+            .store()
+            .lease_rollout(id, shared.replica_id(), now, now + LEASE.as_millis() as i64)
             .await
         {
             Ok(true) => {}
@@ -92,13 +83,13 @@ fn describe_failure(a: &InstanceRow) -> String {
 
 /// One step; true when the rollout has ended.
 async fn step(shared: &Shared, id: i64, now: i64) -> Result<bool, StoreError> {
-    let r = shared.store.get_rollout(id).await?;
+    let r = shared.store().get_rollout(id).await?;
     if is_final(&r.state) {
         return Ok(true);
     }
-    let mut insts = shared.store.rollout_instances(id).await?;
+    let mut insts = shared.store().rollout_instances(id).await?;
     let actual: HashMap<String, InstanceRow> = shared
-        .store
+        .store()
         .instances_of(&r.app, &r.server)
         .await?
         .into_iter()
@@ -133,7 +124,7 @@ async fn step(shared: &Shared, id: i64, now: i64) -> Result<bool, StoreError> {
                 );
                 i.phase = "failed".into();
                 i.error = error;
-                shared.store.update_rollout_instance(id, i).await?;
+                shared.store().update_rollout_instance(id, i).await?;
                 return fail(shared, &r, msg, &[], now).await;
             }
             Some(_) => {
@@ -153,7 +144,7 @@ async fn step(shared: &Shared, id: i64, now: i64) -> Result<bool, StoreError> {
             }
         }
         if *i != before {
-            shared.store.update_rollout_instance(id, i).await?;
+            shared.store().update_rollout_instance(id, i).await?;
         }
     }
     if !all_ready {
@@ -167,16 +158,14 @@ async fn step(shared: &Shared, id: i64, now: i64) -> Result<bool, StoreError> {
         .min()
     else {
         shared
-            .store
+            .store()
             .set_server_package(&r.app, &r.server, &r.to_version)
             .await?;
         shared
-            .store
+            .store()
             .set_rollout_state(id, "succeeded", "", now)
             .await?;
-        shared
-            .changed(&insts.iter().map(|i| i.node.clone()).collect::<Vec<_>>())
-            .await;
+        shared.changed(&insts.iter().map(|i| i.node.clone()).collect::<Vec<_>>());
         info!(rollout = id, server = %name, version = %r.to_version, "rollout succeeded");
         return Ok(true);
     };
@@ -200,7 +189,7 @@ async fn step(shared: &Shared, id: i64, now: i64) -> Result<bool, StoreError> {
                 if let Some(failure) = judge(i, actual.get(&i.node), &r, now) {
                     i.phase = "failed".into();
                     i.error = failure.clone();
-                    shared.store.update_rollout_instance(id, i).await?;
+                    shared.store().update_rollout_instance(id, i).await?;
                     let mut batch_nodes = batch_rows.clone();
                     for b in batch_nodes.iter_mut().filter(|b| b.node == i.node) {
                         *b = i.clone();
@@ -215,18 +204,18 @@ async fn step(shared: &Shared, id: i64, now: i64) -> Result<bool, StoreError> {
             _ => {}
         }
         if *i != before {
-            shared.store.update_rollout_instance(id, i).await?;
+            shared.store().update_rollout_instance(id, i).await?;
             if i.phase != before.phase {
-                shared.discovery_changed().await;
+                shared.discovery_changed();
             }
         }
     }
     if !switch.is_empty() {
         shared
-            .store
+            .store()
             .set_desired_version(&r.app, &r.server, &switch, &r.to_version, false)
             .await?;
-        shared.changed(&switch).await;
+        shared.changed(&switch);
         info!(rollout = id, server = %name, nodes = ?switch, version = %r.to_version, "switching");
     }
     Ok(false)
@@ -296,28 +285,28 @@ async fn fail(
     now: i64,
 ) -> Result<bool, StoreError> {
     warn!(rollout = r.id, cause = %msg, "rollout failed");
-    shared.store.clear_prefetch(&r.app, &r.server).await?;
+    shared.store().clear_prefetch(&r.app, &r.server).await?;
     let switched: Vec<&RolloutInstanceRow> =
         batch.iter().filter(|i| i.switched_at_ms > 0).collect();
     if switched.is_empty() {
         shared
-            .store
+            .store()
             .set_rollout_state(r.id, "failed", &msg, now)
             .await?;
         let nodes: Vec<String> = shared
-            .store
+            .store()
             .rollout_instances(r.id)
             .await?
             .into_iter()
             .map(|i| i.node)
             .collect();
-        shared.changed(&nodes).await;
+        shared.changed(&nodes);
         return Ok(true);
     }
     let mut nodes = Vec::new();
     for i in switched {
         shared
-            .store
+            .store()
             .set_desired_version(
                 &r.app,
                 &r.server,
@@ -331,14 +320,14 @@ async fn fail(
             back.phase = "rolled-back".into();
         }
         back.switched_at_ms = now;
-        shared.store.update_rollout_instance(r.id, &back).await?;
+        shared.store().update_rollout_instance(r.id, &back).await?;
         nodes.push(i.node.clone());
     }
     shared
-        .store
+        .store()
         .set_rollout_state(r.id, "rolling-back", &msg, now)
         .await?;
-    shared.changed(&nodes).await;
+    shared.changed(&nodes);
     Ok(false)
 }
 
@@ -370,7 +359,7 @@ async fn rolling_back(
             )
         };
         shared
-            .store
+            .store()
             .set_rollout_state(r.id, "failed", &error, now)
             .await?;
         return Ok(true);

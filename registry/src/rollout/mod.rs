@@ -14,17 +14,17 @@ use corral_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::split_server;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{RolloutInstanceRow, RolloutRow, StoreError, now_ms};
 
 pub const DEFAULT_MIN_HEALTHY: Duration = Duration::from_secs(5);
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
 pub async fn to_proto(shared: &Shared, r: RolloutRow) -> Result<Rollout, StoreError> {
-    let instances = shared.store.rollout_instances(r.id).await?;
+    let instances = shared.store().rollout_instances(r.id).await?;
     Ok(Rollout {
         id: r.id,
         server: format!("{}.{}", r.app, r.server),
@@ -57,13 +57,17 @@ async fn previous_version(
     server: &str,
     current: &str,
 ) -> Result<String, Status> {
-    for r in shared.store.list_rollouts(Some((app, server)), 100).await? {
+    for r in shared
+        .store()
+        .list_rollouts(Some((app, server)), 100)
+        .await?
+    {
         if r.state == "succeeded" && r.to_version == current && !r.from_version.is_empty() {
             return Ok(r.from_version);
         }
     }
     // No rollout led here: the newest package uploaded before the current one.
-    let packages = shared.store.list_packages(Some((app, server))).await?;
+    let packages = shared.store().list_packages(Some((app, server))).await?;
     let created = packages
         .iter()
         .find(|p| p.version == current)
@@ -98,7 +102,7 @@ pub async fn start(shared: Arc<Shared>, req: StartRolloutRequest) -> Result<Roll
         ));
     }
     let current = shared
-        .store
+        .store()
         .get_server(app, server)
         .await?
         .ok_or_else(|| StoreError::ServerNotFound(req.server.clone()))?;
@@ -110,7 +114,7 @@ pub async fn start(shared: Arc<Shared>, req: StartRolloutRequest) -> Result<Roll
     };
     crate::spec::check_version(&version).map_err(Status::invalid_argument)?;
     if shared
-        .store
+        .store()
         .get_package(app, server, &version)
         .await?
         .is_none()
@@ -119,7 +123,7 @@ pub async fn start(shared: Arc<Shared>, req: StartRolloutRequest) -> Result<Roll
             "package {app}.{server} {version} has not been uploaded (see `registry package list --server {app}.{server}`)"
         )));
     }
-    let instances = shared.store.instances_of(app, server).await?;
+    let instances = shared.store().instances_of(app, server).await?;
     for n in &req.nodes {
         if !instances.iter().any(|i| &i.node == n) {
             return Err(Status::invalid_argument(format!(
@@ -169,23 +173,23 @@ pub async fn start(shared: Arc<Shared>, req: StartRolloutRequest) -> Result<Roll
         updated_at_ms: now,
     };
     let id = shared
-        .store
+        .store()
         .create_rollout(
             &row,
             &targets,
-            &shared.replica_id,
+            shared.replica_id(),
             now + executor::LEASE.as_millis() as i64,
         )
         .await?;
     let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();
-    shared.changed(&nodes).await;
+    shared.changed(&nodes);
     info!(rollout = id, server = %req.server, version = %version, instances = nodes.len(), "rollout started");
     executor::spawn(shared.clone(), id);
-    Ok(to_proto(&shared, shared.store.get_rollout(id).await?).await?)
+    Ok(to_proto(&shared, shared.store().get_rollout(id).await?).await?)
 }
 
 pub async fn get(shared: &Shared, req: GetRolloutRequest) -> Result<Rollout, Status> {
-    Ok(to_proto(shared, shared.store.get_rollout(req.id).await?).await?)
+    Ok(to_proto(shared, shared.store().get_rollout(req.id).await?).await?)
 }
 
 pub async fn list(
@@ -198,7 +202,7 @@ pub async fn list(
         Some(split_server(&req.server)?)
     };
     let mut rollouts = Vec::new();
-    for r in shared.store.list_rollouts(filter, 100).await? {
+    for r in shared.store().list_rollouts(filter, 100).await? {
         rollouts.push(to_proto(shared, r).await?);
     }
     Ok(ListRolloutsResponse { rollouts })
@@ -209,10 +213,10 @@ type RolloutStream =
 
 /// The rollout now and after every change, until it ends.
 pub async fn watch(shared: Arc<Shared>, req: GetRolloutRequest) -> Result<RolloutStream, Status> {
-    let first = to_proto(&shared, shared.store.get_rollout(req.id).await?).await?;
+    let first = to_proto(&shared, shared.store().get_rollout(req.id).await?).await?;
     let (tx, rx) = mpsc::channel(16);
     let task_shared = shared.clone();
-    shared.tracker.spawn(async move {
+    shared.spawn(async move {
         let shared = task_shared;
         let mut last = first;
         if tx.send(Ok(last.clone())).await.is_err() {
@@ -220,11 +224,11 @@ pub async fn watch(shared: Arc<Shared>, req: GetRolloutRequest) -> Result<Rollou
         }
         while !executor::is_final(&last.state) {
             tokio::select! {
-                () = shared.shutdown.cancelled() => return,
+                () = shared.shutdown().cancelled() => return,
                 () = tx.closed() => return,
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
-            let now = match shared.store.get_rollout(req.id).await {
+            let now = match shared.store().get_rollout(req.id).await {
                 Ok(r) => to_proto(&shared, r).await,
                 Err(e) => Err(e),
             };
@@ -244,4 +248,25 @@ pub async fn watch(shared: Arc<Shared>, req: GetRolloutRequest) -> Result<Rollou
         }
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+/// Takes over rollouts whose driver stopped renewing its lease (a registry that died or
+/// restarted), so none is left half-done.
+pub async fn resume_orphans(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shared.shutdown().cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match shared.store().orphaned_rollouts(now_ms()).await {
+            Ok(ids) => {
+                for id in ids {
+                    info!(rollout = id, "resuming a rollout whose driver stopped");
+                    crate::rollout::executor::spawn(shared.clone(), id);
+                }
+            }
+            Err(err) => warn!(cause = %err, "could not look for orphaned rollouts"),
+        }
+    }
 }

@@ -241,14 +241,10 @@ pub(super) fn configs(c: &mut Checker, table: &Table) -> Vec<ConfigTemplate> {
             .unwrap_or_else(|| "restart".into());
         let valid = match on_change.as_str() {
             "restart" | "none" => true,
-            s => s.strip_prefix("signal:").is_some_and(|sig| {
-                let sig = if sig.starts_with("SIG") {
-                    sig.to_string()
-                } else {
-                    format!("SIG{sig}")
-                };
-                sig.parse::<nix::sys::signal::Signal>().is_ok()
-            }),
+            s => s
+                .strip_prefix("signal:")
+                .and_then(corral_common::signal::parse)
+                .is_some(),
         };
         if !valid {
             c.err(

@@ -12,7 +12,7 @@ pub struct Change {
     pub node: String,
     /// "desired" or "discovery".
     pub kind: String,
-    /// The replica that wrote the row ([`crate::server::Shared::replica_id`]); empty for
+    /// The replica that wrote the row ([`crate::state::Shared::replica_id`]); empty for
     /// rows written before replicas were named.
     pub replica: String,
 }

@@ -6,7 +6,10 @@
 
 mod changes;
 pub mod configs;
+mod events;
+mod filter;
 mod health;
+mod instances;
 mod leases;
 mod metrics;
 mod nodes;
@@ -27,10 +30,12 @@ use sqlx::{AnyPool, Connection, Executor};
 
 pub use changes::Change;
 pub use configs::{Delivered, DeliveredTable};
+pub use events::EventRow;
+pub use instances::{Action, Assignment, InstanceRow, StatusReport};
 pub use nodes::{HeartbeatRow, JoinRecord, LoadRow, NodeRow, NodeState};
 pub use packages::{CHUNK_SIZE, PackageRow};
 pub use rollouts::{RolloutInstanceRow, RolloutRow};
-pub use servers::{Action, Assignment, EventRow, InstanceRow, ServerRow, StatusReport};
+pub use servers::ServerRow;
 pub use staging::{Applied, Staged, StagedInstance};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -312,13 +317,8 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// The clock every `*_ms` column is written with (the registry's modules take it from here).
+pub use corral_common::time::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -109,13 +109,13 @@ pub async fn release(
     server: &str,
     node: Option<&str>,
 ) -> Result<(), StoreError> {
-    let filter = if node.is_some() { " AND node = ?" } else { "" };
-    let sql = format!("DELETE FROM instance_ports WHERE app = ? AND server = ?{filter}");
-    let mut q = sqlx::query(&sql).bind(app).bind(server);
-    if let Some(n) = node {
-        q = q.bind(n);
-    }
-    q.execute(&mut **tx)
+    let one = super::filter::Filter::default().eq("node", node);
+    let sql = format!(
+        "DELETE FROM instance_ports WHERE app = ? AND server = ?{}",
+        one.sql()
+    );
+    one.bind(sqlx::query(&sql).bind(app).bind(server))
+        .execute(&mut **tx)
         .await
         .map_err(query_err("releasing ports"))?;
     Ok(())

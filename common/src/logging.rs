@@ -1,7 +1,7 @@
 //! Tracing set-up shared by both binaries: `RUST_LOG` wins, `-v` raises the level, and
 //! `--log-format json` writes one JSON object per line for log shippers.
 
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -9,6 +9,24 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// The logging flags of both binaries, flattened into their command lines.
+#[derive(Args, Clone, Debug)]
+pub struct LogArgs {
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log format.
+    #[arg(long, env = "CORRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// [`init_tracing`] as the flags say.
+    pub fn init(&self) {
+        init_tracing(self.verbose, self.log_format);
+    }
 }
 
 /// Installs the global subscriber; logs go to stderr.

@@ -1,16 +1,57 @@
-//! The rules for package entries.
+//! What a package (a `.tar.gz` release of a server) may contain. The same rules decide on
+//! both sides: the registry checks them while a package is uploaded, the agent again while
+//! it unpacks (a package is never trusted because of where it came from).
 //!
 //! Refused: absolute paths, `..` components, symlinks and hard links that point outside
 //! the release, device files, fifos and any other special file. Allowed: regular files,
 //! directories, and links that stay inside. Set-uid, set-gid and sticky bits are dropped
-//! on unpack. The unpacked size and the entry count are capped.
+//! on unpack. The unpacked size and the entry count are capped ([`Limits`]).
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
-use super::{Limits, PackageError};
+/// The default of [`Limits::max_unpacked_bytes`]: a package may unpack to at most this
+/// many bytes...
+pub const MAX_UNPACKED_SIZE: u64 = 4 << 30;
+/// ... and hold this many entries ([`Limits::max_entries`]).
+pub const MAX_PACKAGE_ENTRIES: u64 = 100_000;
+
+/// Limits on what a package may unpack to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Sum of the sizes of all files.
+    pub max_unpacked_bytes: u64,
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_unpacked_bytes: MAX_UNPACKED_SIZE,
+            max_entries: MAX_PACKAGE_ENTRIES,
+        }
+    }
+}
+
+/// Why a package was refused; names the offending entry.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("entry {entry:?}: {why}")]
+    Entry { entry: String, why: String },
+    #[error("the package unpacks to more than {limit} bytes")]
+    TooBig { limit: u64 },
+    #[error("the package has more than {limit} entries")]
+    TooManyEntries { limit: u64 },
+    #[error("the package is not a valid .tar.gz: {0}")]
+    Corrupt(std::io::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
 
 /// What a checked entry is.
 #[derive(Debug, PartialEq, Eq)]
@@ -118,14 +159,14 @@ pub fn check_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<(PathBuf, Kind)
 }
 
 /// Counts entries and bytes against the limits.
-pub struct Budget {
+struct Budget {
     limits: Limits,
     entries: u64,
     bytes: u64,
 }
 
 impl Budget {
-    pub fn new(limits: Limits) -> Budget {
+    fn new(limits: Limits) -> Budget {
         Budget {
             limits,
             entries: 0,
@@ -133,7 +174,7 @@ impl Budget {
         }
     }
 
-    pub fn entry(&mut self) -> Result<(), PackageError> {
+    fn entry(&mut self) -> Result<(), PackageError> {
         self.entries += 1;
         if self.entries > self.limits.max_entries {
             return Err(PackageError::TooManyEntries {
@@ -143,7 +184,7 @@ impl Budget {
         Ok(())
     }
 
-    pub fn bytes(&mut self, n: u64) -> Result<(), PackageError> {
+    fn bytes(&mut self, n: u64) -> Result<(), PackageError> {
         self.bytes = self.bytes.saturating_add(n);
         if self.bytes > self.limits.max_unpacked_bytes {
             return Err(PackageError::TooBig {
@@ -154,28 +195,41 @@ impl Budget {
     }
 }
 
-/// Reads a whole `.tar.gz` stream and checks every entry, writing nothing. The
-/// registry runs this on an upload as it arrives.
-pub fn check_archive(reader: impl Read, limits: Limits) -> Result<u64, PackageError> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(reader));
+/// Walks an archive's entries (`archive`: the tar stream, already decompressed),
+/// checking each one's header and counting it against the limits, then hands it to
+/// `each` with its cleaned path and kind. `each` returns how many bytes of file content
+/// it read, which count against the size limit. The number of entries.
+pub fn walk<R: Read>(
+    archive: R,
+    limits: Limits,
+    mut each: impl FnMut(&mut tar::Entry<'_, R>, PathBuf, Kind) -> Result<u64, PackageError>,
+) -> Result<u64, PackageError> {
+    let mut archive = tar::Archive::new(archive);
     let mut budget = Budget::new(limits);
     let mut count = 0;
     for entry in archive.entries().map_err(PackageError::Corrupt)? {
         let mut entry = entry.map_err(PackageError::Corrupt)?;
         budget.entry()?;
-        let (_, kind) = check_entry(&entry)?;
-        if let Kind::File { .. } = kind {
-            // Count what really comes out, not what the header claims.
-            let n = std::io::copy(
-                &mut (&mut entry).take(limits.max_unpacked_bytes + 1),
-                &mut std::io::sink(),
-            )
-            .map_err(PackageError::Corrupt)?;
-            budget.bytes(n)?;
-        }
+        let (path, kind) = check_entry(&entry)?;
+        budget.bytes(each(&mut entry, path, kind)?)?;
         count += 1;
     }
     Ok(count)
+}
+
+/// Reads a whole `.tar.gz` stream and checks every entry, writing nothing. The
+/// registry runs this on an upload as it arrives.
+pub fn check_archive(reader: impl Read, limits: Limits) -> Result<u64, PackageError> {
+    let gz = flate2::read::GzDecoder::new(reader);
+    walk(gz, limits, |entry, _, kind| match kind {
+        // Count what really comes out, not what the header claims.
+        Kind::File { .. } => std::io::copy(
+            &mut entry.take(limits.max_unpacked_bytes + 1),
+            &mut std::io::sink(),
+        )
+        .map_err(PackageError::Corrupt),
+        _ => Ok(0),
+    })
 }
 
 #[cfg(test)]

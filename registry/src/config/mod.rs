@@ -5,7 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use corral_common::archive::Limits;
+use corral_common::config_file::{self, ConfigFileError, first_zero};
 use serde::Deserialize;
+
+mod serve;
+
+pub use serve::{ServeArgs, load};
 
 /// Defaults, in one place.
 pub mod defaults {
@@ -40,7 +46,7 @@ pub struct RegistryConfig {
     pub event_retention: u64,
     pub max_package_size: u64,
     /// What a package may unpack to (checked at upload, as agents check it on unpack).
-    pub package_limits: corral_agent::package::Limits,
+    pub package_limits: Limits,
     /// Bytes per second each package download is paced to; None: as fast as it goes.
     pub download_rate: Option<u64>,
     /// Bearer tokens admin calls must present; empty: admin calls are open (allowed only
@@ -100,11 +106,8 @@ pub struct FileConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: {source}")]
-    File {
-        path: String,
-        source: Box<config::ConfigError>,
-    },
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("{what} {value:?} is not a valid address (expected IP:PORT, e.g. 127.0.0.1:17890)")]
     Address { what: &'static str, value: String },
     #[error("{what} must be greater than zero")]
@@ -135,18 +138,7 @@ pub fn read_file<T: for<'de> Deserialize<'de> + Default>(
     path: &Path,
     required: bool,
 ) -> Result<T, ConfigError> {
-    if !required && !path.exists() {
-        return Ok(T::default());
-    }
-    let shown = path.display().to_string();
-    config::Config::builder()
-        .add_source(config::File::from(PathBuf::from(path)).format(config::FileFormat::Toml))
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|source| ConfigError::File {
-            path: shown,
-            source: Box::new(source),
-        })
+    Ok(config_file::read(path, required)?)
 }
 
 pub fn parse_addr(what: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -158,18 +150,14 @@ pub fn parse_addr(what: &'static str, value: &str) -> Result<SocketAddr, ConfigE
 
 impl RegistryConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (what, d) in [
+        // Zero cannot work for these (no package could be uploaded, a download would
+        // never end): refused rather than taken.
+        let zero = first_zero(&[
             ("heartbeat_interval", self.heartbeat_interval),
             ("node_timeout", self.node_timeout),
             ("flush_interval", self.flush_interval),
-        ] {
-            if d.is_zero() {
-                return Err(ConfigError::Zero { what });
-            }
-        }
-        // Zero cannot work for these (no package could be uploaded, a download would
-        // never end): refused rather than taken.
-        for (what, n) in [
+        ])
+        .or(first_zero(&[
             ("max_package_size", self.max_package_size),
             ("max_unpacked_size", self.package_limits.max_unpacked_bytes),
             ("max_package_entries", self.package_limits.max_entries),
@@ -177,10 +165,9 @@ impl RegistryConfig {
                 "download_rate (--download-rate)",
                 self.download_rate.unwrap_or(1),
             ),
-        ] {
-            if n == 0 {
-                return Err(ConfigError::Zero { what });
-            }
+        ]));
+        if let Some(what) = zero {
+            return Err(ConfigError::Zero { what });
         }
         if self.admin_tokens.iter().any(String::is_empty) {
             return Err(ConfigError::EmptyToken {

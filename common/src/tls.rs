@@ -1,9 +1,11 @@
-//! The client side of TLS, for agents (and the admin CLI): the CA that signed the
+//! The client side of TLS, for agents and the admin CLI: the CA that signed the
 //! registry's certificate, and our own certificate for mutual TLS.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+use crate::fs::{ReadError, read};
 
 /// PEM files of a TLS client.
 #[derive(Clone, Debug, Default)]
@@ -15,20 +17,10 @@ pub struct ClientTls {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientTlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("a client certificate needs both a certificate file and a key file")]
     Half,
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, ClientTlsError> {
-    std::fs::read(path).map_err(|source| ClientTlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 impl ClientTls {

@@ -1,0 +1,189 @@
+//! The download of a package from the registry into the cache: resumed from what a
+//! `.partial` file holds, retried when the stream is cut, verified by sha256; each chunk
+//! goes to the cache writer and to the unpacker.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_proto::v1::agent_client::AgentClient;
+use corral_proto::v1::{DownloadRequest, PackageRef};
+
+use super::cache::CacheWriter;
+use super::unpacker::{Unpacker, feed_from_file};
+use super::{Held, InstallError, Installer, io_err};
+
+impl Installer {
+    /// Downloads into the cache, resuming a partial file; returns the verified file.
+    pub(super) async fn download(
+        &self,
+        app: &str,
+        server: &str,
+        pkg: &PackageRef,
+        report: &impl Fn(&str, u32),
+        unpacker: &mut Unpacker,
+    ) -> Result<PathBuf, InstallError> {
+        let cache = self.data_dir.join("cache");
+        std::fs::create_dir_all(&cache).map_err(io_err(&pkg.version, &cache))?;
+        let done = cache.join(&pkg.sha256);
+        // Another install of the same package may be downloading it: wait for it.
+        let cache_lock = self.locks.lock(&done).await;
+        if self.is_cached(pkg) {
+            return Ok(done);
+        }
+        let partial = cache.join(format!("{}.partial", pkg.sha256));
+        let mut attempts = 0;
+        loop {
+            match self
+                .fetch(app, server, pkg, &partial, report, unpacker, &cache_lock)
+                .await
+            {
+                Ok(()) => break,
+                Err(e @ InstallError::Checksum { .. }) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e);
+                }
+                Err(e) => {
+                    attempts += 1;
+                    if attempts >= 20 {
+                        return Err(e);
+                    }
+                    tracing::warn!(version = %pkg.version, cause = %e, "download interrupted; resuming");
+                    tokio::time::sleep(Duration::from_millis(200 * attempts.min(10))).await;
+                }
+            }
+        }
+        std::fs::rename(&partial, &done).map_err(io_err(&pkg.version, &done))?;
+        Ok(done)
+    }
+
+    /// One download attempt, from wherever the partial file ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch(
+        &self,
+        app: &str,
+        server: &str,
+        pkg: &PackageRef,
+        partial: &Path,
+        report: &impl Fn(&str, u32),
+        unpacker: &mut Unpacker,
+        cache_lock: &Held,
+    ) -> Result<(), InstallError> {
+        let version = pkg.version.as_str();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(partial)
+            .map_err(io_err(version, partial))?;
+        let mut offset = file.metadata().map_err(io_err(version, partial))?.len();
+        if offset > pkg.size {
+            file.set_len(0).map_err(io_err(version, partial))?;
+            offset = 0;
+        }
+        if unpacker.fed() > offset {
+            // It has seen bytes the file no longer holds: unpack from the file instead.
+            unpacker.abandon().await;
+        }
+        // The unpacker gets what it has not seen of the file (all of it, after a restart
+        // of the agent), while the writer hashes the file from its start.
+        let writer = CacheWriter::start(file, offset, cache_lock.clone());
+        let resumed = feed_from_file(unpacker, partial, offset).await;
+        let streamed = match resumed {
+            Ok(()) => {
+                self.stream(app, server, pkg, offset, report, unpacker, &writer)
+                    .await
+            }
+            Err(e) => Err(io_err(version, partial)(e)),
+        };
+        // Whatever happened, the file is complete and synced before anyone opens it again.
+        // A writer's error comes first: it is why a stream was cut short.
+        let got = writer.finish().await.map_err(io_err(version, partial))?;
+        streamed?;
+        if got != pkg.sha256 {
+            return Err(InstallError::Checksum {
+                version: version.to_string(),
+                expected: pkg.sha256.clone(),
+                got,
+            });
+        }
+        Ok(())
+    }
+
+    /// Streams the package from `offset` to its end into the cache writer and the
+    /// unpacker.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        &self,
+        app: &str,
+        server: &str,
+        pkg: &PackageRef,
+        offset: u64,
+        report: &impl Fn(&str, u32),
+        unpacker: &mut Unpacker,
+        writer: &CacheWriter,
+    ) -> Result<(), InstallError> {
+        let version = pkg.version.as_str();
+        let failed = |reason: String| InstallError::Download {
+            version: version.to_string(),
+            reason,
+        };
+        if offset > 0 {
+            tracing::info!(version, offset, "resuming a download");
+        }
+        let channel = self
+            .channel
+            .borrow()
+            .clone()
+            .ok_or_else(|| failed("no registry session".into()))?;
+        let identity = crate::identity::load(&self.data_dir)
+            .ok()
+            .flatten()
+            .map(|i| i.secret)
+            .unwrap_or_default();
+        let request = DownloadRequest {
+            node: self.node.clone(),
+            identity,
+            app: app.to_string(),
+            server: server.to_string(),
+            version: version.to_string(),
+            offset,
+        };
+        let mut client = AgentClient::new(channel).max_decoding_message_size(8 << 20);
+        let mut stream = client
+            .download(request)
+            .await
+            .map_err(|s| failed(s.message().to_string()))?
+            .into_inner();
+        let mut received = offset;
+        let mut last_percent = u32::MAX;
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|s| failed(s.message().to_string()))?
+        {
+            received += chunk.data.len() as u64;
+            if received > pkg.size {
+                return Err(failed(format!(
+                    "the registry sent more than the {} bytes announced",
+                    pkg.size
+                )));
+            }
+            if !writer.write(chunk.data.clone()).await {
+                // Finishing the writer returns the error it stopped on.
+                return Err(failed("the cache writer stopped".into()));
+            }
+            unpacker.feed(chunk.data).await;
+            // Progress in steps of 5 %: each report is a status message the registry
+            // writes to its database.
+            let percent = (received * 100 / pkg.size.max(1)) as u32 / 5 * 5;
+            if percent != last_percent {
+                last_percent = percent;
+                report("downloading", percent);
+            }
+        }
+        if received != pkg.size {
+            return Err(failed(format!("got {received} of {} bytes", pkg.size)));
+        }
+        Ok(())
+    }
+}
