@@ -52,12 +52,8 @@ impl Source for Lists {
                     let tx = Arc::new(watch::Sender::new(Snapshot::new(state_of(&now))));
                     names.insert(name.to_string(), tx.clone());
                     let rx = tx.subscribe();
-                    self.shared.spawn(forward(
-                        self.names.clone(),
-                        name.to_string(),
-                        src,
-                        tx,
-                    ));
+                    self.shared
+                        .spawn(forward(self.names.clone(), name.to_string(), src, tx));
                     rx
                 }
             }
@@ -128,7 +124,10 @@ pub fn auth(admin_tokens: &[String], public: bool) -> Auth {
 
 /// The discovery routes of the registry's HTTP side.
 pub fn routes(shared: &Arc<Shared>) -> Router {
-    let auth = auth(&shared.config().admin_tokens, shared.config().public_discovery);
+    let auth = auth(
+        &shared.config().admin_tokens,
+        shared.config().public_discovery,
+    );
     let lists = Arc::new(Lists {
         shared: shared.clone(),
         names: Names::default(),

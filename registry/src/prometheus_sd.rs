@@ -25,9 +25,9 @@ use axum::routing::get;
 use corral_agent::discovery::http::{Auth, error};
 use serde_json::{Value, json};
 
-use crate::state::Shared;
 use crate::spec::Spec;
 use crate::spec::render::InstanceTable;
+use crate::state::Shared;
 
 pub fn routes(shared: Arc<Shared>, auth: Auth) -> Router {
     Router::new()
