@@ -213,7 +213,11 @@ pub fn answer(
         Question::Service(_) => addresses(name, eps, t, ttl, rotate),
         Question::Srv(_) => srv(name, eps, t, ttl, rotate),
         Question::Instance { node, .. } => {
-            let mine: Vec<Endpoint> = eps.iter().filter(|e| &e.node == node).cloned().collect();
+            let mine: Vec<Endpoint> = eps
+                .iter()
+                .filter(|e| e.node.eq_ignore_ascii_case(node))
+                .cloned()
+                .collect();
             if mine.is_empty() {
                 Answer::nxdomain(ttl)
             } else {

@@ -113,6 +113,16 @@ fn srv_records_carry_ports_weights_and_targets() {
         rdatas(&answer(&i, &t, Some(&eps), RecordType::A, 5, 0).answers),
         ["10.0.0.2"]
     );
+    // Node names may have capitals; DNS asks in any case.
+    let upper = [ep("Node-C", "10.0.0.3", 20003, 1)];
+    let c = Question::Instance {
+        node: "node-c".into(),
+        service: "demo.echo.main".into(),
+    };
+    assert_eq!(
+        rdatas(&answer(&c, &t, Some(&upper), RecordType::A, 5, 0).answers),
+        ["10.0.0.3"]
+    );
     let gone = Question::Instance {
         node: "node-z".into(),
         service: "demo.echo.main".into(),
