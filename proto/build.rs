@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Package chunks: the registry shares one read of a chunk between the downloads
         // that send it, and the agent takes it out of the receive buffer without a copy.
         .bytes(".corral.v1.DownloadChunk.data")
+        // Endpoint metadata: in key order, so every answer (JSON, templates) is stable.
+        .btree_map(".corral.v1.Endpoint.meta")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -90,8 +90,10 @@ deps_compiler() {
 }
 
 # deps_tests: what the end-to-end tests run besides the built binaries: bash and the
-# coreutils (scripts/install.sh; service commands such as sleep, env, sh -c) and curl
-# (the TLS tests fetch /health with it).
+# coreutils (scripts/install.sh; service commands such as sleep, env, sh -c), curl
+# (the TLS tests fetch /health with it) and dig (the DNS tests ask the agent with a real
+# resolver client).
 deps_tests() {
-  deps_commands bash:bash sh:dash sleep:coreutils install:coreutils env:coreutils curl:curl
+  deps_commands bash:bash sh:dash sleep:coreutils install:coreutils env:coreutils curl:curl \
+    dig:dnsutils
 }

@@ -3,7 +3,7 @@
 # end-to-end tests (real registry and agent processes on loopback).
 #
 # What it runs is installed first when missing (scripts/deps.sh): a C compiler, bash,
-# coreutils and curl; under CI=true also MariaDB. Nothing asks for input.
+# coreutils, curl and dig; under CI=true also MariaDB. Nothing asks for input.
 #
 # MySQL: CORRAL_TEST_MYSQL_URL, default mysql://root@127.0.0.1:3306 (tests create and drop
 # their own databases). When no server answers, the MySQL half fails under CI=true and is

@@ -33,6 +33,12 @@ pub mod defaults {
     /// A package may unpack to at most this many bytes, and hold this many entries (the
     /// registry checks uploads against the same defaults).
     pub use corral_common::archive::{MAX_PACKAGE_ENTRIES, MAX_UNPACKED_SIZE};
+    /// Where DNS for the `corral.` zone is served, UDP and TCP ("off": not at all).
+    pub const DNS: &str = "127.0.0.1:8600";
+    /// The TTL of DNS answers.
+    pub const DNS_TTL: Duration = Duration::from_secs(5);
+    /// A name nobody asked the agent for in this long is no longer watched.
+    pub const DISCOVERY_IDLE: Duration = Duration::from_secs(600);
 }
 
 /// Everything `agent run` needs, resolved and checked.
@@ -61,6 +67,12 @@ pub struct AgentConfig {
     pub allow_root: bool,
     /// TLS to the registry (https:// locators): its CA, and our certificate for mTLS.
     pub tls: ClientTls,
+    /// Where DNS for the `corral.` zone is served (UDP and TCP); None: off.
+    pub dns: Option<SocketAddr>,
+    /// The TTL of DNS answers, whole seconds.
+    pub dns_ttl: Duration,
+    /// How long the discovery cache keeps watching a name nobody asks for.
+    pub discovery_idle: Duration,
 }
 
 /// The keys of the config file.
@@ -92,6 +104,12 @@ pub struct FileConfig {
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// "IP:PORT" or "off"
+    pub dns: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub dns_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub discovery_idle: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +141,9 @@ pub struct Overrides {
     pub join_token: Option<String>,
     pub allow_root: bool,
     pub tls: ClientTls,
+    pub dns: Option<String>,
+    pub dns_ttl: Option<Duration>,
+    pub discovery_idle: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +166,22 @@ pub enum ConfigError {
     Http(String),
     #[error("{what} must be greater than zero")]
     Zero { what: &'static str },
+    #[error(
+        "--dns (dns, CORRAL_DNS) {0:?} is neither an address (IP:PORT, e.g. 127.0.0.1:8600) nor \"off\""
+    )]
+    Dns(String),
+    #[error("--dns-ttl (dns_ttl, CORRAL_DNS_TTL) {0:?} must be whole seconds, at most 1 day")]
+    DnsTtl(Duration),
+}
+
+/// Parses `--dns`: an address, or "off".
+pub fn parse_dns(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| ConfigError::Dns(text.to_string()))
 }
 
 /// Parses a comma-separated locator list. Entries without a scheme get `http://`.
@@ -270,7 +307,21 @@ impl AgentConfig {
             max_package_entries: file
                 .max_package_entries
                 .unwrap_or(defaults::MAX_PACKAGE_ENTRIES),
+            dns: parse_dns(
+                over.dns
+                    .as_deref()
+                    .or(file.dns.as_deref())
+                    .unwrap_or(defaults::DNS),
+            )?,
+            dns_ttl: over.dns_ttl.or(file.dns_ttl).unwrap_or(defaults::DNS_TTL),
+            discovery_idle: over
+                .discovery_idle
+                .or(file.discovery_idle)
+                .unwrap_or(defaults::DISCOVERY_IDLE),
         };
+        if config.dns_ttl.subsec_nanos() != 0 || config.dns_ttl > Duration::from_secs(86400) {
+            return Err(ConfigError::DnsTtl(config.dns_ttl));
+        }
         // Zero cannot work for these; refused rather than quietly turned into 1.
         let zero = first_zero(&[
             ("log_max_size", config.log_max_size),
@@ -282,6 +333,7 @@ impl AgentConfig {
             ("reconnect_initial", config.reconnect_initial),
             ("reconnect_max", config.reconnect_max),
             ("connect_timeout", config.connect_timeout),
+            ("discovery_idle", config.discovery_idle),
         ]));
         match zero {
             Some(what) => Err(ConfigError::Zero { what }),
@@ -341,5 +393,38 @@ mod tests {
         assert_eq!(c.locators.len(), 2);
         assert_eq!(c.advertise_ip.to_string(), "127.0.0.9");
         assert_eq!(c.reconnect_max, Duration::from_secs(5));
+        assert_eq!(c.dns, Some("127.0.0.1:8600".parse().expect("addr")));
+        assert_eq!(c.dns_ttl, defaults::DNS_TTL);
+    }
+
+    #[test]
+    fn dns_settings_are_checked() {
+        assert_eq!(parse_dns("off").expect("off"), None);
+        assert!(parse_dns("127.0.0.1:53").expect("addr").is_some());
+        let err = parse_dns("localhost").expect_err("no port").to_string();
+        assert!(err.contains("--dns") && err.contains("localhost"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "locator = \"http://127.0.0.1:1\"\nnode = \"n\"\nadvertise_ip = \"127.0.0.1\"\n\
+             dns = \"off\"\ndns_ttl = \"1500ms\"\n",
+        )
+        .expect("write");
+        let over = || Overrides {
+            config: Some(path.clone()),
+            ..Overrides::default()
+        };
+        let err = AgentConfig::resolve(over()).expect_err("ttl").to_string();
+        assert!(
+            err.contains("dns_ttl") && err.contains("whole seconds"),
+            "{err}"
+        );
+        let c = AgentConfig::resolve(Overrides {
+            dns_ttl: Some(Duration::from_secs(30)),
+            ..over()
+        })
+        .expect("resolve");
+        assert_eq!((c.dns, c.dns_ttl), (None, Duration::from_secs(30)));
     }
 }

@@ -1,4 +1,5 @@
-//! The agent's HTTP side: `/health` (used by `agent check`) and `/metrics`.
+//! The agent's HTTP side: `/health` (used by `agent check`), `/metrics`, and discovery
+//! from the watch cache ([`crate::discovery::http`]; no token: it serves its host).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,7 +17,8 @@ pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .with_state(ctx)
+        .with_state(ctx.clone())
+        .merge(crate::discovery::http::routes(ctx.discovery.clone(), None))
 }
 
 /// 200 while the agent runs, whether or not a registry is reachable: the agent keeps
@@ -27,6 +29,8 @@ async fn health(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
         "node": ctx.config.node,
         "pid": std::process::id(),
         "registry": if ctx.connected.load(Ordering::Relaxed) { "connected" } else { "disconnected" },
+        "dns": ctx.dns.map(|a| a.to_string()),
+        "discovery_names": ctx.discovery.len(),
     }))
 }
 

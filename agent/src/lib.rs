@@ -16,6 +16,7 @@
 //! * [`facts`] — host facts and load reports from sysinfo.
 //! * [`config`] — defaults, config file, environment and flags.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
+//! * [`discovery`] — discovery for the host's clients: the watch cache, HTTP and DNS.
 //! * [`check`] — `agent check`: the run record it reads, restarting an agent that does
 //!   not answer.
 //! * [`datadir`] — the data dir, its lock and pid file, writes by rename.
@@ -28,6 +29,7 @@ pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod datadir;
+pub mod discovery;
 pub mod facts;
 pub mod http;
 pub mod identity;
@@ -61,6 +63,10 @@ pub struct Context {
     pub desired: watch::Sender<Option<DesiredState>>,
     /// The channel of the open registry session, for package downloads.
     pub channel: watch::Sender<Option<tonic::transport::Channel>>,
+    /// The lists the host's clients asked for, for HTTP and DNS discovery.
+    pub discovery: Arc<discovery::cache::Cache>,
+    /// Where DNS is served (None: off).
+    pub dns: Option<std::net::SocketAddr>,
 }
 
 /// The clock of every `*_ms` field the agent reports (its modules take it from here).
@@ -78,6 +84,11 @@ pub enum AgentError {
     Http(std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot listen on {addr} for DNS (--dns; \"off\" turns it off): {source}")]
+    Dns {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl AgentError {
@@ -85,6 +96,7 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Refused { .. }
+            | AgentError::Dns { .. }
             | AgentError::DataDir(datadir::DataDirError::Locked { .. }) => 2,
             _ => 1,
         }
@@ -98,6 +110,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let data_dir = datadir::DataDir::open(&config.data_dir)?;
+    let dns = match config.dns {
+        Some(addr) => Some(
+            discovery::dns::bind(addr)
+                .await
+                .map_err(|source| AgentError::Dns { addr, source })?,
+        ),
+        None => None,
+    };
     // Written once the data dir is ours: how `agent check` reaches and restarts us.
     check::RunRecord::current(http.local_addr().unwrap_or(config.http)).write(&config.data_dir)?;
     info!(
@@ -150,6 +170,22 @@ pub async fn run(
         config.log_keep,
         shutdown.clone(),
     ));
+    let cache = Arc::new(discovery::cache::Cache::new(
+        channel_tx.subscribe(),
+        config.node.clone(),
+        config.data_dir.clone(),
+        config.discovery_idle,
+    ));
+    let sweeper = tokio::spawn(cache.clone().run(shutdown.clone()));
+    let dns_addr = dns.as_ref().and_then(|(udp, _)| udp.local_addr().ok());
+    let dns_task = dns.map(|sockets| {
+        tokio::spawn(discovery::dns::serve(
+            cache.clone(),
+            sockets,
+            config.dns_ttl,
+            shutdown.clone(),
+        ))
+    });
     let ctx = Arc::new(Context {
         config,
         metrics: metrics::Metrics::new(),
@@ -157,6 +193,8 @@ pub async fn run(
         board,
         desired: desired_tx,
         channel: channel_tx,
+        discovery: cache,
+        dns: dns_addr,
     });
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(
@@ -174,6 +212,10 @@ pub async fn run(
     let _ = reconciler.await;
     let _ = rotation.await;
     let _ = notifier.await;
+    let _ = sweeper.await;
+    if let Some(task) = dns_task {
+        let _ = task.await;
+    }
     let http_result = http_task.await;
     data_dir.release();
     result?;

@@ -77,6 +77,15 @@ struct RunArgs {
     /// This agent's client key (PEM).
     #[arg(long, env = "CORRAL_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Where to serve DNS for the `corral.` zone, UDP and TCP, or "off" [default: 127.0.0.1:8600].
+    #[arg(long, env = "CORRAL_DNS")]
+    dns: Option<String>,
+    /// The TTL of DNS answers, whole seconds [default: 5s].
+    #[arg(long, env = "CORRAL_DNS_TTL", value_parser = humantime::parse_duration)]
+    dns_ttl: Option<std::time::Duration>,
+    /// Stop watching a name no client asked this agent for in this long [default: 10m].
+    #[arg(long, env = "CORRAL_DISCOVERY_IDLE", value_parser = humantime::parse_duration)]
+    discovery_idle: Option<std::time::Duration>,
 }
 
 fn main() -> ExitCode {
@@ -134,6 +143,9 @@ fn run(args: RunArgs) -> ExitCode {
             cert: args.tls_cert,
             key: args.tls_key,
         },
+        dns: args.dns,
+        dns_ttl: args.dns_ttl,
+        discovery_idle: args.discovery_idle,
     }) {
         Ok(c) => c,
         Err(e) => {

@@ -45,6 +45,7 @@ impl Corral {
         agent
             .args(["run", "--locator", &addr, "--node", NODE])
             .args(["--advertise-ip", "127.0.0.1", "--http", "127.0.0.1:0"])
+            .args(["--dns", "127.0.0.1:0"])
             // The benchmark may run as root; the child is the same for every supervisor.
             .arg("--allow-root")
             .arg("--data-dir")

@@ -4,7 +4,13 @@
 //! locator list: it follows `Query.Watch` on the first registry that answers, moves to
 //! the next when that one fails, and keeps the last known list meanwhile, so clients keep
 //! working through a registry outage. [`Resolver::balance_channel`] turns it into a tonic
-//! [`Channel`] that load-balances over the live endpoints.
+//! [`Channel`] that load-balances over the live endpoints; [`Resolver::balancer`] picks
+//! one endpoint per call by a [`Policy`] (round robin, random, weighted, consistent
+//! hash, same node), for clients that are not tonic channels.
+
+pub mod policy;
+
+pub use policy::{Balancer, Picker, Policy};
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -75,6 +81,11 @@ impl Resolver {
         rx
     }
 
+    /// Starts watching, and chooses among the live endpoints by `policy`.
+    pub fn balancer(self, policy: Policy) -> Balancer {
+        Balancer::new(self.watch(), policy)
+    }
+
     async fn follow(self, tx: watch::Sender<Vec<Endpoint>>) {
         let mut delay = self.retry_initial;
         let mut index = 0;
@@ -120,6 +131,7 @@ impl Resolver {
             })?;
         let mut request = tonic::Request::new(FindRequest {
             name: self.name.clone(),
+            ..Default::default()
         });
         if let Some(token) = &self.token {
             let value = format!("Bearer {token}").parse().map_err(|_| {

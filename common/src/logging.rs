@@ -37,7 +37,10 @@ pub fn init_tracing(verbose: u8, format: LogFormat) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,sqlx=warn"))
+        // hickory logs every DNS answer at info.
+        EnvFilter::new(format!(
+            "{level},h2=warn,hyper=warn,tower=warn,sqlx=warn,hickory_server=warn,hickory_net=warn,hickory_proto=warn"
+        ))
     });
     // Colours only on a terminal: log files and journald get plain text.
     let builder = tracing_subscriber::fmt()

@@ -167,6 +167,10 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
         // Trying Corral out on one's own machine: services run as whoever runs `dev`.
         allow_root: true,
         tls: ClientTls::default(),
+        // Off: port 8600 may be taken on a developer's machine (Consul's default too).
+        dns: None,
+        dns_ttl: agent_defaults::DNS_TTL,
+        discovery_idle: agent_defaults::DISCOVERY_IDLE,
     };
     let registry_config = RegistryConfig {
         listen,

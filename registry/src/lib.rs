@@ -9,7 +9,10 @@
 //! * [`admin`] — the admin gRPC API; [`cli`] is its command-line client.
 //! * [`store`] — SQLite or MySQL through sqlx, with migrations under `migrations/`.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
-//! * [`discovery`] + [`query_service`] — the endpoint cache and `Query.Find`/`Watch`.
+//! * [`discovery`] + [`query_service`] — the endpoint cache and `Query.Find`/`Watch`
+//!   ([`query_watch`], [`query_auth`]: agents watch with their node identity);
+//!   [`discovery_http`] — the same over HTTP/JSON, and Prometheus' `http_sd` targets
+//!   ([`prometheus_sd`]).
 //! * [`rollout`] — rolling patches; [`download`] — packages to agents.
 //! * [`dev`] — `registry dev`: a registry and an agent for this host in one process.
 //! * [`config`] — defaults, config file, validation.
@@ -27,6 +30,7 @@ pub mod configs;
 pub mod desired;
 pub mod dev;
 pub mod discovery;
+pub mod discovery_http;
 pub mod download;
 mod error;
 pub mod feed;
@@ -36,7 +40,10 @@ pub mod join;
 pub mod liveness;
 pub mod metrics;
 pub mod outage;
+pub mod prometheus_sd;
+pub mod query_auth;
 pub mod query_service;
+pub mod query_watch;
 pub mod rollout;
 pub mod server;
 pub mod sessions;

@@ -1,19 +1,29 @@
 //! The `Query` service: discovery reads, answered from the in-memory cache.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use corral_proto::v1::query_server::Query;
 use corral_proto::v1::{Endpoints, FindRequest};
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::discovery::Table;
+use crate::query_auth::Verifier;
+use crate::query_watch::EndpointStream;
 use crate::state::Shared;
 
 pub struct QueryService {
     pub shared: Arc<Shared>,
+    /// Checks the node identities agents' watch caches present.
+    pub nodes: Verifier,
+}
+
+impl QueryService {
+    pub fn new(shared: Arc<Shared>) -> QueryService {
+        QueryService {
+            shared,
+            nodes: Verifier::default(),
+        }
+    }
 }
 
 /// A name must look like `APP.SERVER.ADAPTER`.
@@ -32,6 +42,7 @@ fn lookup(table: &Table, name: &str) -> Result<Endpoints, Status> {
         Some(eps) => Ok(Endpoints {
             name: name.to_string(),
             endpoints: eps.as_ref().clone(),
+            known: true,
         }),
         None => Err(Status::not_found(format!(
             "no service {} (no server has that adapter)",
@@ -40,34 +51,36 @@ fn lookup(table: &Table, name: &str) -> Result<Endpoints, Status> {
     }
 }
 
-type EndpointStream = Pin<Box<dyn Stream<Item = Result<Endpoints, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Query for QueryService {
     async fn find(&self, request: Request<FindRequest>) -> Result<Response<Endpoints>, Status> {
-        let name = request.into_inner().name;
-        check_name(&name)?;
-        lookup(&self.shared.discovery().table(), &name).map(Response::new)
+        self.nodes.check(&self.shared, &request).await?;
+        let req = request.into_inner();
+        check_name(&req.name)?;
+        let table = self.shared.discovery().table();
+        let name = if req.ignore_case {
+            crate::query_watch::resolve(&table, &req.name).unwrap_or(req.name)
+        } else {
+            req.name
+        };
+        lookup(&table, &name).map(Response::new)
     }
 
     type WatchStream = EndpointStream;
 
-    /// The list now (empty if the name is not known yet), then again on every change of
-    /// it. The stream reads the name's channel directly: a change costs each watcher one
-    /// wake-up of its HTTP/2 stream, and the stream ends at shutdown.
+    /// The list now (empty and not `known` while no server has the name), then again on
+    /// every change of it; the stream ends at shutdown.
     async fn watch(
         &self,
         request: Request<FindRequest>,
     ) -> Result<Response<EndpointStream>, Status> {
-        let name = request.into_inner().name;
-        check_name(&name)?;
-        let rx = self.shared.discovery().watch_name(&name);
-        let stream = WatchStream::new(rx).map(move |eps| {
-            Ok(Endpoints {
-                name: name.clone(),
-                endpoints: eps.as_ref().clone(),
-            })
-        });
-        Ok(Response::new(Box::pin(stream)))
+        self.nodes.check(&self.shared, &request).await?;
+        let req = request.into_inner();
+        check_name(&req.name)?;
+        Ok(Response::new(if req.ignore_case {
+            crate::query_watch::ignoring_case(self.shared.clone(), req.name)
+        } else {
+            crate::query_watch::exact(&self.shared, req.name)
+        }))
     }
 }

@@ -73,7 +73,7 @@ pub async fn run(
     shared.discovery().poke();
 
     let http_shutdown = shutdown.clone();
-    let router = crate::http::router(shared.clone());
+    let router = crate::http::router(shared.clone()).merge(crate::discovery_http::routes(&shared));
     let http_task = match &shared.config().http_tls {
         None => tokio::spawn(
             axum::serve(http, router)
@@ -134,14 +134,11 @@ pub async fn run(
             AdminAuth(Tokens::new(&shared.config().admin_tokens)),
         ))
         .add_service(QueryServer::with_interceptor(
-            QueryService {
-                shared: shared.clone(),
-            },
-            AdminAuth(if shared.config().public_discovery {
-                Tokens::default()
-            } else {
-                Tokens::new(&shared.config().admin_tokens)
-            }),
+            QueryService::new(shared.clone()),
+            crate::query_auth::QueryAuth::new(
+                &shared.config().admin_tokens,
+                shared.config().public_discovery,
+            ),
         ))
         .add_service(health_service)
         .add_optional_service(reflection_v1)

@@ -6,9 +6,11 @@
 pub mod db;
 pub mod exits;
 pub mod fleet;
+pub mod lookup;
 pub mod packages;
 pub mod procs;
 pub mod proxy;
+pub mod sim;
 
 pub use db::{Backend, TestDb};
 pub use procs::{

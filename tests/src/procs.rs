@@ -494,6 +494,9 @@ impl Agent {
             .arg(&self.data_dir)
             .arg("--http")
             .arg(format!("{}:0", self.ip))
+            // DNS on a port of its own: agents of tests that run at once never share one.
+            .arg("--dns")
+            .arg(format!("{}:0", self.ip))
             .args(&self.extra);
         self.starts += 1;
         let log = self.data_dir.with_extension(format!("{}.log", self.starts));

@@ -278,16 +278,33 @@ fn every_rpc_refuses_huge_values_briefly() {
         );
 
         let mut query = QueryClient::connect(addr.clone()).await.expect("connect");
-        assert_short("find", query.find(FindRequest { name: h.clone() }).await);
+        assert_short(
+            "find",
+            query
+                .find(FindRequest {
+                    name: h.clone(),
+                    ..Default::default()
+                })
+                .await,
+        );
         assert_short(
             "find a.b.huge",
             query
                 .find(FindRequest {
                     name: format!("a.b.{h}"),
+                    ..Default::default()
                 })
                 .await,
         );
-        assert_short("watch", query.watch(FindRequest { name: h.clone() }).await);
+        assert_short(
+            "watch",
+            query
+                .watch(FindRequest {
+                    name: h.clone(),
+                    ..Default::default()
+                })
+                .await,
+        );
 
         let mut agent = AgentClient::connect(addr.clone()).await.expect("connect");
         assert_short(

@@ -331,12 +331,18 @@ async fn expand(
 /// `registry endpoints APP.SERVER.ADAPTER`
 pub async fn endpoints(name: String, args: &ClientArgs) -> Result<(), CliError> {
     let mut query = super::connect_query(args).await?;
-    let resp = query.find(FindRequest { name }).await?.into_inner();
+    let resp = query
+        .find(FindRequest {
+            name,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     if args.output == Format::Json {
         let all: Vec<Value> = resp
             .endpoints
             .iter()
-            .map(|e| json!({"node": e.node, "host": e.host, "port": e.port}))
+            .map(corral_agent::discovery::http::endpoint_json)
             .collect();
         println!("{}", Value::Array(all));
         return Ok(());
@@ -344,8 +350,18 @@ pub async fn endpoints(name: String, args: &ClientArgs) -> Result<(), CliError> 
     let rows: Vec<Vec<String>> = resp
         .endpoints
         .iter()
-        .map(|e| vec![e.node.clone(), e.host.clone(), e.port.to_string()])
+        .map(|e| {
+            let meta: Vec<String> = e.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                e.node.clone(),
+                e.host.clone(),
+                e.port.to_string(),
+                e.weight.to_string(),
+                e.tags.join(","),
+                meta.join(","),
+            ]
+        })
         .collect();
-    print_table(&["NODE", "HOST", "PORT"], &rows);
+    print_table(&["NODE", "HOST", "PORT", "WEIGHT", "TAGS", "META"], &rows);
     Ok(())
 }

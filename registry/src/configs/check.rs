@@ -56,6 +56,9 @@ pub fn staged_tables(
                     .cloned()
                     .unwrap_or_else(|| "pending".into()),
                 healthy: false,
+                weight: 0,
+                tags: Vec::new(),
+                meta: Default::default(),
             }
         })
         .collect();
@@ -64,8 +67,14 @@ pub fn staged_tables(
             .iter()
             .map(|e| {
                 let a = adapter.or(spec.adapters.first().map(|a| a.name.as_str()));
+                let meta = spec
+                    .metadata
+                    .effective(a.unwrap_or_default(), &e.node, e.ordinal);
                 InstanceEntry {
                     port: a.and_then(|a| e.ports.get(a)).copied().unwrap_or(0),
+                    weight: meta.weight,
+                    tags: meta.tags,
+                    meta: meta.meta,
                     ..e.clone()
                 }
             })

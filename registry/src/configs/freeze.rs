@@ -34,12 +34,6 @@ fn server_of(name: &str) -> Option<(&str, &str)> {
     corral_proto::names::Name::parse(name).map(|n| (n.app, n.server))
 }
 
-fn strings(eps: &[Endpoint]) -> Vec<String> {
-    eps.iter()
-        .map(|e| format!("{}:{}", e.host, e.port))
-        .collect()
-}
-
 impl Memory {
     /// The live tables (for files that do not restart their instance) and the frozen
     /// ones (for files that do), remembering what instances not absent look like now.
@@ -88,7 +82,7 @@ impl Memory {
             endpoints: Arc::new(
                 endpoints
                     .iter()
-                    .map(|(n, eps)| (n.clone(), strings(eps)))
+                    .map(|(n, eps)| (n.clone(), eps.to_vec()))
                     .collect(),
             ),
             instances: instances.clone(),
@@ -127,12 +121,7 @@ impl Memory {
             }
         }
         let frozen = Tables {
-            endpoints: Arc::new(
-                frozen_eps
-                    .iter()
-                    .map(|(n, eps)| (n.clone(), strings(eps)))
-                    .collect(),
-            ),
+            endpoints: Arc::new(frozen_eps),
             instances: Arc::new(frozen_instances),
         };
         (live, frozen)
@@ -154,7 +143,16 @@ mod tests {
             node: node.into(),
             host: host.into(),
             port: 30300,
+            ..Endpoint::default()
         }
+    }
+
+    /// `host:port` of the endpoints listed for the test's name.
+    fn listed(tables: &Tables) -> Vec<String> {
+        tables.endpoints["chain0.gw.P2P"]
+            .iter()
+            .map(|e| format!("{}:{}", e.host, e.port))
+            .collect()
     }
 
     fn table(eps: Vec<Endpoint>) -> Table {
@@ -176,11 +174,8 @@ mod tests {
             &InstanceTable::default(),
             &absent,
         );
-        assert_eq!(live.endpoints["chain0.gw.P2P"], ["10.0.0.1:30300"]);
-        assert_eq!(
-            frozen.endpoints["chain0.gw.P2P"],
-            ["10.0.0.1:30300", "10.0.0.2:30300"]
-        );
+        assert_eq!(listed(&live), ["10.0.0.1:30300"]);
+        assert_eq!(listed(&frozen), ["10.0.0.1:30300", "10.0.0.2:30300"]);
 
         // Its absence is no longer planned (it did not come back): it goes.
         let (_, frozen) = m.tables(
@@ -188,6 +183,6 @@ mod tests {
             &InstanceTable::default(),
             &none,
         );
-        assert_eq!(frozen.endpoints["chain0.gw.P2P"], ["10.0.0.1:30300"]);
+        assert_eq!(listed(&frozen), ["10.0.0.1:30300"]);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use corral_proto::v1::Endpoint;
 
-use super::{Table, Watched};
+use super::Table;
 use crate::spec::Spec;
 use crate::spec::render::InstanceEntry;
 use crate::store::{Store, StoreError};
@@ -143,22 +143,25 @@ impl Inputs {
                 ordinal: i.ordinal,
                 state: i.state.clone(),
                 healthy: i.state == "running" && (spec.health.is_none() || i.health == "healthy"),
+                weight: 0,
+                tags: Vec::new(),
+                meta: BTreeMap::new(),
             });
         }
         entries.sort_by_key(|e| e.ordinal);
         let with_port = |adapter: Option<&str>| -> Vec<InstanceEntry> {
+            let adapter = adapter.or(spec.adapters.first().map(|a| a.name.as_str()));
             entries
                 .iter()
                 .map(|e| {
-                    let port = match adapter {
-                        Some(a) => e.ports.get(a).copied(),
-                        None => spec
-                            .adapters
-                            .first()
-                            .and_then(|a| e.ports.get(&a.name).copied()),
-                    };
+                    let meta =
+                        spec.metadata
+                            .effective(adapter.unwrap_or_default(), &e.node, e.ordinal);
                     InstanceEntry {
-                        port: port.unwrap_or(0),
+                        port: adapter.and_then(|a| e.ports.get(a).copied()).unwrap_or(0),
+                        weight: meta.weight,
+                        tags: meta.tags,
+                        meta: meta.meta,
                         ..e.clone()
                     }
                 })
@@ -184,7 +187,11 @@ impl Inputs {
 
     /// The names of one server's adapters, each with its active endpoints sorted by
     /// host, then port.
-    pub(super) fn server_names(&self, app: &str, server: &str) -> Vec<(String, Watched)> {
+    pub(super) fn server_names(
+        &self,
+        app: &str,
+        server: &str,
+    ) -> Vec<(String, Arc<Vec<Endpoint>>)> {
         let key = (app.to_string(), server.to_string());
         let Some(spec) = self.specs.get(&key) else {
             return Vec::new();
@@ -217,10 +224,14 @@ impl Inputs {
                     None => ports.and_then(|p| p.get(&a.name).copied()),
                 };
                 if let Some(port) = port {
+                    let meta = spec.metadata.effective(&a.name, &i.node, i.ordinal);
                     eps.push(Endpoint {
                         node: i.node.clone(),
                         host: host.clone(),
                         port: u32::from(port),
+                        weight: meta.weight,
+                        tags: meta.tags,
+                        meta: meta.meta,
                     });
                 }
             }

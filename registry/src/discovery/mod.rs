@@ -43,8 +43,8 @@ const SAFETY_NET: Duration = Duration::from_secs(10);
 /// Name -> endpoints sorted by host, then port.
 pub type Table = HashMap<String, Arc<Vec<Endpoint>>>;
 
-/// One name's endpoints as its watchers see them (empty while the name is unknown).
-pub type Watched = Arc<Vec<Endpoint>>;
+/// One name's endpoints as its watchers see them: None while no server has the name.
+pub type Watched = Option<Arc<Vec<Endpoint>>>;
 
 pub struct Discovery {
     table: watch::Sender<Arc<Table>>,
@@ -140,7 +140,7 @@ impl Discovery {
         }
         // Under the lock, so a publish cannot slip in between reading the table and
         // registering the name.
-        let now = self.table.borrow().get(name).cloned().unwrap_or_default();
+        let now = self.table.borrow().get(name).cloned();
         let (tx, rx) = watch::channel(now);
         if let Some(w) = watched.as_mut() {
             w.insert(name.to_string(), tx);
@@ -169,9 +169,9 @@ impl Discovery {
                 return false;
             }
             if changed {
-                let now = table.get(name).cloned().unwrap_or_default();
+                let now = table.get(name).cloned();
                 tx.send_if_modified(|seen| {
-                    if **seen == *now {
+                    if *seen == now {
                         false
                     } else {
                         *seen = now;
@@ -283,20 +283,13 @@ impl Discovery {
         *self.watched.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    /// `host:port` strings per name, for config templates.
+    /// The endpoints per name, for config templates.
     pub fn endpoint_strings(&self) -> crate::spec::render::EndpointTable {
         let table = self.table();
         Arc::new(
             table
                 .iter()
-                .map(|(name, eps)| {
-                    (
-                        name.clone(),
-                        eps.iter()
-                            .map(|e| format!("{}:{}", e.host, e.port))
-                            .collect(),
-                    )
-                })
+                .map(|(name, eps)| (name.clone(), eps.to_vec()))
                 .collect(),
         )
     }
@@ -333,6 +326,8 @@ mod tests {
             node: node.into(),
             host: "127.0.0.1".into(),
             port,
+            weight: 1,
+            ..Endpoint::default()
         }
     }
 
@@ -349,8 +344,8 @@ mod tests {
         assert!(d.publish(table(&[("a.b.Main", vec![ep("n1", 1)])])));
         let mut rx = d.watch_name("a.b.Main");
         let mut unknown = d.watch_name("x.y.Main");
-        assert_eq!(*rx.borrow_and_update().as_ref(), vec![ep("n1", 1)]);
-        assert!(unknown.borrow_and_update().is_empty());
+        assert_eq!(rx.borrow_and_update().as_deref(), Some(&vec![ep("n1", 1)]));
+        assert!(unknown.borrow_and_update().is_none());
 
         // Another name changes: nothing for either watcher.
         assert!(d.publish(table(&[
@@ -369,8 +364,13 @@ mod tests {
         // Its own name changes: one wake-up with the new list.
         assert!(d.publish(table(&[("a.b.Main", vec![ep("n1", 1), ep("n3", 3)])])));
         assert!(matches!(rx.has_changed(), Ok(true)));
-        assert_eq!(rx.borrow_and_update().len(), 2);
+        assert_eq!(rx.borrow_and_update().as_deref().map(Vec::len), Some(2));
         assert!(matches!(unknown.has_changed(), Ok(false)));
+
+        // The name goes (its server was removed): its watchers hear it.
+        assert!(d.publish(table(&[("c.d.Main", vec![ep("n2", 2)])])));
+        assert!(matches!(rx.has_changed(), Ok(true)));
+        assert!(rx.borrow_and_update().is_none());
     }
 
     /// demo.echo on n1 and n2 (port 20001 each), both running, no health check.
@@ -406,6 +406,7 @@ mod tests {
     fn nodes(rx: &mut watch::Receiver<Watched>) -> Vec<String> {
         rx.borrow_and_update()
             .iter()
+            .flat_map(|eps| eps.iter())
             .map(|e| e.node.clone())
             .collect()
     }
@@ -502,7 +503,7 @@ mod tests {
         assert!(rx.has_changed().is_err(), "the sender is gone at shutdown");
         // A watch that starts during shutdown gets the list now and then its end.
         let mut late = d.watch_name("a.b.Main");
-        assert!(late.borrow_and_update().is_empty());
+        assert!(late.borrow_and_update().is_none());
         assert!(late.has_changed().is_err());
     }
 }

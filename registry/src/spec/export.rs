@@ -89,6 +89,7 @@ pub fn to_toml(spec: &Spec) -> String {
             Value::Integer(i64::from(a.port))
         };
         d.line("port", &port);
+        d.0.push_str(&super::meta::export_adapter(&spec.metadata, &a.name));
     }
     let r = &spec.restart;
     d.table("[restart]");
@@ -133,6 +134,7 @@ pub fn to_toml(spec: &Spec) -> String {
     d.table("[config_restart]");
     d.line("batch", &int(spec.config_restart.batch));
     d.line("max_per_minute", &int(spec.config_restart.max_per_minute));
+    d.0.push_str(&super::meta::export_metrics(&spec.metadata));
     d.0
 }
 
@@ -197,6 +199,32 @@ max_per_minute = 3
         round_trip(
             "app = \"fabric\"\nserver = \"cc\"\nkind = \"external\"\naddress = \"10.0.0.9:7052\"\nnodes = [\"a\"]\n\
              [health]\nkind = \"tcp\"\n",
+        );
+        round_trip(
+            r#"app = "m"
+server = "meta"
+nodes = ["node-a", "node-b"]
+command = ["bin/m"]
+[[adapters]]
+name = "Main"
+port = "auto"
+weight = 10
+tags = ["v2", "zone:a"]
+meta = { zone = "a", "rack-id" = "r1" }
+[[adapters.override]]
+ordinal = 0
+weight = 5
+[[adapters.override]]
+node = "node-b"
+tags = []
+meta = { zone = "b" }
+[[adapters]]
+name = "Metrics"
+port = "auto"
+[metrics]
+adapter = "Metrics"
+path = "/prom"
+"#,
         );
         round_trip(
             "app = \"x\"\nserver = \"y\"\nnodes = [\"a\"]\ncommand = [\"c\"]\n[health]\nkind = \"exec\"\ncommand = [\"bin/check\", \"-q\"]\n",

@@ -35,6 +35,9 @@ pub struct Spec {
     /// How config changes that restart instances roll out.
     #[serde(default)]
     pub config_restart: ConfigRestart,
+    /// Adapters' weights, tags and meta, and the `[metrics]` adapter ([`super::meta`]).
+    #[serde(default, skip_serializing_if = "super::meta::SpecMeta::is_empty")]
+    pub metadata: super::meta::SpecMeta,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,6 +27,7 @@ const TOP_KEYS: &[&str] = &[
     "kind",
     "address",
     "config_restart",
+    "metrics",
 ];
 
 /// Checks a package version: `[A-Za-z0-9._+-]{1,63}`, not starting with a dot.
@@ -222,6 +223,7 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
             adapters[0].port = *port;
         }
     }
+    let metadata = super::meta::parse(&mut c, &table, &adapters, &nodes);
     let health = extra::health(&mut c, &table, &adapters, external.is_some());
     let configs = extra::configs(&mut c, &table);
     if external.is_some() && !configs.is_empty() {
@@ -251,6 +253,7 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
             configs,
             external,
             config_restart,
+            metadata,
         })
     } else {
         Err(SpecErrors(c.errors))

@@ -5,10 +5,13 @@
 //! * `instances('APP.SERVER[.ADAPTER]')`: every instance assigned to the server that the
 //!   operator has not stopped, healthy or not, sorted by ordinal, each with `node`,
 //!   `host`, `port` (the adapter's; the first adapter's without one), `ports`, `ordinal`,
-//!   `state` and `healthy`. It changes only when instances are added, removed, stopped
-//!   or started by the operator, so a peers list built on it is stable.
+//!   `state`, `healthy`, and the adapter's `weight`, `tags` and `meta`. It changes only
+//!   when instances are added, removed, stopped or started by the operator (or the spec
+//!   changes), so a peers list built on it is stable.
 //! * `endpoints('APP.SERVER.ADAPTER')`: the sorted `host:port` list of the endpoints that
 //!   are up and healthy right now (what discovery lists).
+//!
+//! Both take `tag="…"`: only the entries with that tag.
 //!
 //! Filters: minijinja's built-ins plus `tojson`. Undefined variables are errors, so a
 //! typo is found at apply time rather than rendered as an empty string. A template runs
@@ -17,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use minijinja::value::{Kwargs, Rest};
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, context};
 use serde::Serialize;
 
@@ -48,10 +52,15 @@ pub struct InstanceEntry {
     pub ordinal: u32,
     pub state: String,
     pub healthy: bool,
+    /// The adapter's metadata for this instance (the first adapter's for
+    /// `instances('APP.SERVER')`).
+    pub weight: u32,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
 }
 
-/// Endpoints by name, as `host:port` strings.
-pub type EndpointTable = Arc<HashMap<String, Vec<String>>>;
+/// Endpoints by name, as discovery lists them (`endpoints()` renders `host:port`).
+pub type EndpointTable = Arc<HashMap<String, Vec<corral_proto::v1::Endpoint>>>;
 /// Instances by name (`APP.SERVER` and `APP.SERVER.ADAPTER`), sorted by ordinal.
 pub type InstanceTable = Arc<HashMap<String, Vec<InstanceEntry>>>;
 
@@ -141,26 +150,43 @@ pub fn render(
     let mut env = environment();
     let called: Arc<Mutex<(BTreeSet<String>, BTreeSet<String>)>> = Arc::default();
     let (table, seen) = (tables.endpoints.clone(), called.clone());
-    env.add_function("endpoints", move |name: String| -> Vec<String> {
-        let list = table.get(&name).cloned().unwrap_or_default();
-        seen.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .0
-            .insert(name);
-        list
-    });
+    env.add_function(
+        "endpoints",
+        move |name: String, kwargs: Kwargs| -> Result<Vec<String>, Error> {
+            let tag = tag_filter(&kwargs)?;
+            let list = table
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter(|e| tag.as_ref().is_none_or(|t| e.tags.contains(t)))
+                .map(|e| format!("{}:{}", e.host, e.port))
+                .collect();
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+                .insert(name);
+            Ok(list)
+        },
+    );
     let (table, seen) = (tables.instances.clone(), called.clone());
-    env.add_function("instances", move |name: String| -> Vec<minijinja::Value> {
-        let list = table
-            .get(&name)
-            .map(|l| l.iter().map(minijinja::Value::from_serialize).collect())
-            .unwrap_or_default();
-        seen.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .1
-            .insert(name);
-        list
-    });
+    env.add_function(
+        "instances",
+        move |name: String, kwargs: Kwargs| -> Result<Vec<minijinja::Value>, Error> {
+            let tag = tag_filter(&kwargs)?;
+            let list = table
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter(|e| tag.as_ref().is_none_or(|t| e.tags.contains(t)))
+                .map(minijinja::Value::from_serialize)
+                .collect();
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .1
+                .insert(name);
+            Ok(list)
+        },
+    );
     let content = env
         .render_str(template, variables(ctx))
         .map_err(|e| describe(&e))?;
@@ -173,6 +199,14 @@ pub fn render(
     })
 }
 
+/// The `tag="…"` of a call to `endpoints()` or `instances()`; any other keyword is an
+/// error naming it.
+fn tag_filter(kwargs: &Kwargs) -> Result<Option<String>, Error> {
+    let tag: Option<String> = kwargs.get("tag")?;
+    kwargs.assert_all_used()?;
+    Ok(tag)
+}
+
 /// Renders an `env` value for one instance: variables only, since the environment is
 /// fixed when the process starts (a list that changes belongs in a config file).
 pub fn render_env(value: &str, ctx: &RenderContext) -> Result<String, RenderError> {
@@ -183,7 +217,7 @@ pub fn render_env(value: &str, ctx: &RenderContext) -> Result<String, RenderErro
     for function in ["endpoints", "instances"] {
         env.add_function(
             function,
-            move |_: minijinja::Value| -> Result<String, Error> {
+            move |_: Rest<minijinja::Value>| -> Result<String, Error> {
                 Err(Error::new(
                     ErrorKind::InvalidOperation,
                     format!(
@@ -236,6 +270,24 @@ mod tests {
             ordinal,
             state: "running".into(),
             healthy: ordinal == 0,
+            weight: 1 + ordinal,
+            tags: if ordinal == 0 {
+                vec!["v2".into()]
+            } else {
+                Vec::new()
+            },
+            meta: BTreeMap::from([("zone".into(), format!("z{ordinal}"))]),
+        }
+    }
+
+    fn ep(host: &str, tags: &[&str]) -> corral_proto::v1::Endpoint {
+        corral_proto::v1::Endpoint {
+            node: "n".into(),
+            host: host.into(),
+            port: 30300,
+            weight: 1,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            meta: BTreeMap::new(),
         }
     }
 
@@ -243,7 +295,7 @@ mod tests {
         let mut endpoints = HashMap::new();
         endpoints.insert(
             "chain0.Gateway.P2P".to_string(),
-            vec!["10.0.0.1:30300".to_string(), "10.0.0.2:30300".to_string()],
+            vec![ep("10.0.0.1", &["v2"]), ep("10.0.0.2", &[])],
         );
         let mut instances = HashMap::new();
         instances.insert(
@@ -301,6 +353,30 @@ mod tests {
         )
         .expect("tojson");
         assert_eq!(json.content, r#"["node-a","node-b"]"#);
+    }
+
+    #[test]
+    fn tags_filter_and_metadata_reach_templates() {
+        let out = render(
+            "{{ endpoints('chain0.Gateway.P2P', tag='v2') | join(',') }};\
+             {% for i in instances('chain0.Gateway.P2P') %}{{ i.node }} w={{ i.weight }} \
+             tags={{ i.tags | join('+') }} zone={{ i.meta.zone }};{% endfor %}\
+             {{ instances('chain0.Gateway.P2P', tag='v2') | length }}",
+            &RenderContext::default(),
+            &tables(),
+        )
+        .expect("renders");
+        assert_eq!(
+            out.content,
+            "10.0.0.1:30300;node-a w=1 tags=v2 zone=z0;node-b w=2 tags= zone=z1;1"
+        );
+        let err = render(
+            "{{ endpoints('chain0.Gateway.P2P', colour='red') }}",
+            &RenderContext::default(),
+            &tables(),
+        )
+        .expect_err("unknown keyword");
+        assert!(err.message.contains("colour"), "{err}");
     }
 
     #[test]

@@ -28,7 +28,11 @@ pub(super) fn adapters(c: &mut Checker, table: &Table) -> Vec<Adapter> {
             c.err(&path, format!("must be a table, not {}", type_name(item)));
             continue;
         };
-        c.unknown_keys(t, &path, &["name", "port"]);
+        c.unknown_keys(
+            t,
+            &path,
+            &[&["name", "port"], super::meta::ADAPTER_KEYS].concat(),
+        );
         let name = c
             .required_string(t, "name", &format!("{path}.name"))
             .unwrap_or_default();

@@ -163,11 +163,14 @@ fn sim_status(state: &str) -> AgentMessage {
 
 async fn find_count(addr: &str, name: &str) -> anyhow::Result<usize> {
     let mut q = QueryClient::new(channel(addr).await?);
-    Ok(q.find(FindRequest { name: name.into() })
-        .await?
-        .into_inner()
-        .endpoints
-        .len())
+    Ok(q.find(FindRequest {
+        name: name.into(),
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .endpoints
+    .len())
 }
 
 async fn wait_endpoints(addr: &str, name: &str, want: usize) -> anyhow::Result<()> {
@@ -254,7 +257,10 @@ where
 /// One `Query.Find` of the simulated server; the client back.
 async fn corral_find(mut client: QueryClient<Channel>) -> anyhow::Result<QueryClient<Channel>> {
     let eps = client
-        .find(FindRequest { name: SIM.into() })
+        .find(FindRequest {
+            name: SIM.into(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     ensure!(eps.endpoints.len() == 1, "Find: {eps:?}");
@@ -435,7 +441,10 @@ fn corral_watcher(
             };
             let mut q = QueryClient::new(chan);
             let mut stream = q
-                .watch(FindRequest { name: name.into() })
+                .watch(FindRequest {
+                    name: name.into(),
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
             while let Some(eps) = stream.message().await? {
@@ -537,7 +546,13 @@ async fn run(args: &Args, dir: &Path, etcd_bin: &Path) -> anyhow::Result<()> {
     let mut kv = etcd.ready().await?;
     let port = {
         let mut q = QueryClient::new(channel(&addr).await?);
-        let eps = q.find(FindRequest { name: SIM.into() }).await?.into_inner();
+        let eps = q
+            .find(FindRequest {
+                name: SIM.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
         eps.endpoints.first().map_or(0, |e| e.port)
     };
     let value = format!("{{\"node\":\"sim-1\",\"host\":\"127.0.0.3\",\"port\":{port}}}");

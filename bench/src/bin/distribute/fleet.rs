@@ -162,6 +162,7 @@ impl Fleet {
                 .arg("--data-dir")
                 .arg(&data_dir)
                 .args(["--http", &format!("{ip}:0")])
+                .args(["--dns", &format!("{ip}:0")])
                 .args(["--allow-root", "--stop-services-on-exit"]),
             &format!("agent {node}"),
             &self.dir.join(format!("{node}.log")),
