@@ -52,7 +52,8 @@ impl SimNodes {
                 let status = InstanceStatus {
                     app: app.into(),
                     server: server.into(),
-                    state: state.into(),
+                    state: corral_proto::wire::number::<corral_proto::v1::InstanceState>(state),
+                    health: corral_proto::v1::HealthStatus::NoCheck.into(),
                     pid: if state == "running" { 4242 } else { 0 },
                     started_at_ms: 1,
                     ..Default::default()
