@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use corral_bench::{cpu_time, free_port, mib, percentile, raise_nofile, status_bytes};
-use corral_proto::v1::agent_client::AgentClient;
-use corral_proto::v1::agent_message::Body;
-use corral_proto::v1::{AgentMessage, Heartbeat, Hello, HostFacts, LoadReport};
+use corral_proto::v1::AgentMessage;
+use corral_tests::sim::SimSession;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 #[derive(Parser)]
@@ -54,73 +52,22 @@ async fn one_agent(
     sem: Arc<Semaphore>,
 ) -> anyhow::Result<(Duration, mpsc::Sender<AgentMessage>)> {
     let permit = sem.acquire_owned().await?;
-    let started = Instant::now();
     let channel = Endpoint::from_shared(addr)?
         .tcp_nodelay(true)
         .connect()
         .await?;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(AgentMessage {
-        body: Some(Body::Hello(Hello {
-            protocol_version: corral_proto::PROTOCOL_VERSION,
-            node: format!("sim-{i:05}"),
-            identity: format!("sim-{i:060}"),
-            new_identity: true,
-            advertise_ip: format!("127.1.{}.{}", i / 250, i % 250 + 1),
-            agent_version: "bench".into(),
-            join_token: String::new(),
-            facts: Some(HostFacts {
-                hostname: format!("sim-{i}"),
-                os: "Linux".into(),
-                kernel: "6.1".into(),
-                cpu_cores: 8,
-                memory_bytes: 32 << 30,
-                disk_bytes: 1 << 40,
-                data_dir: String::new(),
-            }),
-        })),
-    })
-    .await?;
-    let mut inbound = AgentClient::new(channel)
-        .session(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let welcome = inbound.message().await?.context("no welcome")?;
-    let elapsed = started.elapsed();
+    let hello = SimSession::hello(
+        &format!("sim-{i:05}"),
+        &format!("127.1.{}.{}", i / 250, i % 250 + 1),
+        "bench",
+    );
+    // The first heartbeats spread over the interval, as real agents started at
+    // different times.
+    let session = SimSession::join(channel, hello, (i % 100) as f64 / 100.0)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     drop(permit);
-    let interval = match welcome.body {
-        Some(corral_proto::v1::registry_message::Body::Welcome(w)) => {
-            Duration::from_millis(w.heartbeat_interval_ms)
-        }
-        _ => bail!("first message was not a Welcome"),
-    };
-    let beat_tx = tx.clone();
-    tokio::spawn(async move {
-        // Spread the heartbeats over the interval, as real agents started at different times.
-        tokio::time::sleep(interval.mul_f64((i % 100) as f64 / 100.0)).await;
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            let beat = AgentMessage {
-                body: Some(Body::Heartbeat(Heartbeat {
-                    load: Some(LoadReport {
-                        cpu_percent: 12.5,
-                        load1: 0.5,
-                        load5: 0.4,
-                        load15: 0.3,
-                        memory_used_bytes: 8 << 30,
-                        disk_free_bytes: 1 << 39,
-                    }),
-                })),
-            };
-            if beat_tx.send(beat).await.is_err() {
-                return;
-            }
-        }
-    });
-    // Read whatever the registry sends, as an agent does.
-    tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-    Ok((elapsed, tx))
+    Ok((session.joined_in, session.sender()))
 }
 
 async fn measure(args: &Args, n: usize) -> anyhow::Result<()> {

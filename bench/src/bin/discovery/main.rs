@@ -37,17 +37,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use corral_bench::{cpu_time, percentile, raise_nofile};
-use corral_proto::v1::agent_client::AgentClient;
-use corral_proto::v1::agent_message::Body;
 use corral_proto::v1::query_client::QueryClient;
-use corral_proto::v1::{
-    AgentMessage, ControlServerRequest, FindRequest, Heartbeat, Hello, HostFacts, InstanceStatus,
-    ListEventsRequest,
-};
+use corral_proto::v1::{AgentMessage, ControlServerRequest, FindRequest, ListEventsRequest};
+use corral_tests::sim::SimSession;
 use fleet::{Fleet, apply, log_tail, status};
 use tokio::sync::{Barrier, Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
@@ -94,71 +89,21 @@ async fn channel(url: &str) -> anyhow::Result<Channel> {
         .await?)
 }
 
-/// Plays an agent for node `node`: joins, heartbeats, reads whatever the registry sends.
-/// Status reports go through the returned sender.
+/// Plays an agent for node `node` (the tests' simulated session): joins, heartbeats,
+/// reads whatever the registry sends. Status reports go through the returned sender.
 async fn sim_agent(addr: &str, node: &str, ip: &str) -> anyhow::Result<mpsc::Sender<AgentMessage>> {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(AgentMessage {
-        body: Some(Body::Hello(Hello {
-            protocol_version: corral_proto::PROTOCOL_VERSION,
-            node: node.into(),
-            identity: format!("{node:0>64}"),
-            new_identity: true,
-            advertise_ip: ip.into(),
-            agent_version: "bench".into(),
-            join_token: String::new(),
-            facts: Some(HostFacts {
-                hostname: node.into(),
-                os: "Linux".into(),
-                kernel: "6.1".into(),
-                cpu_cores: 8,
-                memory_bytes: 32 << 30,
-                disk_bytes: 1 << 40,
-                data_dir: String::new(),
-            }),
-        })),
-    })
-    .await?;
-    let mut inbound = AgentClient::new(channel(addr).await?)
-        .session(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let welcome = inbound.message().await?.context("no welcome")?;
-    let interval = match welcome.body {
-        Some(corral_proto::v1::registry_message::Body::Welcome(w)) => {
-            Duration::from_millis(w.heartbeat_interval_ms)
-        }
-        _ => bail!("the first message was not a Welcome"),
-    };
-    let beat_tx = tx.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            let beat = AgentMessage {
-                body: Some(Body::Heartbeat(Heartbeat { load: None })),
-            };
-            if beat_tx.send(beat).await.is_err() {
-                return;
-            }
-        }
-    });
-    tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-    Ok(tx)
+    let session = SimSession::join(
+        channel(addr).await?,
+        SimSession::hello(node, ip, "bench"),
+        0.0,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(session.sender())
 }
 
 fn sim_status(state: &str) -> AgentMessage {
-    AgentMessage {
-        body: Some(Body::Status(InstanceStatus {
-            app: "bench".into(),
-            server: "sim".into(),
-            state: corral_proto::wire::number::<corral_proto::v1::InstanceState>(state),
-            health: corral_proto::v1::HealthStatus::NoCheck.into(),
-            pid: if state == "running" { 4242 } else { 0 },
-            started_at_ms: 1,
-            ..Default::default()
-        })),
-    }
+    SimSession::status("bench", "sim", state)
 }
 
 async fn find_count(addr: &str, name: &str) -> anyhow::Result<usize> {
