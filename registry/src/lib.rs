@@ -1,9 +1,13 @@
 //! The Corral registry: the fleet's desired state, the agents' sessions, the admin API.
 //!
-//! Layout:
+//! Layout (`docs/architecture.md` follows a change through them):
 //! * [`server`] — `registry serve`: wires the gRPC services, HTTP and background loops.
-//! * [`agent_service`] + [`join`] + [`sessions`] — agent sessions: admission, identity,
-//!   heartbeats kept in memory and written in batches, liveness.
+//! * [`state`] — the one owner of the registry's state in memory; [`bus`] — the event
+//!   bus through which sessions, discovery and the change feed ([`feed`]) learn of
+//!   changes.
+//! * [`agent_service`] + [`join`] + [`sessions`] + [`liveness`] — agent sessions:
+//!   admission, identity, heartbeats kept in memory and written in batches, nodes down;
+//!   [`desired`] — what a node must run.
 //! * [`actual`] — agents' reports and events, written only when they change and kept
 //!   while the database is unreachable; [`outage`] — the database's availability.
 //! * [`admin`] — the admin gRPC API; [`cli`] is its command-line client.

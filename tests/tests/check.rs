@@ -205,3 +205,29 @@ fn install_help() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("--prefix"), "{}", text(&out));
 }
+
+/// Every file `docs/architecture.md` names exists (the page is where a newcomer looks
+/// for things: a path that moved must be updated there).
+#[test]
+fn docs_name_files_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("docs/architecture.md")).expect("read page");
+    let mut named = 0;
+    for (i, part) in text.split('`').enumerate() {
+        // Odd parts are inside backticks; paths have a slash and no spaces.
+        if i % 2 == 0
+            || part.contains(' ')
+            || !part.contains('/')
+            || part.starts_with('/')
+            || part.starts_with("../")
+        {
+            continue;
+        }
+        named += 1;
+        assert!(
+            root.join(part).exists(),
+            "docs/architecture.md names {part}, which does not exist"
+        );
+    }
+    assert!(named > 40, "the page names files ({named})");
+}
