@@ -49,6 +49,7 @@ pub mod query_auth;
 pub mod query_service;
 pub mod query_watch;
 pub mod rollout;
+pub mod secrets;
 pub mod server;
 pub mod sessions;
 pub mod spec;

@@ -12,6 +12,10 @@
 //!   are up and healthy right now (what discovery lists).
 //!
 //! Both take `tag="…"`: only the entries with that tag.
+//! * `secret('NAME')`: the instance's value of the server's secret NAME
+//!   ([`crate::secrets`]); a file that reads one is itself a secret (sealed at rest,
+//!   written 0600), and a render that fails after reading one says what failed, not the
+//!   detail (which could quote the value).
 //!
 //! Filters: minijinja's built-ins plus `tojson`. Undefined variables are errors, so a
 //! typo is found at apply time rather than rendered as an empty string. A template runs
@@ -40,6 +44,8 @@ pub struct RenderContext {
     pub version: String,
     pub instance_dir: String,
     pub ordinal: u32,
+    /// The server's secrets as this instance sees them (`secret()`).
+    pub secrets: crate::secrets::SecretValues,
 }
 
 /// One instance as `instances()` lists it.
@@ -79,6 +85,8 @@ pub struct Rendered {
     pub endpoints: BTreeSet<String>,
     /// The names passed to `instances()`.
     pub instances: BTreeSet<String>,
+    /// The secrets it read: the file is a secret too.
+    pub secrets: BTreeSet<String>,
 }
 
 /// Why a template did not render: its line (when known) and what went wrong.
@@ -187,15 +195,43 @@ pub fn render(
             Ok(list)
         },
     );
-    let content = env
-        .render_str(template, variables(ctx))
-        .map_err(|e| describe(&e))?;
+    let read: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let (values, seen) = (ctx.secrets.clone(), read.clone());
+    env.add_function("secret", move |name: String| -> Result<String, Error> {
+        let value = values.get(&name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "secret {name:?} is not set for this instance (registry secret put APP.SERVER \
+                     {name} --node N | --ordinal K | --all --file F)"
+                ),
+            )
+        })?;
+        seen.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name);
+        Ok(value.to_string())
+    });
+    let result = env.render_str(template, variables(ctx));
+    let secrets = std::mem::take(&mut *read.lock().unwrap_or_else(PoisonError::into_inner));
+    let content = result.map_err(|e| {
+        let mut error = describe(&e);
+        if !secrets.is_empty() {
+            // The detail of an error after a secret was read could quote it.
+            error.message = format!(
+                "{} (details withheld: the template read a secret)",
+                e.kind()
+            );
+        }
+        error
+    })?;
     let (endpoints, instances) =
         std::mem::take(&mut *called.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(Rendered {
         content: capped(content)?,
         endpoints,
         instances,
+        secrets,
     })
 }
 
@@ -214,16 +250,22 @@ pub fn render_env(value: &str, ctx: &RenderContext) -> Result<String, RenderErro
         return Ok(value.to_string());
     }
     let mut env = environment();
-    for function in ["endpoints", "instances"] {
+    for function in ["endpoints", "instances", "secret"] {
         env.add_function(
             function,
             move |_: Rest<minijinja::Value>| -> Result<String, Error> {
                 Err(Error::new(
                     ErrorKind::InvalidOperation,
-                    format!(
-                        "{function}() cannot be used in env: the environment is fixed when the \
-                     process starts; render the list into a [[config]] file instead"
-                    ),
+                    if function == "secret" {
+                        "secret() cannot be used in env: a process's environment is readable \
+                         in /proc and passed to its children; deliver it as a file ([[files]])"
+                            .to_string()
+                    } else {
+                        format!(
+                            "{function}() cannot be used in env: the environment is fixed when \
+                             the process starts; render the list into a [[config]] file instead"
+                        )
+                    },
                 ))
             },
         );
@@ -245,6 +287,7 @@ pub fn sample_context() -> RenderContext {
         version: "0.0.0".into(),
         instance_dir: "/var/lib/corral/instances/app.server".into(),
         ordinal: 0,
+        secrets: Default::default(),
     }
 }
 
@@ -406,6 +449,29 @@ mod tests {
         let err = render("{{ 'x' * 2000000 }}", &sample_context(), &Tables::default())
             .expect_err("too big");
         assert!(err.message.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn secrets_render_and_their_errors_do_not_quote_them() {
+        let ctx = RenderContext {
+            secrets: crate::secrets::SecretValues(Arc::new(BTreeMap::from([(
+                "tok".to_string(),
+                "s3cr3t-value".to_string(),
+            )]))),
+            ..sample_context()
+        };
+        let out = render("t={{ secret('tok') }}", &ctx, &Tables::default()).expect("renders");
+        assert_eq!(out.content, "t=s3cr3t-value");
+        assert_eq!(out.secrets, BTreeSet::from(["tok".to_string()]));
+        let err = render("{{ secret('nope') }}", &ctx, &Tables::default()).expect_err("missing");
+        assert!(err.message.contains("\"nope\" is not set"), "{err}");
+        let err = render("{{ secret('tok') | int + [] }}", &ctx, &Tables::default())
+            .expect_err("type error");
+        assert!(
+            !err.to_string().contains("s3cr3t") && err.message.contains("withheld"),
+            "{err}"
+        );
+        assert!(render_env("{{ secret('tok') }}", &ctx).is_err());
     }
 
     #[test]
