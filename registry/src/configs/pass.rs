@@ -91,7 +91,12 @@ impl Renderer {
             .collect();
         let ports = store.all_ports().await?;
         let delivered = store.all_configs().await?;
-        let secrets = store.all_secrets().await?;
+        // A secret that does not open stops only the files that read it (they keep their
+        // last version); the error names it, once.
+        let secrets = store.all_secrets().await.unwrap_or_else(|e| {
+            self.log_once(&Default::default(), &e.to_string());
+            Default::default()
+        });
         let no_secrets = crate::secrets::ServerSecrets::default();
         let mut absent = store.rollout_absences().await?;
         absent.extend(self.planner.restarting_now().cloned());

@@ -103,3 +103,62 @@ fn mode(c: &mut Checker, t: &Table, path: &str) -> u32 {
 pub fn mode_text(mode: u32) -> String {
     format!("{mode:04o}")
 }
+
+#[cfg(test)]
+mod tests {
+    const BASE: &str = "app = \"a\"\nserver = \"s\"\nnodes = [\"n\"]\ncommand = [\"x\"]\n";
+
+    fn parse(extra: &str) -> Result<crate::spec::Spec, Vec<String>> {
+        crate::spec::parse(&format!("{BASE}{extra}"), "spec.toml").map_err(|e| e.0)
+    }
+
+    #[test]
+    fn files_parse_with_defaults_and_export_back() {
+        let spec = parse(
+            "[[config]]\nname = \"c.ini\"\ntemplate = \"t={{ secret('tok') }}\"\n\
+             [[files]]\nname = \"ssl.key\"\n\
+             [[files]]\nname = \"ca.crt\"\nsecret = \"ca\"\nmode = 0o644\non_change = \"none\"\n",
+        )
+        .expect("valid");
+        let files: Vec<_> = spec.configs.iter().filter(|c| c.secret.is_some()).collect();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].secret.as_deref(), Some("ssl.key"));
+        assert_eq!(files[0].mode, Some(0o600));
+        assert_eq!(files[0].on_change, "restart");
+        assert_eq!(
+            (files[1].secret.as_deref(), files[1].mode),
+            (Some("ca"), Some(0o644))
+        );
+        let refs = crate::secrets::references(&spec);
+        assert_eq!(refs.keys().collect::<Vec<_>>(), ["ca", "ssl.key", "tok"]);
+        let exported = crate::spec::to_toml(&spec);
+        assert!(exported.contains("[[files]]") && exported.contains("mode = \"0644\""));
+        assert_eq!(
+            crate::spec::parse(&exported, "export.toml").expect("again"),
+            spec
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let err = parse(
+            "[[config]]\nname = \"x\"\ntemplate = \"t\"\n\
+             [[files]]\nname = \"x\"\n\
+             [[files]]\nname = \"k\"\nmode = \"0999\"\n\
+             [[files]]\nname = \"j\"\nmode = \"0200\"\nsecret = \"../s\"\ncolour = 1\n",
+        )
+        .expect_err("invalid");
+        let all = err.join("\n");
+        for want in [
+            "files[0].name: \"x\" is defined twice",
+            "files[1].mode",
+            "files[2].mode",
+            "files[2].secret",
+            "colour",
+        ] {
+            assert!(all.contains(want), "{want} in {all}");
+        }
+        let err = parse("files = 3\n").expect_err("not tables");
+        assert!(err[0].contains("array of tables"), "{err:?}");
+    }
+}
