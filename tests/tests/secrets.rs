@@ -368,3 +368,39 @@ fn missing_secrets_and_bad_input_are_refused_clearly() {
         );
     }
 }
+
+/// A file holding a secret belongs to the user the service runs as (the agent runs as
+/// root here), so the service can read it and nobody else can.
+#[test]
+fn secret_files_belong_to_the_services_user() {
+    use std::os::unix::fs::MetadataExt;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("look up nobody")
+        .expect("a user named nobody");
+    let f = Fleet::start(1);
+    let dir = f.dir.path();
+    let value = format!("OWNED-{:x}", rand::random::<u64>());
+    put_ok(&f.registry, dir, "demo.own", "tok", &["--all"], &value);
+    f.registry.apply(
+        "app = \"demo\"\nserver = \"own\"\nnodes = [\"node-a\"]\nuser = \"nobody\"\n\
+         command = [\"sh\", \"-c\", \"wc -c < conf/tok.pem; exec sleep 100000\"]\n\
+         [[files]]\nname = \"tok.pem\"\nsecret = \"tok\"\n",
+    );
+    let path = f.instance_file("node-a", "demo.own", "conf/tok.pem");
+    wait_content(&path, &value, 30 * S);
+    let meta = std::fs::metadata(&path).expect("metadata");
+    assert_eq!(
+        (meta.uid(), meta.gid(), mode(&path)),
+        (nobody.uid.as_raw(), nobody.gid.as_raw(), 0o600)
+    );
+    // The service, as nobody, read it: it printed the value's length.
+    let log = f.instance_file("node-a", "demo.own", "logs/stdout.log");
+    wait_until("the service to read its file", 30 * S, || {
+        let l = lines(&log);
+        if l.first().map(|s| s.trim()) == Some(value.len().to_string().as_str()) {
+            Ok(())
+        } else {
+            Err(format!("{l:?}"))
+        }
+    });
+}
