@@ -305,11 +305,19 @@ fn nothing_shows_a_value(backend: Backend) {
     let other_key = dir.join("other.key");
     std::fs::write(&other_key, format!("{}\n", "ef".repeat(32))).expect("write");
     let refused = match backend {
-        Backend::MySql => refused_start(
-            &db.url,
-            &["--secret-key-file", other_key.to_str().expect("utf8")],
-            &[],
-        ),
+        Backend::MySql => {
+            // No key at all, on a database that holds secrets: refused, saying how.
+            let none = refused_start(&db.url, &[], &[]);
+            assert!(
+                none.contains("has no key") && none.contains("--secret-key-file"),
+                "{none}"
+            );
+            refused_start(
+                &db.url,
+                &["--secret-key-file", other_key.to_str().expect("utf8")],
+                &[],
+            )
+        }
         Backend::Sqlite => {
             let db_key = format!("{}.key", dir.join("registry.db").display());
             let kept = std::fs::read(&db_key).expect("the default key file beside the database");
