@@ -88,6 +88,44 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataDirError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
+/// Writes `bytes` to `path` by rename with these permission bits (whatever the umask)
+/// and, when given, this owner (uid, gid): the file never exists with other bits or
+/// another owner, not even as the temporary file.
+pub fn write_private(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), DataDirError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |source| DataDirError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    // A temporary file left by a crash keeps its bits: start from none.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(err)?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

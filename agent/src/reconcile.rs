@@ -80,9 +80,13 @@ impl Reconciler {
     }
 
     async fn apply(&mut self, state: DesiredState) {
-        if let Err(e) =
-            crate::datadir::write_atomic(&desired_path(&self.data_dir), &state.encode_to_vec())
-        {
+        // 0600: it holds the instances' files, secrets among them.
+        if let Err(e) = crate::datadir::write_private(
+            &desired_path(&self.data_dir),
+            &state.encode_to_vec(),
+            0o600,
+            None,
+        ) {
             warn!(cause = %e, "cannot keep the desired state on disk");
         }
         self.runners.retain(|_, h| !h.task.is_finished());

@@ -8,7 +8,7 @@ use std::fmt;
 
 use crate::v1::{
     EventKind, HealthKind, HealthStatus, InstallState, InstanceState, NodeState, OnChange,
-    RestartKind, RolloutPhase, RolloutState, RunState, ServerAction,
+    RestartKind, RolloutPhase, RolloutState, RunState, SecretScopeKind, ServerAction,
 };
 
 /// An enum field whose number the receiver does not know.
@@ -133,6 +133,7 @@ named!(InstallState {
 });
 named!(EventKind { State => "state", Health => "health", Config => "config" });
 named!(NodeState { Up => "up", Down => "down" });
+named!(SecretScopeKind { All => "all", Node => "node", Ordinal => "ordinal" });
 named!(RolloutState {
     Running => "running",
     RollingBack => "rolling-back",

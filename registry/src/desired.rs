@@ -26,6 +26,7 @@ pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, 
         .unwrap_or_default();
     let delivered = store.node_configs(node).await?;
     let mut tables = None;
+    let mut secrets = std::collections::HashMap::new();
     let mut instances = Vec::with_capacity(assignments.len());
     for a in assignments {
         let (app, server) = (a.spec.app.clone(), a.spec.server.clone());
@@ -36,8 +37,9 @@ pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, 
             ordinal: u32::try_from(a.ordinal).unwrap_or(0),
             ports: store.instance_ports(&app, &server, node).await?,
             version: &a.desired_version,
+            secrets: Default::default(),
         };
-        let ctx = instance::context(&a.spec, &placement);
+        let mut ctx = instance::context(&a.spec, &placement);
         let env = instance::env(&a.spec, &ctx).unwrap_or_else(|f| {
             warn!(node, server = %a.spec.name(), cause = %f, "cannot render env; sending it unrendered");
             a.spec.env.clone()
@@ -50,6 +52,18 @@ pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, 
         let stale = files.is_empty() || files.values().any(|d| d.fingerprint != fingerprint);
         if stale && !a.spec.configs.is_empty() {
             let tables = tables.get_or_insert_with(|| shared.discovery().render_tables());
+            let key = (app.clone(), server.clone());
+            if !secrets.contains_key(&key) {
+                let read = store.server_secrets(&app, &server).await;
+                // A secret that does not open: the files that read it keep their last
+                // version (logged, naming the secret), the rest of the node goes on.
+                let read = read.unwrap_or_else(|e| {
+                    warn!(node, server = %a.spec.name(), cause = %e, "cannot read the server's secrets");
+                    Default::default()
+                });
+                secrets.insert(key.clone(), read);
+            }
+            ctx.secrets = secrets[&key].resolve(node, placement.ordinal);
             let mut fresh = BTreeMap::new();
             for c in &a.spec.configs {
                 match instance::file(&a.spec, &c.name, &ctx, tables) {
@@ -57,6 +71,7 @@ pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, 
                         fresh.insert(
                             c.name.clone(),
                             Delivered {
+                                secret: !r.secrets.is_empty(),
                                 content: r.content,
                                 fingerprint: fingerprint.clone(),
                             },
@@ -88,6 +103,7 @@ pub async fn desired_state(shared: &Shared, node: &str) -> Result<DesiredState, 
                     content: d.content.clone(),
                     on_change,
                     signal,
+                    mode: instance::file_mode(c, d.secret),
                 })
             })
             .collect();

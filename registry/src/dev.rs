@@ -190,6 +190,8 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
         no_auth: false,
         tls: None,
         http_tls: None,
+        secret_key_file: None,
+        secret_key: None,
     };
     println!(
         "{}",

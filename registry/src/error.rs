@@ -16,7 +16,10 @@ impl From<StoreError> for Status {
             | StoreError::NodeExists(_)
             | StoreError::PackageBusy(_)
             | StoreError::PackageInUse { .. }
-            | StoreError::Conflict(_) => Code::FailedPrecondition,
+            | StoreError::Conflict(_)
+            | StoreError::NoSecretKey
+            | StoreError::SecretUnreadable { .. } => Code::FailedPrecondition,
+            StoreError::SecretKey(_) => Code::Internal,
             StoreError::UnsupportedUrl { .. } => Code::InvalidArgument,
             StoreError::Open { .. }
             | StoreError::CreateDir { .. }

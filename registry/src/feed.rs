@@ -6,6 +6,12 @@
 //! bus, so an agent hears of a change within a poll interval whichever replica it is
 //! connected to. Each row names the replica that wrote it, and a replica skips its own
 //! rows: its bus carried them when it made the change.
+//!
+//! A secret put or removed is recorded as a change of the desired state of the nodes
+//! that run the server's instances: node names, never a value. The other replicas then
+//! send those nodes their desired state again, reading values from the database, and
+//! the config renderer (on whichever replica holds its lease) re-reads the secrets on
+//! every pass and delivers the files that changed per their `on_change`.
 
 use std::time::Duration;
 

@@ -22,6 +22,8 @@
 //! * [`config`] — defaults, config file, validation.
 //! * [`configs`] — config templates: rendered, checked at apply, delivered so that every
 //!   configuration converges (quiescence, rolling restarts, flapping held).
+//! * [`secrets`] — per-instance secret values, sealed at rest with the registry's key,
+//!   delivered as `[[files]]` and through `secret()` in templates, never shown.
 
 pub mod actual;
 pub mod admin;
@@ -49,6 +51,7 @@ pub mod query_auth;
 pub mod query_service;
 pub mod query_watch;
 pub mod rollout;
+pub mod secrets;
 pub mod server;
 pub mod sessions;
 pub mod spec;

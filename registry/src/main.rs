@@ -12,6 +12,7 @@ use corral_registry::cli::events::EventsArgs;
 use corral_registry::cli::node::NodeCommand;
 use corral_registry::cli::package::PackageCommand;
 use corral_registry::cli::rollout::{PatchArgs, RollbackArgs, RolloutCommand};
+use corral_registry::cli::secret::SecretCommand;
 use corral_registry::cli::server::ServerCommand;
 use corral_registry::cli::{CliError, ClientArgs};
 use corral_registry::config::{RegistryConfig, ServeArgs, defaults};
@@ -75,6 +76,11 @@ enum Command {
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
+    },
+    /// Per-instance secrets: values delivered as files, never shown.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
     },
     /// TLS: `registry tls init DIR` writes a CA and registry, agent and admin certificates.
     Tls {
@@ -245,6 +251,9 @@ fn main() -> ExitCode {
         },
         Command::Endpoints { name } => {
             admin(rt.block_on(corral_registry::cli::server::endpoints(name, client)))
+        }
+        Command::Secret { command } => {
+            admin(rt.block_on(corral_registry::cli::secret::run(command, client)))
         }
         Command::Events { args } => {
             admin(rt.block_on(corral_registry::cli::events::events(args, client)))

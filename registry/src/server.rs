@@ -30,6 +30,8 @@ pub enum RunError {
     Http(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::startup::StartupError),
 }
 
 /// Runs a registry on the given listeners until `shutdown` is cancelled.
@@ -40,6 +42,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let store = Store::open(&config.db).await?;
+    let store = crate::secrets::startup::with_key(&config, store).await?;
     if config.admin_tokens.is_empty() {
         warn!(
             "no admin token: admin calls are open to whoever reaches {}",

@@ -10,6 +10,7 @@ pub mod lookup;
 pub mod packages;
 pub mod procs;
 pub mod proxy;
+pub mod secrets;
 pub mod sim;
 
 pub use db::{Backend, TestDb};

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use corral_tests::fleet::{Fleet, instances, lines, testsvc};
+use corral_tests::secrets::{mode, put_ok};
 use corral_tests::wait_until;
 use serde_json::Value;
 
@@ -157,6 +158,118 @@ fn fisco_gateway_scale_out_lists_every_peer() {
         after["node-d"], 0,
         "the new gateway started with its peers: {after:?}"
     );
+    healthy_everywhere(&f, "chain0.gw", 4);
+}
+
+/// Seed 000's certificates: FISCO BCOS gives every gateway node its own CA, certificate
+/// and key (`generated/gateway/chain0/IP/ssl/`), added to Tars per node by hand. Here each
+/// node's set (real ones, from `registry tls init`) is put as secrets for that node, and
+/// `[[files]]` writes them into its gateway's `conf/` (the key 0600) beside a peers list
+/// built on `instances()`. Expanding to a new node is refused until that node has its own
+/// certificate, and then gives it that one, and every gateway lists four peers.
+#[test]
+fn fisco_gateway_nodes_get_their_own_certificates() {
+    let f = Fleet::start(4);
+    let dir = f.dir.path();
+    let files = "[[files]]\nname = \"ca.crt\"\nmode = \"0644\"\n\
+                 [[files]]\nname = \"ssl.crt\"\nmode = \"0644\"\n\
+                 [[files]]\nname = \"ssl.key\"\n";
+    // One node's certificate set, put for that node: what it should find in conf/.
+    let certify = |node: &str| -> BTreeMap<&'static str, String> {
+        let certs = dir.join(format!("certs-{node}"));
+        let out = std::process::Command::new(corral_tests::bin("registry"))
+            .args(["tls", "init", certs.to_str().expect("utf8"), "--host", node])
+            .output()
+            .expect("registry tls init");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let set = BTreeMap::from([
+            ("ca.crt", "ca.pem"),
+            ("ssl.crt", "registry.pem"),
+            ("ssl.key", "registry.key"),
+        ]);
+        set.into_iter()
+            .map(|(name, from)| {
+                let value = std::fs::read_to_string(certs.join(from)).expect("read cert");
+                put_ok(
+                    &f.registry,
+                    dir,
+                    "chain0.gw",
+                    name,
+                    &["--node", node],
+                    &value,
+                );
+                (name, value)
+            })
+            .collect()
+    };
+    let check = |node: &str, set: &BTreeMap<&'static str, String>| {
+        for (name, value) in set {
+            let path = f.instance_file(node, "chain0.gw", &format!("conf/{name}"));
+            wait_until(&format!("{node}'s own {name}"), 30 * S, || {
+                if std::fs::read_to_string(&path).unwrap_or_default() == *value {
+                    Ok(())
+                } else {
+                    Err(path.display().to_string())
+                }
+            });
+            let want = if *name == "ssl.key" { 0o600 } else { 0o644 };
+            assert_eq!(mode(&path), want, "{}", path.display());
+        }
+    };
+    let old = ["node-a", "node-b", "node-c"];
+    let sets: BTreeMap<&str, _> = old.iter().map(|n| (*n, certify(n))).collect();
+    f.registry
+        .apply(&format!("{}{files}", gateway("gw", &old, "instances", "")));
+    wait_lines(&f, "chain0.gw", &old, "peers.txt", 3, 30 * S);
+    for (node, set) in &sets {
+        check(node, set);
+    }
+    let keys: Vec<&String> = sets.values().map(|s| &s["ssl.key"]).collect();
+    assert!(
+        keys[0] != keys[1] && keys[1] != keys[2],
+        "every node has a key of its own"
+    );
+    healthy_everywhere(&f, "chain0.gw", 3);
+
+    // node-d has no certificate yet: expand is refused, naming it, and adds nothing.
+    let out = f
+        .registry
+        .cli(&["server", "expand", "chain0.gw", "--to", "node-d"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("node-d") && err.contains("is not set"),
+        "{err}"
+    );
+    assert_eq!(instances(&f.registry, "chain0.gw").map(|i| i.len()), Ok(3));
+
+    let d = certify("node-d");
+    let out = f
+        .registry
+        .cli(&["server", "expand", "chain0.gw", "--to", "node-d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = ["node-a", "node-b", "node-c", "node-d"];
+    wait_lines(&f, "chain0.gw", &all, "peers.txt", 4, 20 * S);
+    check("node-d", &d);
+    let on_d = corral_tests::secrets::files_under(&f.agent("node-d").data_dir);
+    for key in keys {
+        for p in &on_d {
+            let text = std::fs::read(p).unwrap_or_default();
+            assert!(
+                !text.windows(key.len()).any(|w| w == key.as_bytes()),
+                "another node's key is on node-d, in {}",
+                p.display()
+            );
+        }
+    }
+    settled(&f, "chain0.gw", &all, 5 * S, 60 * S);
     healthy_everywhere(&f, "chain0.gw", 4);
 }
 

@@ -54,6 +54,9 @@ impl Desired {
     /// cannot read (a value it does not know, or one left out).
     pub fn from_wire(inst: InstanceSpec) -> Result<Desired, String> {
         let spec = inst.spec.ok_or("InstanceSpec.spec is not set")?;
+        for file in &inst.configs {
+            spec::check_mode(file)?;
+        }
         Ok(Desired {
             policy: spec::policy(&spec)?,
             stop_signal: spec::stop_signal(&spec)?,

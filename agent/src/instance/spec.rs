@@ -90,6 +90,18 @@ pub fn on_change(file: &ConfigFile) -> Result<OnChange, String> {
     }
 }
 
+/// A config file's `mode`: permission bits (0: the default), nothing else: a registry
+/// that asks for setuid bits or garbage is refused, not obeyed.
+pub fn check_mode(file: &ConfigFile) -> Result<(), String> {
+    if file.mode > 0o777 {
+        return Err(format!(
+            "ConfigFile.mode {:o} of {} is not permission bits (0-0777)",
+            file.mode, file.name
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +118,21 @@ mod tests {
             }),
             ..ServerSpec::default()
         }
+    }
+
+    #[test]
+    fn modes_beyond_permission_bits_are_refused() {
+        let file = |mode| ConfigFile {
+            name: "ssl.key".into(),
+            mode,
+            ..ConfigFile::default()
+        };
+        assert_eq!(check_mode(&file(0)), Ok(()));
+        assert_eq!(check_mode(&file(0o640)), Ok(()));
+        assert_eq!(
+            check_mode(&file(0o4755)),
+            Err("ConfigFile.mode 4755 of ssl.key is not permission bits (0-0777)".to_string())
+        );
     }
 
     #[test]

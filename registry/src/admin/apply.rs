@@ -76,7 +76,28 @@ async fn check_staged(
         .map(|e| (e.node.clone(), e.state.clone()))
         .collect();
     let tables = check::staged_tables(&live, &staged.spec, &staged.instances, &nodes, &states);
-    match check::check(&staged.spec, &staged.instances, &nodes, &tables) {
+    let secrets = if crate::secrets::references(&staged.spec).is_empty()
+        && !staged
+            .spec
+            .configs
+            .iter()
+            .any(|c| c.template.contains("secret"))
+    {
+        crate::secrets::ServerSecrets::default()
+    } else {
+        match shared
+            .store()
+            .server_secrets(&staged.spec.app, &staged.spec.server)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                staged.rollback().await;
+                return Err(e.into());
+            }
+        }
+    };
+    match check::check(&staged.spec, &staged.instances, &nodes, &tables, &secrets) {
         Ok(notes) => Ok((staged, notes)),
         Err(list) => {
             staged.rollback().await;

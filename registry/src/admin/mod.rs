@@ -5,6 +5,7 @@ mod apply;
 mod events;
 mod nodes;
 mod packages;
+mod secrets;
 mod servers;
 
 use std::pin::Pin;
@@ -170,6 +171,33 @@ impl Admin for AdminService {
         r: Request<ExportServerRequest>,
     ) -> Result<Response<ExportServerResponse>, Status> {
         apply::export(&self.shared, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn put_secret(
+        &self,
+        r: Request<PutSecretRequest>,
+    ) -> Result<Response<SecretInfo>, Status> {
+        secrets::put(&self.shared, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_secrets(
+        &self,
+        r: Request<ListSecretsRequest>,
+    ) -> Result<Response<ListSecretsResponse>, Status> {
+        secrets::list(&self.shared, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_secret(
+        &self,
+        r: Request<RemoveSecretRequest>,
+    ) -> Result<Response<SecretInfo>, Status> {
+        secrets::remove(&self.shared, r.into_inner())
             .await
             .map(Response::new)
     }

@@ -12,6 +12,7 @@ pub mod node;
 pub mod output;
 pub mod package;
 pub mod rollout;
+pub mod secret;
 pub mod server;
 
 use clap::{Args, ValueEnum};

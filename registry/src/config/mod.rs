@@ -62,6 +62,11 @@ pub struct RegistryConfig {
     pub tls: Option<TlsFiles>,
     /// TLS on the HTTP port (certificate, key); None: plain HTTP.
     pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// The file holding the key secrets are sealed with; None: `DBFILE.key` for SQLite
+    /// ([`crate::secrets::startup`]).
+    pub secret_key_file: Option<PathBuf>,
+    /// The key itself, from `CORRAL_SECRET_KEY` (64 hex digits); wins over the file.
+    pub secret_key: Option<crate::secrets::startup::KeyText>,
 }
 
 /// PEM files for TLS.
@@ -102,6 +107,7 @@ pub struct FileConfig {
     pub tls_client_ca: Option<PathBuf>,
     pub http_tls_cert: Option<PathBuf>,
     pub http_tls_key: Option<PathBuf>,
+    pub secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// TLS private key (PEM) for the HTTP port.
     #[arg(long, env = "CORRAL_HTTP_TLS_KEY")]
     pub http_tls_key: Option<PathBuf>,
+    /// The key secrets are sealed with (64 hex digits; created 0600 when missing) [default:
+    /// DBFILE.key beside an SQLite database]. Replicas must share it. CORRAL_SECRET_KEY
+    /// gives the key itself instead.
+    #[arg(long, env = "CORRAL_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 /// The configuration of `registry serve`: flags, then environment (clap reads both),
@@ -139,6 +144,11 @@ pub fn load(args: ServeArgs) -> Result<RegistryConfig, ConfigError> {
             (None, None) => None,
             _ => return Err(ConfigError::HalfTls),
         },
+        secret_key_file: args.secret_key_file.or(file.secret_key_file),
+        secret_key: std::env::var("CORRAL_SECRET_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(crate::secrets::startup::KeyText::new),
     };
     config.validate()?;
     Ok(config)

@@ -144,6 +144,7 @@ pub fn check(
     staged: &[StagedInstance],
     nodes: &NodeInfo,
     tables: &Tables,
+    secrets: &crate::secrets::ServerSecrets,
 ) -> Result<Vec<String>, Vec<String>> {
     let mut problems = Vec::new();
     let mut notes = BTreeSet::new();
@@ -158,6 +159,7 @@ pub fn check(
                 ordinal: i.ordinal,
                 ports: i.ports.clone(),
                 version: &i.desired_version,
+                secrets: secrets.resolve(&i.node, i.ordinal),
             },
         );
         let whose = format!(

@@ -19,6 +19,8 @@ pub struct Placement<'a> {
     pub ordinal: u32,
     pub ports: BTreeMap<String, u16>,
     pub version: &'a str,
+    /// The server's secrets as this instance sees them.
+    pub secrets: crate::secrets::SecretValues,
 }
 
 pub fn context(spec: &Spec, p: &Placement<'_>) -> RenderContext {
@@ -35,6 +37,7 @@ pub fn context(spec: &Spec, p: &Placement<'_>) -> RenderContext {
             format!("{}/instances/{}.{}", p.data_dir, spec.app, spec.server)
         },
         ordinal: p.ordinal,
+        secrets: p.secrets.clone(),
     }
 }
 
@@ -107,10 +110,44 @@ pub fn file(
             },
         });
     };
+    if let Some(secret) = &c.secret {
+        let files_index = index
+            - spec.configs[..index]
+                .iter()
+                .filter(|c| c.secret.is_none())
+                .count();
+        return match ctx.secrets.get(secret) {
+            Some(value) => Ok(Rendered {
+                content: value.to_string(),
+                secrets: [secret.clone()].into(),
+                ..Rendered::default()
+            }),
+            None => Err(Failure {
+                what: format!("files[{files_index}].secret"),
+                error: RenderError {
+                    line: None,
+                    message: format!(
+                        "secret {secret:?} is not set for this instance (registry secret put \
+                         {}.{} {secret} --node N | --ordinal K | --all --file F)",
+                        spec.app, spec.server
+                    ),
+                },
+            }),
+        };
+    }
     render::render(&c.template, ctx, tables).map_err(|error| Failure {
         what: format!("config[{index}].template"),
         error,
     })
+}
+
+/// The permission bits an instance's file is written with; 0: the agent's default.
+pub fn file_mode(c: &crate::spec::ConfigTemplate, secret: bool) -> u32 {
+    match c.mode {
+        Some(m) => m,
+        None if secret => crate::spec::files::DEFAULT_MODE,
+        None => 0,
+    }
 }
 
 /// Every config file of the spec, rendered for the instance.

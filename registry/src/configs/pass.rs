@@ -91,6 +91,13 @@ impl Renderer {
             .collect();
         let ports = store.all_ports().await?;
         let delivered = store.all_configs().await?;
+        // A secret that does not open stops only the files that read it (they keep their
+        // last version); the error names it, once.
+        let secrets = store.all_secrets().await.unwrap_or_else(|e| {
+            self.log_once(&Default::default(), &e.to_string());
+            Default::default()
+        });
+        let no_secrets = crate::secrets::ServerSecrets::default();
         let mut absent = store.rollout_absences().await?;
         absent.extend(self.planner.restarting_now().cloned());
         let (live, frozen) = self.memory.tables(
@@ -131,6 +138,10 @@ impl Renderer {
                 ordinal: u32::try_from(i.ordinal).unwrap_or(0),
                 ports: ports.get(&key).cloned().unwrap_or_default(),
                 version: &i.desired_version,
+                secrets: secrets
+                    .get(&server_key)
+                    .unwrap_or(&no_secrets)
+                    .resolve(&i.node, u32::try_from(i.ordinal).unwrap_or(0)),
             };
             let ctx = instance::context(spec, &placement);
             let Some(files) = delivered.get(&key) else {
@@ -202,6 +213,7 @@ impl Renderer {
                             Delivered {
                                 content,
                                 fingerprint: fingerprint.clone(),
+                                secret: !rendered.secrets.is_empty(),
                             },
                         );
                         changed.push((c.name.clone(), restarts));

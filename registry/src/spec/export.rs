@@ -118,7 +118,7 @@ pub fn to_toml(spec: &Spec) -> String {
         d.line("unhealthy_after", &int(h.unhealthy_after));
         d.line("restart_after", &int(h.restart_after));
     }
-    for c in &spec.configs {
+    for c in spec.configs.iter().filter(|c| c.secret.is_none()) {
         d.table("[[config]]");
         d.line("name", &string(&c.name));
         d.text("template", &c.template);
@@ -130,6 +130,15 @@ pub fn to_toml(spec: &Spec) -> String {
         .into_iter()
         .collect();
         d.line("render_wait", &Value::Table(wait));
+    }
+    for c in &spec.configs {
+        let Some(secret) = &c.secret else { continue };
+        d.table("[[files]]");
+        d.line("name", &string(&c.name));
+        d.line("secret", &string(secret));
+        let mode = c.mode.unwrap_or(super::files::DEFAULT_MODE);
+        d.line("mode", &string(&super::files::mode_text(mode)));
+        d.line("on_change", &string(&c.on_change));
     }
     d.table("[config_restart]");
     d.line("batch", &int(spec.config_restart.batch));

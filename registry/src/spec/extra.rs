@@ -41,6 +41,12 @@ pub struct ConfigTemplate {
     /// A render that keeps changing is delivered after this long anyway (`wait.max`).
     #[serde(with = "humantime_serde", default = "default_wait_max")]
     pub wait_max: Duration,
+    /// A `[[files]]` entry: the file is this secret's value (and `template` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The file's permission bits (`[[files]] mode`; 0600 when left out there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 fn default_wait_min() -> Duration {
@@ -208,52 +214,14 @@ pub(super) fn configs(c: &mut Checker, table: &Table) -> Vec<ConfigTemplate> {
             continue;
         };
         c.unknown_keys(t, &path, &["name", "template", "on_change", "render_wait"]);
-        let name = c
-            .required_string(t, "name", &format!("{path}.name"))
-            .unwrap_or_default();
-        let valid_name = !name.is_empty()
-            && name.len() <= 255
-            && name != "."
-            && name != ".."
-            && name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
-        if t.contains_key("name") && !valid_name {
-            c.err(
-                &format!("{path}.name"),
-                format!("{name:?} must be a plain file name ([A-Za-z0-9._-], no '/')"),
-            );
-        }
-        if out.iter().any(|o| o.name == name) {
-            c.err(
-                &format!("{path}.name"),
-                format!("{name:?} is defined twice"),
-            );
-        }
+        let name = file_name(c, t, &path, &out);
         let template = c
             .required_string(t, "template", &format!("{path}.template"))
             .unwrap_or_default();
         if let Err(e) = super::render::check_syntax(&template) {
             c.err(&format!("{path}.template"), e);
         }
-        let on_change = c
-            .string(t, "on_change", &format!("{path}.on_change"))
-            .unwrap_or_else(|| "restart".into());
-        let valid = match on_change.as_str() {
-            "restart" | "none" => true,
-            s => s
-                .strip_prefix("signal:")
-                .and_then(corral_common::signal::parse)
-                .is_some(),
-        };
-        if !valid {
-            c.err(
-                &format!("{path}.on_change"),
-                format!(
-                    "{on_change:?} must be \"restart\", \"signal:SIGHUP\" (any signal) or \"none\""
-                ),
-            );
-        }
+        let on_change = on_change(c, t, &path);
         let (wait_min, wait_max) = render_wait(c, t, &path);
         out.push(ConfigTemplate {
             name,
@@ -261,9 +229,66 @@ pub(super) fn configs(c: &mut Checker, table: &Table) -> Vec<ConfigTemplate> {
             on_change,
             wait_min,
             wait_max,
+            secret: None,
+            mode: None,
         });
     }
     out
+}
+
+/// The `name` of a `[[config]]` or `[[files]]` entry: a plain file name, once.
+pub(super) fn file_name(
+    c: &mut Checker,
+    t: &Table,
+    path: &str,
+    earlier: &[ConfigTemplate],
+) -> String {
+    let name = c
+        .required_string(t, "name", &format!("{path}.name"))
+        .unwrap_or_default();
+    let valid_name = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch));
+    if t.contains_key("name") && !valid_name {
+        c.err(
+            &format!("{path}.name"),
+            format!("{name:?} must be a plain file name ([A-Za-z0-9._-], no '/')"),
+        );
+    }
+    if earlier.iter().any(|o| o.name == name) {
+        c.err(
+            &format!("{path}.name"),
+            format!("{name:?} is defined twice"),
+        );
+    }
+    name
+}
+
+/// The `on_change` of a `[[config]]` or `[[files]]` entry (default "restart").
+pub(super) fn on_change(c: &mut Checker, t: &Table, path: &str) -> String {
+    let on_change = c
+        .string(t, "on_change", &format!("{path}.on_change"))
+        .unwrap_or_else(|| "restart".into());
+    let valid = match on_change.as_str() {
+        "restart" | "none" => true,
+        s => s
+            .strip_prefix("signal:")
+            .and_then(corral_common::signal::parse)
+            .is_some(),
+    };
+    if !valid {
+        c.err(
+            &format!("{path}.on_change"),
+            format!(
+                "{on_change:?} must be \"restart\", \"signal:SIGHUP\" (any signal) or \"none\""
+            ),
+        );
+    }
+    on_change
 }
 
 /// `render_wait = { min = "500ms", max = "5s" }` of a `[[config]]`.

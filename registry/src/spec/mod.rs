@@ -13,6 +13,7 @@ mod checker;
 mod diff;
 mod export;
 mod extra;
+pub mod files;
 pub mod meta;
 pub mod model;
 mod parse;

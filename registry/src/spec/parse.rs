@@ -28,6 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "address",
     "config_restart",
     "metrics",
+    "files",
 ];
 
 /// Checks a package version: `[A-Za-z0-9._+-]{1,63}`, not starting with a dot.
@@ -225,8 +226,16 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
     }
     let metadata = super::meta::parse(&mut c, &table, &adapters, &nodes);
     let health = extra::health(&mut c, &table, &adapters, external.is_some());
-    let configs = extra::configs(&mut c, &table);
-    if external.is_some() && !configs.is_empty() {
+    let mut configs = extra::configs(&mut c, &table);
+    let files = super::files::files(&mut c, &table, &configs);
+    if external.is_some() && !files.is_empty() {
+        c.err(
+            "files",
+            "an external service is not run by Corral, so it has no files",
+        );
+    }
+    configs.extend(files);
+    if external.is_some() && configs.iter().any(|c| c.secret.is_none()) {
         c.err(
             "config",
             "an external service is not run by Corral, so it has no config files",

@@ -12,6 +12,10 @@
 //!   are up and healthy right now (what discovery lists).
 //!
 //! Both take `tag="…"`: only the entries with that tag.
+//! * `secret('NAME')`: the instance's value of the server's secret NAME
+//!   ([`crate::secrets`]); a file that reads one is itself a secret (sealed at rest,
+//!   written 0600), and a render that fails after reading one says what failed, not the
+//!   detail (which could quote the value).
 //!
 //! Filters: minijinja's built-ins plus `tojson`. Undefined variables are errors, so a
 //! typo is found at apply time rather than rendered as an empty string. A template runs
@@ -40,6 +44,8 @@ pub struct RenderContext {
     pub version: String,
     pub instance_dir: String,
     pub ordinal: u32,
+    /// The server's secrets as this instance sees them (`secret()`).
+    pub secrets: crate::secrets::SecretValues,
 }
 
 /// One instance as `instances()` lists it.
@@ -79,6 +85,8 @@ pub struct Rendered {
     pub endpoints: BTreeSet<String>,
     /// The names passed to `instances()`.
     pub instances: BTreeSet<String>,
+    /// The secrets it read: the file is a secret too.
+    pub secrets: BTreeSet<String>,
 }
 
 /// Why a template did not render: its line (when known) and what went wrong.
@@ -187,15 +195,43 @@ pub fn render(
             Ok(list)
         },
     );
-    let content = env
-        .render_str(template, variables(ctx))
-        .map_err(|e| describe(&e))?;
+    let read: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let (values, seen) = (ctx.secrets.clone(), read.clone());
+    env.add_function("secret", move |name: String| -> Result<String, Error> {
+        let value = values.get(&name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "secret {name:?} is not set for this instance (registry secret put APP.SERVER \
+                     {name} --node N | --ordinal K | --all --file F)"
+                ),
+            )
+        })?;
+        seen.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name);
+        Ok(value.to_string())
+    });
+    let result = env.render_str(template, variables(ctx));
+    let secrets = std::mem::take(&mut *read.lock().unwrap_or_else(PoisonError::into_inner));
+    let content = result.map_err(|e| {
+        let mut error = describe(&e);
+        if !secrets.is_empty() {
+            // The detail of an error after a secret was read could quote it.
+            error.message = format!(
+                "{} (details withheld: the template read a secret)",
+                e.kind()
+            );
+        }
+        error
+    })?;
     let (endpoints, instances) =
         std::mem::take(&mut *called.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(Rendered {
         content: capped(content)?,
         endpoints,
         instances,
+        secrets,
     })
 }
 
@@ -214,16 +250,22 @@ pub fn render_env(value: &str, ctx: &RenderContext) -> Result<String, RenderErro
         return Ok(value.to_string());
     }
     let mut env = environment();
-    for function in ["endpoints", "instances"] {
+    for function in ["endpoints", "instances", "secret"] {
         env.add_function(
             function,
             move |_: Rest<minijinja::Value>| -> Result<String, Error> {
                 Err(Error::new(
                     ErrorKind::InvalidOperation,
-                    format!(
-                        "{function}() cannot be used in env: the environment is fixed when the \
-                     process starts; render the list into a [[config]] file instead"
-                    ),
+                    if function == "secret" {
+                        "secret() cannot be used in env: a process's environment is readable \
+                         in /proc and passed to its children; deliver it as a file ([[files]])"
+                            .to_string()
+                    } else {
+                        format!(
+                            "{function}() cannot be used in env: the environment is fixed when \
+                             the process starts; render the list into a [[config]] file instead"
+                        )
+                    },
                 ))
             },
         );
@@ -245,6 +287,7 @@ pub fn sample_context() -> RenderContext {
         version: "0.0.0".into(),
         instance_dir: "/var/lib/corral/instances/app.server".into(),
         ordinal: 0,
+        secrets: Default::default(),
     }
 }
 
@@ -258,169 +301,4 @@ pub fn check_syntax(template: &str) -> Result<(), RenderError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(node: &str, ordinal: u32, port: u16) -> InstanceEntry {
-        InstanceEntry {
-            node: node.into(),
-            host: format!("10.0.0.{}", ordinal + 1),
-            port,
-            ports: BTreeMap::from([("P2P".into(), port)]),
-            ordinal,
-            state: "running".into(),
-            healthy: ordinal == 0,
-            weight: 1 + ordinal,
-            tags: if ordinal == 0 {
-                vec!["v2".into()]
-            } else {
-                Vec::new()
-            },
-            meta: BTreeMap::from([("zone".into(), format!("z{ordinal}"))]),
-        }
-    }
-
-    fn ep(host: &str, tags: &[&str]) -> corral_proto::v1::Endpoint {
-        corral_proto::v1::Endpoint {
-            node: "n".into(),
-            host: host.into(),
-            port: 30300,
-            weight: 1,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            meta: BTreeMap::new(),
-        }
-    }
-
-    fn tables() -> Tables {
-        let mut endpoints = HashMap::new();
-        endpoints.insert(
-            "chain0.Gateway.P2P".to_string(),
-            vec![ep("10.0.0.1", &["v2"]), ep("10.0.0.2", &[])],
-        );
-        let mut instances = HashMap::new();
-        instances.insert(
-            "chain0.Gateway.P2P".to_string(),
-            vec![entry("node-a", 0, 30300), entry("node-b", 1, 30301)],
-        );
-        Tables {
-            endpoints: Arc::new(endpoints),
-            instances: Arc::new(instances),
-        }
-    }
-
-    #[test]
-    fn renders_peers_and_variables() {
-        let ctx = RenderContext {
-            node: "node-a".into(),
-            ports: BTreeMap::from([("P2P".into(), 30300)]),
-            ordinal: 2,
-            ..RenderContext::default()
-        };
-        let out = render(
-            "{% for e in endpoints('chain0.Gateway.P2P') %}{{ e }}\n{% endfor %}me={{ node }}:{{ ports.P2P }}#{{ ordinal }}",
-            &ctx,
-            &tables(),
-        )
-        .expect("renders");
-        assert_eq!(
-            out.content,
-            "10.0.0.1:30300\n10.0.0.2:30300\nme=node-a:30300#2"
-        );
-        assert_eq!(
-            out.endpoints,
-            BTreeSet::from(["chain0.Gateway.P2P".to_string()])
-        );
-        assert!(out.instances.is_empty());
-    }
-
-    #[test]
-    fn instances_lists_every_assigned_instance_with_its_fields() {
-        let out = render(
-            "{% for i in instances('chain0.Gateway.P2P') %}{{ i.ordinal }} {{ i.node }} {{ i.host }}:{{ i.port }} {{ i.state }} {{ i.healthy }}\n{% endfor %}",
-            &RenderContext::default(),
-            &tables(),
-        )
-        .expect("renders");
-        assert_eq!(
-            out.content,
-            "0 node-a 10.0.0.1:30300 running True\n1 node-b 10.0.0.2:30301 running False\n"
-        );
-        assert!(out.endpoints.is_empty(), "instances() is not liveness");
-        let json = render(
-            "{{ instances('chain0.Gateway.P2P') | map(attribute='node') | list | tojson }}",
-            &RenderContext::default(),
-            &tables(),
-        )
-        .expect("tojson");
-        assert_eq!(json.content, r#"["node-a","node-b"]"#);
-    }
-
-    #[test]
-    fn tags_filter_and_metadata_reach_templates() {
-        let out = render(
-            "{{ endpoints('chain0.Gateway.P2P', tag='v2') | join(',') }};\
-             {% for i in instances('chain0.Gateway.P2P') %}{{ i.node }} w={{ i.weight }} \
-             tags={{ i.tags | join('+') }} zone={{ i.meta.zone }};{% endfor %}\
-             {{ instances('chain0.Gateway.P2P', tag='v2') | length }}",
-            &RenderContext::default(),
-            &tables(),
-        )
-        .expect("renders");
-        assert_eq!(
-            out.content,
-            "10.0.0.1:30300;node-a w=1 tags=v2 zone=z0;node-b w=2 tags= zone=z1;1"
-        );
-        let err = render(
-            "{{ endpoints('chain0.Gateway.P2P', colour='red') }}",
-            &RenderContext::default(),
-            &tables(),
-        )
-        .expect_err("unknown keyword");
-        assert!(err.message.contains("colour"), "{err}");
-    }
-
-    #[test]
-    fn errors_name_the_line() {
-        let err = check_syntax("ok\n{% for x in %}\n").expect_err("syntax");
-        assert_eq!(err.line, Some(2), "{err}");
-        let err =
-            render("a\n{{ nodee }}", &sample_context(), &Tables::default()).expect_err("undefined");
-        assert!(
-            err.to_string().starts_with("line 2") && err.message.contains("undefined"),
-            "{err}"
-        );
-        let err = render("{{ ports.P2P }}", &sample_context(), &Tables::default())
-            .expect_err("no such port");
-        assert!(err.message.contains("undefined"), "{err}");
-    }
-
-    #[test]
-    fn runaway_templates_are_stopped() {
-        let err = render(
-            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
-            &sample_context(),
-            &Tables::default(),
-        )
-        .expect_err("out of fuel");
-        assert!(err.message.contains("fuel"), "{err}");
-        let err = render("{{ 'x' * 2000000 }}", &sample_context(), &Tables::default())
-            .expect_err("too big");
-        assert!(err.message.contains("limit"), "{err}");
-    }
-
-    #[test]
-    fn env_values_take_variables_but_no_functions() {
-        let ctx = RenderContext {
-            ordinal: 3,
-            node: "n".into(),
-            ..RenderContext::default()
-        };
-        assert_eq!(
-            render_env("id-{{ ordinal }}-{{ node }}", &ctx).expect("env"),
-            "id-3-n"
-        );
-        assert_eq!(render_env("plain", &ctx).expect("plain"), "plain");
-        let err = render_env("{{ endpoints('a.b.C') }}", &ctx).expect_err("no functions");
-        assert!(err.message.contains("cannot be used in env"), "{err}");
-    }
-}
+mod tests;

@@ -15,6 +15,9 @@ pub struct Delivered {
     /// The spec fingerprint it was rendered for: a file rendered for another spec is
     /// rendered again when that spec reaches the agent (the agent restarts then anyway).
     pub fingerprint: String,
+    /// It holds a secret (a `[[files]]` entry, or a template that read one): sealed at
+    /// rest, written 0600 unless the spec says otherwise.
+    pub secret: bool,
 }
 
 /// (app, server, node) -> file name -> what was delivered.
@@ -37,15 +40,44 @@ pub(crate) async fn forget(
     Ok(())
 }
 
-fn collect(rows: &[sqlx::any::AnyRow]) -> Result<DeliveredTable, sqlx::Error> {
+const COLUMNS: &str = "app, server, node, name, content, fingerprint, sealed";
+
+fn collect(store: &Store, rows: &[sqlx::any::AnyRow]) -> Result<DeliveredTable, StoreError> {
     let mut out = DeliveredTable::new();
     for r in rows {
-        let key = (r.try_get("app")?, r.try_get("server")?, r.try_get("node")?);
-        out.entry(key).or_default().insert(
-            r.try_get("name")?,
+        let (app, server, node, name): (String, String, String, String) = (|| {
+            Ok::<_, sqlx::Error>((
+                r.try_get("app")?,
+                r.try_get("server")?,
+                r.try_get("node")?,
+                r.try_get("name")?,
+            ))
+        })()
+        .map_err(query_err("decoding delivered configs"))?;
+        let (content, fingerprint, sealed): (String, String, i64) = (|| {
+            Ok::<_, sqlx::Error>((
+                text_column(r, "content")?,
+                r.try_get("fingerprint")?,
+                r.try_get("sealed")?,
+            ))
+        })()
+        .map_err(query_err("decoding delivered configs"))?;
+        let secret = sealed != 0;
+        let content = if secret {
+            store.open_sealed(
+                || format!("the config file {name} of {app}.{server}@{node}"),
+                &super::secrets::config_aad(&app, &server, &node, &name),
+                &content,
+            )?
+        } else {
+            content
+        };
+        out.entry((app, server, node)).or_default().insert(
+            name,
             Delivered {
-                content: text_column(r, "content")?,
-                fingerprint: r.try_get("fingerprint")?,
+                content,
+                fingerprint,
+                secret,
             },
         );
     }
@@ -55,25 +87,23 @@ fn collect(rows: &[sqlx::any::AnyRow]) -> Result<DeliveredTable, sqlx::Error> {
 impl Store {
     /// The files delivered to the instances of `node`.
     pub async fn node_configs(&self, node: &str) -> Result<DeliveredTable, StoreError> {
-        let rows = sqlx::query(
-            "SELECT app, server, node, name, content, fingerprint FROM instance_configs WHERE node = ?",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM instance_configs WHERE node = ?"
+        ))
         .bind(node)
         .fetch_all(&self.pool)
         .await
         .map_err(query_err("reading delivered configs"))?;
-        collect(&rows).map_err(query_err("decoding delivered configs"))
+        collect(self, &rows)
     }
 
     /// The files delivered to every instance.
     pub async fn all_configs(&self) -> Result<DeliveredTable, StoreError> {
-        let rows = sqlx::query(
-            "SELECT app, server, node, name, content, fingerprint FROM instance_configs",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_err("reading delivered configs"))?;
-        collect(&rows).map_err(query_err("decoding delivered configs"))
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM instance_configs"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err("reading delivered configs"))?;
+        collect(self, &rows)
     }
 
     /// Replaces the files delivered to an instance, in one transaction; with
@@ -108,16 +138,25 @@ impl Store {
         }
         forget(&mut tx, app, server, node).await?;
         for (name, d) in files {
+            let content = if d.secret {
+                self.seal(
+                    &super::secrets::config_aad(app, server, node, name),
+                    d.content.as_bytes(),
+                )?
+            } else {
+                d.content.clone()
+            };
             sqlx::query(
-                "INSERT INTO instance_configs (app, server, node, name, content, fingerprint, updated_at_ms) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO instance_configs (app, server, node, name, content, fingerprint, sealed, updated_at_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(app)
             .bind(server)
             .bind(node)
             .bind(name)
-            .bind(&d.content)
+            .bind(content)
             .bind(&d.fingerprint)
+            .bind(i64::from(d.secret))
             .bind(now_ms)
             .execute(&mut *tx)
             .await

@@ -17,6 +17,7 @@ mod packages;
 pub mod ports;
 mod reports;
 mod rollouts;
+pub mod secrets;
 mod servers;
 mod staging;
 
@@ -108,6 +109,18 @@ pub enum StoreError {
     RolloutNotFound(i64),
     #[error("{0}")]
     Conflict(String),
+    #[error(
+        "this registry has no secret key: start it with --secret-key-file FILE (the same file on \
+         every replica) or CORRAL_SECRET_KEY"
+    )]
+    NoSecretKey,
+    #[error(
+        "{what} does not open with {key}: it is not the key the value was sealed with (a \
+         replica or restart with another key file?), or the row was changed in the database"
+    )]
+    SecretUnreadable { what: String, key: String },
+    #[error("cannot seal a secret: {0}")]
+    SecretKey(crate::secrets::key::KeyError),
 }
 
 /// Turns an sqlx error into a [`StoreError::Query`] that says what was being done.
@@ -140,6 +153,9 @@ pub struct Store {
     /// The SQLite file opened, to notice when it is deleted or replaced; None for MySQL
     /// and `:memory:`.
     file: Option<Arc<health::DbFile>>,
+    /// The key secrets are sealed with; None: secrets cannot be stored or read
+    /// ([`crate::secrets::startup`]).
+    key: Option<Arc<crate::secrets::key::SecretKey>>,
 }
 
 /// A database URL that may hold a password: never shown.
@@ -173,7 +189,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// The file path of a `sqlite://PATH[?...]` or `sqlite:PATH` URL.
-fn sqlite_path(url: &str) -> Option<&str> {
+pub(crate) fn sqlite_path(url: &str) -> Option<&str> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -284,6 +300,7 @@ impl Store {
             backend,
             connect_url: Secret(connect_url.into()),
             file,
+            key: None,
         })
     }
 
@@ -297,6 +314,17 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::MySql => self.pool.begin().await,
         }
+    }
+
+    /// This store with the key secrets are sealed with.
+    pub fn with_key(mut self, key: Arc<crate::secrets::key::SecretKey>) -> Store {
+        self.key = Some(key);
+        self
+    }
+
+    /// Whether the store can seal and open secrets.
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
     }
 
     pub fn backend(&self) -> Backend {

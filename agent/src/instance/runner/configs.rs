@@ -3,12 +3,17 @@
 //! new ones; a running process is then told per each changed file's `on_change`:
 //! restarted, or sent a signal. What the modes ask for is the pure [`reaction`].
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
 use nix::sys::signal::Signal;
 use tracing::info;
 
 use super::Runner;
 use crate::instance::spec::OnChange;
 use crate::instance::state::Event;
+
+/// The bits of a config file the registry gave none for.
+const DEFAULT_MODE: u32 = 0o644;
 
 /// What changed config files ask of the running process.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,17 +46,39 @@ impl Runner {
     /// files whose content changed.
     pub(super) fn write_configs(&mut self) -> Vec<String> {
         let mut changed = Vec::new();
+        let owner = self.file_owner();
         for c in &self.desired.configs {
             let path = self.dir.join("conf").join(&c.name);
-            if std::fs::read(&path).is_ok_and(|old| old == c.content.as_bytes()) {
+            let mode = if c.mode == 0 { DEFAULT_MODE } else { c.mode };
+            let same_content = std::fs::read(&path).is_ok_and(|old| old == c.content.as_bytes());
+            let same_file = std::fs::metadata(&path).is_ok_and(|m| {
+                m.permissions().mode() & 0o7777 == mode
+                    && owner.is_none_or(|(uid, gid)| m.uid() == uid && m.gid() == gid)
+            });
+            if same_content && same_file {
                 continue;
             }
-            match crate::datadir::write_atomic(&path, c.content.as_bytes()) {
-                Ok(()) => changed.push(c.name.clone()),
+            match crate::datadir::write_private(&path, c.content.as_bytes(), mode, owner) {
+                // Only new content is news to the process.
+                Ok(()) if !same_content => changed.push(c.name.clone()),
+                Ok(()) => {}
                 Err(e) => self.last_error = format!("cannot write config {}: {e}", c.name),
             }
         }
         changed
+    }
+
+    /// Who owns the files of `conf/`: the spec's user, when the agent may give files
+    /// away (it runs as root); else the agent's user (None: left as created).
+    fn file_owner(&self) -> Option<(u32, u32)> {
+        let user = &self.desired.spec.user;
+        if user.is_empty() || !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
     }
 
     /// New rendered configs: written at once; a running process is told per `on_change`.
