@@ -131,6 +131,9 @@ pub fn to_toml(spec: &Spec) -> String {
         .collect();
         d.line("render_wait", &Value::Table(wait));
     }
+    if let Some(r) = &spec.resources {
+        d.0.push_str(&super::resources::export(r));
+    }
     d.table("[config_restart]");
     d.line("batch", &int(spec.config_restart.batch));
     d.line("max_per_minute", &int(spec.config_restart.max_per_minute));
