@@ -111,7 +111,7 @@ fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
             load15: row.try_get("load15")?,
             memory_used_bytes: row.try_get("memory_used_bytes")?,
             disk_free_bytes: row.try_get("disk_free_bytes")?,
-            instance_usage: row.try_get("instance_usage")?,
+            instance_usage: super::servers::text_column(row, "instance_usage")?,
         })
     } else {
         None
