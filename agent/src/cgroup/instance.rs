@@ -62,8 +62,19 @@ impl InstanceCgroup {
     }
 
     /// Creates the cgroup (again), writes its limits and opens its `cgroup.procs` files
-    /// for the child to enter before it execs.
-    pub fn prepare(&self, limits: &Limits) -> Result<Vec<OwnedFd>, String> {
+    /// for the child to enter before it execs. When `written` says these limits are
+    /// in place already (a restart of the same spec) and the cgroup is still there, only
+    /// the files are opened: a restart pays for no more than it needs.
+    pub fn prepare(
+        &self,
+        limits: &Limits,
+        written: Option<&Limits>,
+    ) -> Result<Vec<OwnedFd>, String> {
+        if written == Some(limits)
+            && let Some(fds) = self.open_procs()
+        {
+            return Ok(fds);
+        }
         let mut fds = Vec::new();
         for i in self.used() {
             let dir = self.dir(i);
@@ -85,6 +96,20 @@ impl InstanceCgroup {
         }
         self.write_limits(limits)?;
         Ok(fds)
+    }
+
+    /// The `cgroup.procs` files of an existing cgroup; None if one is missing.
+    fn open_procs(&self) -> Option<Vec<OwnedFd>> {
+        self.used()
+            .into_iter()
+            .map(|i| {
+                File::options()
+                    .write(true)
+                    .open(self.dir(i).join("cgroup.procs"))
+                    .ok()
+                    .map(OwnedFd::from)
+            })
+            .collect()
     }
 
     fn write_limits(&self, l: &Limits) -> Result<(), String> {

@@ -168,9 +168,11 @@ impl Cgroups {
         let cpu = role("cpu", true)?;
         let pids = role("pids", true)?;
         let cpuacct = role("cpuacct", false)?;
+        // The v1 freezer only serves a kill where membership is not on v2 (v2 has
+        // cgroup.freeze and, on Linux 5.14+, cgroup.kill).
         let freezer = found
             .iter()
-            .find(|m| m.has("freezer"))
+            .find(|m| m.has("freezer") && v2.is_none())
             .map(|m| index(&mut hiers, &m.own, false, subtree, node));
         let member = match v2 {
             Some(m) => index(&mut hiers, &m.own, true, subtree, node),

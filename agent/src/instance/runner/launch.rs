@@ -33,9 +33,9 @@ impl Runner {
             return Event::SpawnFailed;
         }
         let plan = self.plan(spec, release.as_deref()).and_then(|mut plan| {
-            let (fds, oom_kills) = self.enter_cgroup(spec)?;
+            let (fds, oom_kills, limits) = self.enter_cgroup(spec)?;
             plan.cgroup_procs = fds;
-            Ok((plan, oom_kills))
+            Ok((plan, oom_kills, limits))
         });
         let version = spec
             .package
@@ -45,8 +45,9 @@ impl Runner {
         let hash = other.map_or_else(|| self.hash.clone(), spec_hash);
         let kept = fallback::encode(spec);
         self.write_configs();
-        let spawned = plan.and_then(|(plan, oom_kills)| {
+        let spawned = plan.and_then(|(plan, oom_kills, limits)| {
             self.oom_seen = oom_kills;
+            self.limits_written = self.cgroup.is_some().then_some(limits);
             process::spawn(&plan).map_err(|e| e.to_string())
         });
         match spawned {
@@ -85,7 +86,10 @@ impl Runner {
     /// The instance's cgroup, created with the spec's limits: the `cgroup.procs` files
     /// the child enters. A spec with `[resources]` on a node without cgroups is refused,
     /// never run without its limits.
-    fn enter_cgroup(&self, spec: &ServerSpec) -> Result<(Vec<std::os::fd::OwnedFd>, u64), String> {
+    fn enter_cgroup(
+        &self,
+        spec: &ServerSpec,
+    ) -> Result<(Vec<std::os::fd::OwnedFd>, u64, crate::cgroup::Limits), String> {
         let limits = crate::cgroup::Limits::from_wire(spec.resources.as_ref());
         let Some(cg) = &self.cgroup else {
             if limits.any() {
@@ -94,10 +98,10 @@ impl Runner {
                     self.shared.cgroups_error
                 ));
             }
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), 0, limits));
         };
-        let fds = cg.prepare(&limits)?;
-        Ok((fds, cg.oom_kills()))
+        let fds = cg.prepare(&limits, self.limits_written.as_ref())?;
+        Ok((fds, cg.oom_kills(), limits))
     }
 
     /// Every adapter's port must be free on the node's address before the start; a

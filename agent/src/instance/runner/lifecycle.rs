@@ -171,6 +171,7 @@ impl Runner {
             && let Some(cg) = &self.cgroup
         {
             cg.remove();
+            self.limits_written = None;
         }
     }
 

@@ -96,6 +96,8 @@ pub struct Runner {
     cgroup: Option<crate::cgroup::InstanceCgroup>,
     /// OOM kills in the cgroup counted so far (to tell whether an exit was one).
     oom_seen: u64,
+    /// The limits last written to the cgroup (None: not written by this runner).
+    limits_written: Option<crate::cgroup::Limits>,
     /// Why the last process ended, when the OOM killer ended it: kept as the last error
     /// across the restart that follows.
     oom_note: String,
@@ -157,6 +159,7 @@ impl Runner {
         let runner = Runner {
             cgroup,
             oom_seen: 0,
+            limits_written: None,
             oom_note: String::new(),
             policy: desired.policy,
             name,
@@ -314,6 +317,7 @@ impl Runner {
         }
         if let Some(cg) = &self.cgroup {
             cg.remove();
+            self.limits_written = None;
         }
         if finish == Finish::Remove {
             memory::forget(&self.dir);
