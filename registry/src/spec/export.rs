@@ -197,6 +197,11 @@ render_wait = { min = "1s", max = "10s" }
 [config_restart]
 batch = 2
 max_per_minute = 3
+[resources]
+memory = "256MiB"
+cpu = 1.5
+cpu_weight = 200
+pids = 512
 "#,
         );
         round_trip(
