@@ -24,6 +24,9 @@ pub mod instance;
 pub mod layout;
 pub mod usage;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 
 pub use instance::InstanceCgroup;
