@@ -11,7 +11,8 @@ use corral_proto::v1::{
 use corral_proto::wire::{Named, name_of};
 use serde_json::{Value, json};
 
-use super::output::{ago_ms, bytes, print_table, time_ms};
+pub use super::output::usage_cells;
+use super::output::{ago_ms, print_table, time_ms};
 use super::{CliError, ClientArgs, Format, connect};
 use crate::store::now_ms;
 
@@ -100,23 +101,6 @@ pub fn instance_json(i: &InstanceInfo) -> Value {
             "oom_kills": u.oom_kills,
         })),
     })
-}
-
-/// The CPU, MEMORY and PIDS cells of an instance: CPU seconds, memory now (and at its
-/// peak), processes; `-` without a cgroup.
-pub fn usage_cells(i: &InstanceInfo) -> [String; 3] {
-    match &i.usage {
-        Some(u) => [
-            format!("{:.2}s", u.cpu_seconds),
-            format!(
-                "{} (peak {})",
-                bytes(u.memory_bytes),
-                bytes(u.memory_peak_bytes)
-            ),
-            u.pids.to_string(),
-        ],
-        None => [String::new(), String::new(), String::new()],
-    }
 }
 
 /// The STATE cell of an instance: its state, and its node's when that is not up.
