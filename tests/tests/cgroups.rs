@@ -424,3 +424,64 @@ fn limits_beyond_the_node_are_refused_naming_it() {
         assert!(err.contains("cannot apply [resources]"), "{err}");
     }
 }
+
+#[test]
+fn a_restarted_agent_kills_what_a_dead_main_process_left_and_removes_stray_cgroups() {
+    if !cgroups_here() {
+        return;
+    }
+    let mut f = one(&[]);
+    let script = "(setsid bash -c 'trap \"\" TERM; echo $$ > data/daemon.pid; exec sleep 100000' &); exec sleep 100000";
+    f.registry
+        .apply(&spec("forker", script, "[restart]\nmin_uptime = \"1s\"\n"));
+    let i = f
+        .registry
+        .wait_instance("demo.forker", "node-a", "running", 30 * S, |i| {
+            i["state"] == "running"
+        });
+    let main = pid_of(&i);
+    let pid_file = f.agent.instance_dir("demo.forker").join("data/daemon.pid");
+    let daemon = wait_until("the daemon's pid", 20 * S, || read_pid(&pid_file));
+    // The agent dies, then the main process, while no agent watches: the daemon stays.
+    f.agent.kill();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(main as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill main");
+    wait_until("the main process gone", 10 * S, || {
+        if alive(main) {
+            Err("alive".into())
+        } else {
+            Ok(())
+        }
+    });
+    assert!(alive(daemon), "the daemon outlives its main process");
+    // A cgroup of an instance this node no longer has, empty, as a crash leaves it.
+    let stray = cgroups::instance_dir(&f.agent.data_dir, "node-a", "demo.ghost", "v2")
+        .or_else(|| cgroups::instance_dir(&f.agent.data_dir, "node-a", "demo.ghost", "freezer"))
+        .expect("a membership hierarchy");
+    std::fs::create_dir_all(&stray).expect("stray cgroup");
+    f.agent.restart();
+    f.registry
+        .wait_node("node-a", "back up", 20 * S, |n| n["state"] == "up");
+    let i = f
+        .registry
+        .wait_instance("demo.forker", "node-a", "restarted", 30 * S, |i| {
+            i["state"] == "running" && pid_of(i) != main && pid_of(i) != 0
+        });
+    wait_until("the old daemon killed", 10 * S, || {
+        if alive(daemon) {
+            Err(format!("daemon {daemon} alive; {i}"))
+        } else {
+            Ok(())
+        }
+    });
+    wait_until("the stray cgroup removed", 10 * S, || {
+        if stray.exists() {
+            Err(format!("{} exists", stray.display()))
+        } else {
+            Ok(())
+        }
+    });
+}
