@@ -73,6 +73,8 @@ pub struct AgentConfig {
     pub dns_ttl: Duration,
     /// How long the discovery cache keeps watching a name nobody asks for.
     pub discovery_idle: Duration,
+    /// The name of the agent's cgroup subtree (`corral`), or `off`.
+    pub cgroup: String,
 }
 
 /// The keys of the config file.
@@ -101,6 +103,7 @@ pub struct FileConfig {
     pub max_package_entries: Option<u64>,
     pub join_token: Option<String>,
     pub allow_root: Option<bool>,
+    pub cgroup: Option<String>,
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -144,6 +147,7 @@ pub struct Overrides {
     pub dns: Option<String>,
     pub dns_ttl: Option<Duration>,
     pub discovery_idle: Option<Duration>,
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +176,25 @@ pub enum ConfigError {
     Dns(String),
     #[error("--dns-ttl (dns_ttl, CORRAL_DNS_TTL) {0:?} must be whole seconds, at most 1 day")]
     DnsTtl(Duration),
+    #[error(
+        "--cgroup (cgroup, CORRAL_CGROUP) {0:?} is neither a cgroup name (letters, digits, '-', '_', '.', not starting with '.') nor \"off\""
+    )]
+    Cgroup(String),
+}
+
+/// Checks `--cgroup`: one directory name (the agent's subtree), or "off".
+fn check_cgroup(name: String) -> Result<String, ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(ConfigError::Cgroup(name))
+    }
 }
 
 /// Parses `--dns`: an address, or "off".
@@ -318,6 +341,11 @@ impl AgentConfig {
                 .discovery_idle
                 .or(file.discovery_idle)
                 .unwrap_or(defaults::DISCOVERY_IDLE),
+            cgroup: check_cgroup(
+                over.cgroup
+                    .or(file.cgroup)
+                    .unwrap_or_else(|| crate::cgroup::DEFAULT_SUBTREE.into()),
+            )?,
         };
         if config.dns_ttl.subsec_nanos() != 0 || config.dns_ttl > Duration::from_secs(86400) {
             return Err(ConfigError::DnsTtl(config.dns_ttl));

@@ -1,8 +1,9 @@
 //! Host facts (sent once, in Hello) and load reports (sent every heartbeat), from sysinfo.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use corral_proto::v1::{HostFacts, LoadReport};
+use corral_proto::v1::{HostFacts, InstanceUsage, LoadReport};
 use sysinfo::{Disks, System};
 
 /// Samples this host; keeps the sysinfo state between samples so CPU use is measured
@@ -11,10 +12,17 @@ pub struct Sampler {
     system: System,
     disks: Disks,
     data_dir: PathBuf,
+    cgroups: Option<Arc<crate::cgroup::Cgroups>>,
+    /// Why cgroups are not usable (with `cgroups` None).
+    cgroups_error: String,
 }
 
 impl Sampler {
-    pub fn new(data_dir: &Path) -> Sampler {
+    pub fn new(
+        data_dir: &Path,
+        cgroups: Option<Arc<crate::cgroup::Cgroups>>,
+        cgroups_error: String,
+    ) -> Sampler {
         let mut system = System::new();
         system.refresh_memory();
         system.refresh_cpu_usage();
@@ -22,6 +30,8 @@ impl Sampler {
             system,
             disks: Disks::new_with_refreshed_list(),
             data_dir: data_dir.to_path_buf(),
+            cgroups,
+            cgroups_error,
         }
     }
 
@@ -47,6 +57,11 @@ impl Sampler {
                 .unwrap_or_else(|_| self.data_dir.clone())
                 .display()
                 .to_string(),
+            cgroups: self.cgroups.is_some(),
+            cgroups_note: self
+                .cgroups
+                .as_ref()
+                .map_or_else(|| self.cgroups_error.clone(), |c| c.summary.clone()),
         }
     }
 
@@ -62,8 +77,30 @@ impl Sampler {
             load15: avg.fifteen,
             memory_used_bytes: self.system.used_memory(),
             disk_free_bytes: self.data_disk().map_or(0, sysinfo::Disk::available_space),
+            usage: self.cgroups.as_ref().map_or_else(Vec::new, instance_usage),
         }
     }
+}
+
+/// What each instance with a cgroup uses, for heartbeats and `/metrics`.
+pub fn instance_usage(cgroups: &Arc<crate::cgroup::Cgroups>) -> Vec<InstanceUsage> {
+    cgroups
+        .usage_all()
+        .into_iter()
+        .filter_map(|(name, _, u, oom_kills)| {
+            let (app, server) = corral_proto::names::split_server(&name)?;
+            Some(InstanceUsage {
+                app: app.to_string(),
+                server: server.to_string(),
+                cpu_seconds: u.cpu_seconds,
+                cpu_throttled_seconds: u.throttled_seconds,
+                memory_bytes: u.memory_bytes,
+                memory_peak_bytes: u.memory_peak_bytes,
+                pids: u.pids,
+                oom_kills,
+            })
+        })
+        .collect()
 }
 
 /// The default node name: the first label of the host name (`web-1` of

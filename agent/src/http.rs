@@ -37,6 +37,12 @@ async fn health(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
 async fn metrics(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, corral_common::metrics::CONTENT_TYPE)],
-        ctx.metrics.encode_with(&ctx.board.all()),
+        ctx.metrics.encode_with(
+            &ctx.board.all(),
+            &ctx.config.node,
+            &ctx.cgroups
+                .as_ref()
+                .map_or_else(Vec::new, crate::facts::instance_usage),
+        ),
     )
 }

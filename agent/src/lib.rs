@@ -14,6 +14,7 @@
 //! * [`logs`] — size-based rotation of service logs.
 //! * [`identity`] — the node's secret identity in the data dir.
 //! * [`facts`] — host facts and load reports from sysinfo.
+//! * [`cgroup`] — one cgroup per instance: limits, kill, OOM, usage.
 //! * [`config`] — defaults, config file, environment and flags.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
 //! * [`discovery`] — discovery for the host's clients: the watch cache, HTTP and DNS.
@@ -26,6 +27,7 @@
 //! rules, signals, time, the GET of `/health`) is in `corral_common`.
 
 pub mod backoff;
+pub mod cgroup;
 pub mod check;
 pub mod config;
 pub mod datadir;
@@ -67,6 +69,9 @@ pub struct Context {
     pub discovery: Arc<discovery::cache::Cache>,
     /// Where DNS is served (None: off).
     pub dns: Option<std::net::SocketAddr>,
+    /// The agent's cgroups; None: not usable, for the reason in `cgroups_error`.
+    pub cgroups: Option<Arc<cgroup::Cgroups>>,
+    pub cgroups_error: String,
 }
 
 /// The clock of every `*_ms` field the agent reports (its modules take it from here).
@@ -133,6 +138,16 @@ pub async fn run(
              will be refused (their last error says so)"
         );
     }
+    let (cgroups, cgroups_error) = match cgroup::Cgroups::detect(&config.cgroup, &config.node) {
+        Ok(cg) => {
+            info!(cgroups = %cg.summary, "each instance runs in a cgroup of its own");
+            (Some(Arc::new(cg)), String::new())
+        }
+        Err(e) => {
+            warn!(cause = %e, "cgroups are not usable: instances run in process groups only, and a spec with [resources] is refused");
+            (None, e)
+        }
+    };
     let instances_dir = config.data_dir.join("instances");
     let board = Arc::new(status::Board::default());
     // Start from the last desired state kept on disk: services stay as they were told
@@ -156,6 +171,8 @@ pub async fn run(
             channel: channel_rx,
             locks: Default::default(),
         },
+        cgroups: cgroups.clone(),
+        cgroups_error: cgroups_error.clone(),
     });
     let reconciler = tokio::spawn(
         reconcile::Reconciler::new(runner_shared, config.data_dir.clone()).run(
@@ -195,6 +212,8 @@ pub async fn run(
         channel: channel_tx,
         discovery: cache,
         dns: dns_addr,
+        cgroups,
+        cgroups_error,
     });
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(

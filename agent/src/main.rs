@@ -86,6 +86,9 @@ struct RunArgs {
     /// Stop watching a name no client asked this agent for in this long [default: 10m].
     #[arg(long, env = "CORRAL_DISCOVERY_IDLE", value_parser = humantime::parse_duration)]
     discovery_idle: Option<std::time::Duration>,
+    /// The name of the agent's cgroup subtree (instances run in OWN/NAME/NODE/APP.SERVER/ORDINAL), or "off" [default: corral].
+    #[arg(long, env = "CORRAL_CGROUP")]
+    cgroup: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +141,7 @@ fn run(args: RunArgs) -> ExitCode {
         stop_services_on_exit: args.stop_services_on_exit,
         join_token: args.join_token,
         allow_root: args.allow_root,
+        cgroup: args.cgroup,
         tls: ClientTls {
             ca: args.tls_ca,
             cert: args.tls_cert,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use corral_common::metrics::{Exposition, ServerLabels, StateLabels, replace};
 use corral_proto::v1::InstanceStatus;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -27,8 +28,94 @@ const STATES: [State; 8] = [
     State::Failed,
 ];
 
+/// An instance's labels; `instance` is `app.server@node`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub app: String,
+    pub server: String,
+    pub node: String,
+    pub instance: String,
+}
+
+type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// What each instance uses, from its cgroup, read at scrape time.
+#[derive(Default)]
+pub struct UsageFamilies {
+    cpu_seconds: Family<InstanceLabels, F64Gauge>,
+    throttled_seconds: Family<InstanceLabels, F64Gauge>,
+    memory_bytes: Family<InstanceLabels, Gauge>,
+    memory_peak_bytes: Family<InstanceLabels, Gauge>,
+    pids: Family<InstanceLabels, Gauge>,
+    oom_kills: Family<InstanceLabels, Gauge>,
+}
+
+impl UsageFamilies {
+    fn register(&self, e: &mut Exposition) {
+        e.register(
+            "instance_cpu_seconds",
+            "CPU time of the instance's cgroup",
+            self.cpu_seconds.clone(),
+        );
+        e.register(
+            "instance_cpu_throttled_seconds",
+            "Time the instance's CPU limit held it back",
+            self.throttled_seconds.clone(),
+        );
+        e.register(
+            "instance_memory_bytes",
+            "Memory the instance's cgroup uses",
+            self.memory_bytes.clone(),
+        );
+        e.register(
+            "instance_memory_peak_bytes",
+            "The most memory the instance's cgroup has used",
+            self.memory_peak_bytes.clone(),
+        );
+        e.register(
+            "instance_pids",
+            "Processes and threads in the instance's cgroup",
+            self.pids.clone(),
+        );
+        e.register(
+            "instance_oom_kills",
+            "Processes of the instance the OOM killer killed",
+            self.oom_kills.clone(),
+        );
+    }
+
+    fn set(&self, node: &str, usage: &[corral_proto::v1::InstanceUsage]) {
+        self.cpu_seconds.clear();
+        self.throttled_seconds.clear();
+        self.memory_bytes.clear();
+        self.memory_peak_bytes.clear();
+        self.pids.clear();
+        self.oom_kills.clear();
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for u in usage {
+            let l = InstanceLabels {
+                app: u.app.clone(),
+                server: u.server.clone(),
+                node: node.to_string(),
+                instance: format!("{}.{}@{node}", u.app, u.server),
+            };
+            self.cpu_seconds.get_or_create(&l).set(u.cpu_seconds);
+            self.throttled_seconds
+                .get_or_create(&l)
+                .set(u.cpu_throttled_seconds);
+            self.memory_bytes.get_or_create(&l).set(int(u.memory_bytes));
+            self.memory_peak_bytes
+                .get_or_create(&l)
+                .set(int(u.memory_peak_bytes));
+            self.pids.get_or_create(&l).set(int(u.pids));
+            self.oom_kills.get_or_create(&l).set(int(u.oom_kills));
+        }
+    }
+}
+
 pub struct Metrics {
     exposition: Exposition,
+    usage: UsageFamilies,
     /// This node's instances, by state.
     pub instances: Family<StateLabels, Gauge>,
     /// Restarts of each server's instance on this node.
@@ -73,8 +160,11 @@ impl Metrics {
             "Restarts of each server's (app.server) instance on this node",
             restarts.clone(),
         );
+        let usage = UsageFamilies::default();
+        usage.register(&mut exposition);
         Metrics {
             exposition,
+            usage,
             instances,
             restarts,
             connected,
@@ -83,8 +173,14 @@ impl Metrics {
         }
     }
 
-    /// Sets the instance gauges from the current statuses, then encodes everything.
-    pub fn encode_with(&self, statuses: &[InstanceStatus]) -> String {
+    /// Sets the instance gauges from the current statuses and the instances' usage (of
+    /// node `node`), then encodes everything.
+    pub fn encode_with(
+        &self,
+        statuses: &[InstanceStatus],
+        node: &str,
+        usage: &[corral_proto::v1::InstanceUsage],
+    ) -> String {
         let mut states = BTreeMap::<String, i64>::new();
         let mut restarts = BTreeMap::<String, i64>::new();
         for s in statuses {
@@ -108,6 +204,7 @@ impl Metrics {
             replace(&self.restarts, &[], &restarts, |server| ServerLabels {
                 server,
             });
+            self.usage.set(node, usage);
         })
     }
 }
@@ -135,11 +232,31 @@ mod tests {
     #[test]
     fn instance_families_follow_the_statuses() {
         let metrics = Metrics::new();
-        let text = metrics.encode_with(&[
-            status("echo", "running", 2),
-            status("gone", "backoff", 7),
-            status("other", "running", 0),
-        ]);
+        let usage = corral_proto::v1::InstanceUsage {
+            app: "demo".into(),
+            server: "echo".into(),
+            cpu_seconds: 1.5,
+            memory_bytes: 4096,
+            oom_kills: 1,
+            ..Default::default()
+        };
+        let text = metrics.encode_with(
+            &[
+                status("echo", "running", 2),
+                status("gone", "backoff", 7),
+                status("other", "running", 0),
+            ],
+            "node-a",
+            &[usage],
+        );
+        let labels = "{app=\"demo\",server=\"echo\",node=\"node-a\",instance=\"demo.echo@node-a\"}";
+        for line in [
+            format!("corral_agent_instance_cpu_seconds{labels} 1.5"),
+            format!("corral_agent_instance_memory_bytes{labels} 4096"),
+            format!("corral_agent_instance_oom_kills{labels} 1"),
+        ] {
+            assert!(text.contains(&line), "{line:?} missing from:\n{text}");
+        }
         for line in [
             "corral_agent_instances{state=\"running\"} 2",
             "corral_agent_instances{state=\"backoff\"} 1",
@@ -151,7 +268,11 @@ mod tests {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
         // A removed instance leaves the next scrape.
-        let text = metrics.encode_with(&[status("echo", "running", 3)]);
+        let text = metrics.encode_with(&[status("echo", "running", 3)], "node-a", &[]);
+        assert!(
+            !text.contains("corral_agent_instance_cpu_seconds{"),
+            "{text}"
+        );
         assert!(!text.contains("demo.gone"), "{text}");
         assert!(text.contains("corral_agent_instances{state=\"backoff\"} 0"));
         assert!(text.contains("corral_agent_instance_restarts{server=\"demo.echo\"} 3"));

@@ -198,6 +198,36 @@ impl Reconciler {
                 },
             );
         }
+        self.sweep_cgroups(wanted);
+    }
+
+    /// Cgroups of instances no runner has (none assigned, no state file): what is in
+    /// them is killed, and the empty cgroups are removed.
+    fn sweep_cgroups(&self, wanted: &[String]) {
+        let Some(cgroups) = &self.shared.cgroups else {
+            return;
+        };
+        for (server, ordinal) in cgroups.existing() {
+            if wanted.contains(&server) || self.runners.contains_key(&server) {
+                continue;
+            }
+            let cg = cgroups.instance(&server, ordinal);
+            if !cg.is_empty() {
+                info!(instance = %server, cgroup = %cg.path().display(), "killing the processes of a cgroup no instance owns");
+                if let Err(e) = cg.kill() {
+                    warn!(instance = %server, cause = %e, "cannot kill a leftover cgroup");
+                }
+            }
+            tokio::spawn(async move {
+                for _ in 0..250 {
+                    if cg.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                cg.remove();
+            });
+        }
     }
 
     async fn shutdown(self, stop: bool) {

@@ -49,7 +49,11 @@ fn is_refusal(status: &Status) -> bool {
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), AgentError> {
     let config = &ctx.config;
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
-    let mut sampler = Sampler::new(&config.data_dir);
+    let mut sampler = Sampler::new(
+        &config.data_dir,
+        ctx.cgroups.clone(),
+        ctx.cgroups_error.clone(),
+    );
     let mut index = 0;
     loop {
         let uri = config.locators[index].clone();

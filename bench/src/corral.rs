@@ -24,12 +24,27 @@ pub struct Corral {
     /// problem the benchmark works around, and reports.
     pub apply_retries: usize,
     registry: PathBuf,
+    /// The agent's data dir: its cgroup subtree is named after it (and removed on drop).
+    pub data_dir: PathBuf,
+}
+
+impl Drop for Corral {
+    /// Kills what is left in the agent's cgroup subtree and removes it.
+    fn drop(&mut self) {
+        corral_tests::cgroups::clean_up(&self.data_dir);
+    }
 }
 
 impl Corral {
     /// Starts the registry, then the agent, and waits until the node is up.
     pub fn start(setup: &Setup) -> anyhow::Result<Corral> {
-        let mut harness = Harness::new("corral", setup)?;
+        Corral::start_with(setup, "corral", true)
+    }
+
+    /// The same, named `name`; with each instance in a cgroup of its own, or (`cgroups`
+    /// false) in process groups only, as before cgroups (`--cgroup off`).
+    pub fn start_with(setup: &Setup, name: &str, cgroups: bool) -> anyhow::Result<Corral> {
+        let mut harness = Harness::new(name, setup)?;
         let dir = harness.dir().to_path_buf();
         let (grpc, http) = (free_port()?, free_port()?);
         let addr = format!("http://127.0.0.1:{grpc}");
@@ -41,6 +56,12 @@ impl Corral {
             .arg(format!("sqlite://{}", dir.join("r.db").display()));
         let registry_pid = harness.spawn(&mut serve, "registry")?;
         wait_for_port(grpc, Duration::from_secs(20))?;
+        let data_dir = dir.join("agent");
+        let cgroup = if cgroups {
+            corral_tests::cgroups::subtree_name(&data_dir)
+        } else {
+            "off".into()
+        };
         let mut agent = Command::new(&setup.agent);
         agent
             .args(["run", "--locator", &addr, "--node", NODE])
@@ -48,8 +69,9 @@ impl Corral {
             .args(["--dns", "127.0.0.1:0"])
             // The benchmark may run as root; the child is the same for every supervisor.
             .arg("--allow-root")
+            .args(["--cgroup", &cgroup])
             .arg("--data-dir")
-            .arg(dir.join("agent"));
+            .arg(&data_dir);
         harness.supervisor_pid = harness.spawn(&mut agent, "agent")?;
         let mut corral = Corral {
             harness,
@@ -57,12 +79,13 @@ impl Corral {
             registry_pid,
             apply_retries: 0,
             registry: setup.registry.clone(),
+            data_dir,
         };
         corral.wait_node_up(Duration::from_secs(20))?;
         Ok(corral)
     }
 
-    fn cli(&self) -> Command {
+    pub fn cli(&self) -> Command {
         let mut cmd = Command::new(&self.registry);
         cmd.env("CORRAL_ADDR", &self.addr);
         cmd
@@ -92,17 +115,16 @@ impl Corral {
     /// not a quick failure and gets no backoff). Everything else is the spec default.
     pub fn apply(&mut self, server: &str, child: &Path, record: &Path) -> anyhow::Result<()> {
         let spec = format!(
-            "app = \"bench\"\n\
-             server = \"{server}\"\n\
-             nodes = [\"{NODE}\"]\n\
-             command = [{child:?}, {record:?}]\n\
-             \n\
-             [restart]\n\
-             policy = \"always\"\n\
-             min_uptime = \"1s\"\n",
+            "command = [{child:?}, {record:?}]\n\n[restart]\npolicy = \"always\"\nmin_uptime = \"1s\"\n",
             child = child.display().to_string(),
             record = record.display().to_string(),
         );
+        self.apply_spec(server, &spec)
+    }
+
+    /// Applies `bench.SERVER` on this node with `rest` of the spec (command and more).
+    pub fn apply_spec(&mut self, server: &str, rest: &str) -> anyhow::Result<()> {
+        let spec = format!("app = \"bench\"\nserver = \"{server}\"\nnodes = [\"{NODE}\"]\n{rest}");
         let file = self.harness.dir().join(format!("{server}.toml"));
         std::fs::write(&file, spec)?;
         let mut attempts = 0;

@@ -42,6 +42,7 @@ fn load_row(load: &LoadReport) -> LoadRow {
         load15: load.load15,
         memory_used_bytes: i64::try_from(load.memory_used_bytes).unwrap_or(i64::MAX),
         disk_free_bytes: i64::try_from(load.disk_free_bytes).unwrap_or(i64::MAX),
+        instance_usage: crate::usage::to_json(&load.usage),
     }
 }
 

@@ -57,6 +57,8 @@ pub struct DevOptions {
     pub agent_http: SocketAddr,
     pub data_dir: PathBuf,
     pub node: Option<String>,
+    /// The agent's cgroup subtree name, or "off".
+    pub cgroup: String,
 }
 
 async fn bind(
@@ -171,6 +173,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
         dns: None,
         dns_ttl: agent_defaults::DNS_TTL,
         discovery_idle: agent_defaults::DISCOVERY_IDLE,
+        cgroup: opts.cgroup.clone(),
     };
     let registry_config = RegistryConfig {
         listen,

@@ -92,6 +92,8 @@ pub async fn admit(
         now_ms,
         session_id,
         data_dir: facts.data_dir.clone(),
+        cgroups: facts.cgroups,
+        cgroups_note: facts.cgroups_note.clone(),
     };
     let existing = store.get_node(&hello.node).await?;
     match existing {

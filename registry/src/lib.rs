@@ -58,5 +58,6 @@ pub mod spec;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod usage;
 
 pub use server::run;

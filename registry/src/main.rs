@@ -129,6 +129,9 @@ struct DevArgs {
     /// Node name of the dev agent [default: the host name].
     #[arg(long)]
     node: Option<String>,
+    /// The dev agent's cgroup subtree name, or "off" (as `agent run --cgroup`).
+    #[arg(long, env = "CORRAL_CGROUP", default_value = "corral")]
+    cgroup: String,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -195,6 +198,7 @@ fn main() -> ExitCode {
                 agent_http: args.agent_http,
                 data_dir: args.data_dir,
                 node: args.node,
+                cgroup: args.cgroup,
             };
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();

@@ -381,6 +381,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.proc.kill();
         kill_services(&self.data_dir);
+        crate::cgroups::clean_up(&self.data_dir);
     }
 }
 
@@ -498,6 +499,11 @@ impl Agent {
             .arg("--dns")
             .arg(format!("{}:0", self.ip))
             .args(&self.extra);
+        // A cgroup subtree of its own: tests that run at once all have a node-a.
+        if !self.extra.iter().any(|a| a == "--cgroup") {
+            cmd.arg("--cgroup")
+                .arg(crate::cgroups::subtree_name(&self.data_dir));
+        }
         self.starts += 1;
         let log = self.data_dir.with_extension(format!("{}.log", self.starts));
         self.proc = Proc::spawn(cmd, log);

@@ -107,6 +107,8 @@ impl SimSession {
                 memory_bytes: 32 << 30,
                 disk_bytes: 1 << 40,
                 data_dir: String::new(),
+                cgroups: false,
+                cgroups_note: "a simulated agent".into(),
             }),
         }
     }
@@ -158,6 +160,7 @@ impl SimSession {
                             load15: 0.3,
                             memory_used_bytes: 8 << 30,
                             disk_free_bytes: 1 << 39,
+                            usage: Vec::new(),
                         }),
                     })),
                 };

@@ -160,7 +160,9 @@ fn install_into_a_prefix() {
     let unit = std::fs::read_to_string(prefix.join("etc/systemd/system/corral-agent.service"))
         .expect("unit");
     assert!(
-        unit.contains("KillMode=process") && unit.contains("Type=notify"),
+        unit.contains("KillMode=process")
+            && unit.contains("Type=notify")
+            && unit.contains("\nDelegate=yes\n"),
         "{unit}"
     );
 

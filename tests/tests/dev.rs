@@ -8,12 +8,14 @@ use corral_tests::{bin, free_port, start_on_free_ports, wait_until};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-struct KillOnDrop(std::process::Child);
+/// `registry dev` and, through its cgroup subtree (named after `.1`), its services.
+struct KillOnDrop(std::process::Child, std::path::PathBuf);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = killpg(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
         let _ = self.0.wait();
+        corral_tests::cgroups::clean_up(&self.1);
     }
 }
 
@@ -28,13 +30,14 @@ fn start_dev(dir: &std::path::Path) -> (KillOnDrop, u16) {
             .args(["dev", "--listen", &format!("127.0.0.1:{grpc}")])
             .args(["--http", &format!("127.0.0.1:{}", free_port())])
             .args(["--agent-http", &format!("127.0.0.1:{}", free_port())])
+            .args(["--cgroup", &corral_tests::cgroups::subtree_name(dir)])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .process_group(0)
             .spawn()
             .expect("spawn registry dev");
-        let mut child = KillOnDrop(child);
+        let mut child = KillOnDrop(child, dir.to_path_buf());
         let addr = format!("http://127.0.0.1:{grpc}");
         wait_until("registry dev to answer", Duration::from_secs(30), || {
             if let Ok(Some(status)) = child.0.try_wait() {

@@ -156,6 +156,9 @@ fn a_failing_http_check_says_why_in_status_and_events() {
             "STARTED",
             "VERSION",
             "HEALTH",
+            "CPU",
+            "MEMORY",
+            "PIDS",
             "LAST EXIT",
             "LAST ERROR"
         ],

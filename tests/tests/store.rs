@@ -18,6 +18,8 @@ fn join(name: &str, identity_hash: &str, session_id: i64, now_ms: i64) -> JoinRe
         now_ms,
         session_id,
         data_dir: String::new(),
+        cgroups: true,
+        cgroups_note: "memory /sys/fs/cgroup/memory/corral/node-a (v1)".into(),
     }
 }
 
@@ -159,6 +161,7 @@ fn heartbeats_and_sweep(backend: Backend) {
             load15: 0.125,
             memory_used_bytes: 1 << 30,
             disk_free_bytes: 1 << 35,
+            instance_usage: r#"[{"app":"demo","server":"echo","cpu_seconds":1.5}]"#.into(),
         };
         store
             .write_heartbeats(&[
@@ -180,6 +183,11 @@ fn heartbeats_and_sweep(backend: Backend) {
             .expect("heartbeats");
         let a = store.get_node("node-a").await.expect("get").expect("a");
         assert_eq!((a.last_seen_ms, a.load), (9000, Some(load)));
+        assert!(
+            a.cgroups && a.cgroups_note.contains("(v1)"),
+            "{}",
+            a.cgroups_note
+        );
         let b = store.get_node("node-b").await.expect("get").expect("b");
         assert_eq!(b.last_seen_ms, 1000);
 

@@ -30,6 +30,12 @@ pub struct Memory {
     /// start again when a new one cannot be installed (see `fallback`).
     #[serde(default)]
     pub spec: String,
+    /// Processes of the instance the OOM killer killed, since it was deployed.
+    #[serde(default)]
+    pub oom_kills: u64,
+    /// The instance's ordinal: its cgroup is `.../APP.SERVER/ORDINAL`.
+    #[serde(default)]
+    pub ordinal: u32,
 }
 
 pub fn path(dir: &Path) -> PathBuf {

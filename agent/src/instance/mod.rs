@@ -47,6 +47,8 @@ pub struct Desired {
     /// Each config file's `on_change`, in the order of `configs`.
     pub on_change: Vec<spec::OnChange>,
     pub health_kind: Option<HealthKind>,
+    /// The spec's `[resources]`.
+    pub limits: crate::cgroup::Limits,
 }
 
 impl Desired {
@@ -61,6 +63,7 @@ impl Desired {
             policy: spec::policy(&spec)?,
             stop_signal: spec::stop_signal(&spec)?,
             health_kind: spec::health_kind(&spec)?,
+            limits: crate::cgroup::Limits::from_wire(spec.resources.as_ref()),
             on_change: inst
                 .configs
                 .iter()
@@ -93,7 +96,8 @@ impl Desired {
             restart_counter: memory.acted_counter,
             prefetch: None,
             configs: Vec::new(),
-            ordinal: 0,
+            ordinal: memory.ordinal,
+            limits: crate::cgroup::Limits::default(),
             policy: state::Policy {
                 kind: state::RestartKind::Never,
                 min_uptime: Duration::ZERO,

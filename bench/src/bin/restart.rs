@@ -51,7 +51,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "corral,runit,runit-sh,supervisord"
+        default_value = "corral,corral-nocg,runit,runit-sh,supervisord"
     )]
     supervisors: Vec<String>,
     /// Children for the agent memory measurement (0: skip it).
@@ -128,8 +128,10 @@ fn print_latencies(all: &[Latencies]) {
 fn run_one(which: &str, setup: &Setup, args: &Args) -> anyhow::Result<Latencies> {
     eprintln!("{which}: {} rounds, {:?} apart", args.rounds, args.gap);
     match which {
-        "corral" => {
-            let mut corral = Corral::start(setup)?;
+        // "corral" puts the child in a cgroup of its own (the default); "corral-nocg" runs
+        // it with --cgroup off, in a process group only, as before cgroups.
+        "corral" | "corral-nocg" => {
+            let mut corral = Corral::start_with(setup, which, which == "corral")?;
             let record = corral.harness.record.clone();
             corral.apply("child", &setup.child, &record)?;
             measure(&mut corral.harness, args.rounds, args.gap)

@@ -183,6 +183,10 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
             )],
         ));
     }
+    let limits = super::resources::check(shared, &new, &new.nodes).await?;
+    if !limits.is_empty() {
+        return Err(problems(source, &limits));
+    }
     let staged = shared.store().stage_apply(&new, now_ms()).await?;
     let undone = drift(staged.applied_before.as_ref(), staged.old.as_ref(), &new);
     if !undone.is_empty() && !req.force && !req.dry_run {
@@ -263,6 +267,11 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
             corral_proto::text::quoted(f),
             req.server
         )));
+    }
+    let limits = super::resources::check(shared, &staged.spec, &req.nodes).await?;
+    if !limits.is_empty() {
+        staged.rollback().await;
+        return Err(problems(&format!("expanding {}", req.server), &limits));
     }
     let (staged, _notes) =
         check_staged(shared, staged, &format!("expanding {}", req.server)).await?;

@@ -5,6 +5,7 @@ mod apply;
 mod events;
 mod nodes;
 mod packages;
+mod resources;
 mod secrets;
 mod servers;
 

@@ -32,11 +32,14 @@ pub fn node_to_proto(row: NodeRow) -> Node {
             load15: l.load15,
             memory_used_bytes: u64::try_from(l.memory_used_bytes).unwrap_or(0),
             disk_free_bytes: u64::try_from(l.disk_free_bytes).unwrap_or(0),
+            usage: crate::usage::from_json(&l.instance_usage),
         }),
         last_seen_ms: row.last_seen_ms,
         joined_at_ms: row.joined_at_ms,
         connected_at_ms: row.connected_at_ms,
         instances: Vec::new(),
+        cgroups: row.cgroups,
+        cgroups_note: row.cgroups_note,
     }
 }
 
@@ -61,6 +64,10 @@ pub async fn get(shared: &Shared, req: GetNodeRequest) -> Result<Node, Status> {
         .into_iter()
         .map(|i| super::servers::instance_info(i, node.state))
         .collect();
+    let usage = node.load.as_ref().map_or(&[][..], |l| &l.usage[..]);
+    for i in &mut node.instances {
+        i.usage = crate::usage::find(usage, &i.server);
+    }
     Ok(node)
 }
 

@@ -60,10 +60,17 @@ pub async fn status(
     if shared.store().get_server(app, server).await?.is_none() {
         return Err(StoreError::ServerNotFound(req.server).into());
     }
-    let node_states: HashMap<String, i32> = shared
-        .store()
-        .list_nodes()
-        .await?
+    let nodes = shared.store().list_nodes().await?;
+    let usage: HashMap<String, Vec<corral_proto::v1::InstanceUsage>> = nodes
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n.name.clone(),
+                crate::usage::from_json(&n.load.as_ref()?.instance_usage),
+            ))
+        })
+        .collect();
+    let node_states: HashMap<String, i32> = nodes
         .into_iter()
         .map(|n| (n.name, number::<NodeState>(n.state.as_str())))
         .collect();
@@ -75,7 +82,10 @@ pub async fn status(
             .map(|i| {
                 // A node that never joined has no state: left unset.
                 let node_state = node_states.get(&i.node).copied().unwrap_or(0);
-                instance_info(i, node_state)
+                let used = usage.get(&i.node).map_or(&[][..], |u| &u[..]);
+                let mut info = instance_info(i, node_state);
+                info.usage = crate::usage::find(used, &info.server);
+                info
             })
             .collect(),
     })
@@ -107,6 +117,7 @@ pub fn instance_info(i: InstanceRow, node_state: i32) -> InstanceInfo {
         install,
         ordinal: u32::try_from(i.ordinal).unwrap_or(0),
         config_hold: i.config_hold,
+        usage: None,
     }
 }
 

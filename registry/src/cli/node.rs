@@ -7,7 +7,7 @@ use corral_proto::wire::name_of;
 use serde_json::{Value, json};
 
 use super::output::{ago_ms, bytes, print_table, time_ms};
-use super::server::{error_cell, instance_json, pid_cell, state_cell};
+use super::server::{error_cell, instance_json, pid_cell, state_cell, usage_cells};
 use super::{CliError, ClientArgs, Format, connect};
 use crate::store::now_ms;
 
@@ -46,6 +46,8 @@ pub fn node_json(n: &Node) -> Value {
         "joined_at": time_ms(n.joined_at_ms),
         "connected_at": time_ms(n.connected_at_ms),
         "connected_at_ms": n.connected_at_ms,
+        "cgroups": n.cgroups,
+        "cgroups_note": n.cgroups_note,
     })
 }
 
@@ -54,18 +56,32 @@ fn print_instances(instances: &[InstanceInfo]) {
     let rows: Vec<Vec<String>> = instances
         .iter()
         .map(|i| {
+            let [cpu, memory, pids] = usage_cells(i);
             vec![
                 i.server.clone(),
                 state_cell(i),
                 name_of::<HealthStatus>(i.health),
                 pid_cell(i.pid),
                 i.version.clone(),
+                cpu,
+                memory,
+                pids,
                 error_cell(i),
             ]
         })
         .collect();
     print_table(
-        &["SERVER", "STATE", "HEALTH", "PID", "VERSION", "LAST ERROR"],
+        &[
+            "SERVER",
+            "STATE",
+            "HEALTH",
+            "PID",
+            "VERSION",
+            "CPU",
+            "MEMORY",
+            "PIDS",
+            "LAST ERROR",
+        ],
         &rows,
     );
 }
@@ -150,6 +166,16 @@ pub async fn run(cmd: NodeCommand, args: &ClientArgs) -> Result<(), CliError> {
                 vec!["memory".into(), bytes(n.memory_bytes)],
                 vec!["disk".into(), bytes(n.disk_bytes)],
                 vec!["load".into(), load],
+                vec![
+                    "cgroups".into(),
+                    if n.cgroups {
+                        format!("yes: {}", n.cgroups_note)
+                    } else if n.cgroups_note.is_empty() {
+                        "not reported".into()
+                    } else {
+                        format!("no ([resources] refused): {}", n.cgroups_note)
+                    },
+                ],
                 vec![
                     "last seen".into(),
                     format!(

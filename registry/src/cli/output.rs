@@ -106,6 +106,23 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// The CPU, MEMORY and PIDS cells of an instance: CPU seconds, memory now (and at its
+/// peak), processes; `-` without a cgroup.
+pub fn usage_cells(i: &corral_proto::v1::InstanceInfo) -> [String; 3] {
+    match &i.usage {
+        Some(u) => [
+            format!("{:.2}s", u.cpu_seconds),
+            format!(
+                "{} (peak {})",
+                bytes(u.memory_bytes),
+                bytes(u.memory_peak_bytes)
+            ),
+            u.pids.to_string(),
+        ],
+        None => [String::new(), String::new(), String::new()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use corral_proto::v1::{
 use corral_proto::wire::{Named, name_of};
 use serde_json::{Value, json};
 
+pub use super::output::usage_cells;
 use super::output::{ago_ms, print_table, time_ms};
 use super::{CliError, ClientArgs, Format, connect};
 use crate::store::now_ms;
@@ -91,6 +92,14 @@ pub fn instance_json(i: &InstanceInfo) -> Value {
         "reported_at_ms": i.reported_at_ms,
         "ordinal": i.ordinal,
         "config_hold": i.config_hold,
+        "usage": i.usage.as_ref().map(|u| json!({
+            "cpu_seconds": u.cpu_seconds,
+            "cpu_throttled_seconds": u.cpu_throttled_seconds,
+            "memory_bytes": u.memory_bytes,
+            "memory_peak_bytes": u.memory_peak_bytes,
+            "pids": u.pids,
+            "oom_kills": u.oom_kills,
+        })),
     })
 }
 
@@ -189,6 +198,7 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
                 .instances
                 .iter()
                 .map(|i| {
+                    let [cpu, memory, pids] = usage_cells(i);
                     vec![
                         i.node.clone(),
                         i.ordinal.to_string(),
@@ -203,6 +213,9 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
                         },
                         i.version.clone(),
                         name_of::<HealthStatus>(i.health),
+                        cpu,
+                        memory,
+                        pids,
                         i.last_exit.clone(),
                         error_cell(i),
                     ]
@@ -219,6 +232,9 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
                     "STARTED",
                     "VERSION",
                     "HEALTH",
+                    "CPU",
+                    "MEMORY",
+                    "PIDS",
                     "LAST EXIT",
                     "LAST ERROR",
                 ],

@@ -140,6 +140,9 @@ pub fn to_toml(spec: &Spec) -> String {
         d.line("mode", &string(&super::files::mode_text(mode)));
         d.line("on_change", &string(&c.on_change));
     }
+    if let Some(r) = &spec.resources {
+        d.0.push_str(&super::resources::export(r));
+    }
     d.table("[config_restart]");
     d.line("batch", &int(spec.config_restart.batch));
     d.line("max_per_minute", &int(spec.config_restart.max_per_minute));
@@ -203,6 +206,11 @@ render_wait = { min = "1s", max = "10s" }
 [config_restart]
 batch = 2
 max_per_minute = 3
+[resources]
+memory = "256MiB"
+cpu = 1.5
+cpu_weight = 200
+pids = 512
 "#,
         );
         round_trip(

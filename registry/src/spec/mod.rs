@@ -6,6 +6,7 @@
 //!
 //! * [`model`] — the checked spec, as stored;
 //! * [`parse`](parse()) + `checker` + `sections` + `extra` — parsing and checking;
+//! * [`resources`] — `[resources]`, the limits of each instance's cgroup;
 //! * [`render`] — templates; `export` — the spec back as TOML; `diff` — what an apply
 //!   changes, in words; `proto` — the spec in the agent's form.
 
@@ -19,6 +20,7 @@ pub mod model;
 mod parse;
 mod proto;
 pub mod render;
+pub mod resources;
 mod sections;
 
 pub(crate) use checker::{Checker, check_name, type_name};

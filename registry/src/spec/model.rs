@@ -38,6 +38,9 @@ pub struct Spec {
     /// Adapters' weights, tags and meta, and the `[metrics]` adapter ([`super::meta`]).
     #[serde(default, skip_serializing_if = "super::meta::SpecMeta::is_empty")]
     pub metadata: super::meta::SpecMeta,
+    /// `[resources]`: the limits of each instance's cgroup; None: no limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<super::resources::Resources>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

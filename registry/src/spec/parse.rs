@@ -29,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "config_restart",
     "metrics",
     "files",
+    "resources",
 ];
 
 /// Checks a package version: `[A-Za-z0-9._+-]{1,63}`, not starting with a dot.
@@ -244,6 +245,13 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
     let restart = restart(&mut c, &table);
     let stop = stop(&mut c, &table);
     let config_restart = extra::config_restart(&mut c, &table);
+    let resources = super::resources::parse(&mut c, &table);
+    if external.is_some() && resources.is_some() {
+        c.err(
+            "resources",
+            "an external service is not run by Corral, so it has no limits",
+        );
+    }
 
     if c.errors.is_empty() {
         Ok(Spec {
@@ -263,6 +271,7 @@ pub fn parse(text: &str, source: &str) -> Result<Spec, SpecErrors> {
             external,
             config_restart,
             metadata,
+            resources,
         })
     } else {
         Err(SpecErrors(c.errors))

@@ -73,6 +73,7 @@ impl Spec {
                 signal: self.stop.signal.clone(),
                 timeout_ms: ms(self.stop.timeout),
             }),
+            resources: self.resources.as_ref().map(|r| r.to_proto()),
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct LoadRow {
     pub load15: f64,
     pub memory_used_bytes: i64,
     pub disk_free_bytes: i64,
+    /// What each instance uses, from its cgroup (JSON, see [`crate::usage`]).
+    pub instance_usage: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -59,6 +61,10 @@ pub struct NodeRow {
     pub connected_at_ms: i64,
     pub session_id: i64,
     pub data_dir: String,
+    /// Whether the agent runs instances in cgroups (and takes `[resources]`).
+    pub cgroups: bool,
+    /// Where the cgroups are, or why there are none.
+    pub cgroups_note: String,
 }
 
 /// What a session writes when its node joins.
@@ -77,6 +83,8 @@ pub struct JoinRecord {
     pub now_ms: i64,
     pub session_id: i64,
     pub data_dir: String,
+    pub cgroups: bool,
+    pub cgroups_note: String,
 }
 
 /// One node's entry in a batched heartbeat write.
@@ -91,7 +99,7 @@ pub struct HeartbeatRow {
 const NODE_COLUMNS: &str = "name, identity_hash, state, address, agent_version, hostname, os, \
      kernel, cpu_cores, memory_bytes, disk_bytes, cpu_percent, load1, load5, load15, \
      memory_used_bytes, disk_free_bytes, has_load, last_seen_ms, joined_at_ms, \
-     connected_at_ms, session_id, data_dir";
+     connected_at_ms, session_id, data_dir, cgroups, cgroups_note, instance_usage";
 
 fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
     let has_load: i64 = row.try_get("has_load")?;
@@ -103,6 +111,7 @@ fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
             load15: row.try_get("load15")?,
             memory_used_bytes: row.try_get("memory_used_bytes")?,
             disk_free_bytes: row.try_get("disk_free_bytes")?,
+            instance_usage: super::servers::text_column(row, "instance_usage")?,
         })
     } else {
         None
@@ -125,6 +134,8 @@ fn node_from_row(row: &AnyRow) -> Result<NodeRow, sqlx::Error> {
         connected_at_ms: row.try_get("connected_at_ms")?,
         session_id: row.try_get("session_id")?,
         data_dir: row.try_get("data_dir")?,
+        cgroups: row.try_get::<i64, _>("cgroups")? != 0,
+        cgroups_note: row.try_get("cgroups_note")?,
     })
 }
 
@@ -160,7 +171,8 @@ impl Store {
         let result = sqlx::query(
             "INSERT INTO nodes (name, identity_hash, state, address, agent_version, hostname, \
              os, kernel, cpu_cores, memory_bytes, disk_bytes, last_seen_ms, joined_at_ms, \
-             connected_at_ms, session_id, data_dir) VALUES (?, ?, 'up', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             connected_at_ms, session_id, data_dir, cgroups, cgroups_note, instance_usage) \
+             VALUES (?, ?, 'up', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '')",
         )
         .bind(&join.name)
         .bind(&join.identity_hash)
@@ -177,6 +189,8 @@ impl Store {
         .bind(join.now_ms)
         .bind(join.session_id)
         .bind(&join.data_dir)
+        .bind(i64::from(join.cgroups))
+        .bind(&join.cgroups_note)
         .execute(&self.pool)
         .await;
         match result {
@@ -194,7 +208,8 @@ impl Store {
         let done = sqlx::query(
             "UPDATE nodes SET state = 'up', address = ?, agent_version = ?, hostname = ?, \
              os = ?, kernel = ?, cpu_cores = ?, memory_bytes = ?, disk_bytes = ?, \
-             last_seen_ms = ?, connected_at_ms = ?, session_id = ?, data_dir = ? \
+             last_seen_ms = ?, connected_at_ms = ?, session_id = ?, data_dir = ?, \
+             cgroups = ?, cgroups_note = ?, instance_usage = '' \
              WHERE name = ? AND identity_hash = ?",
         )
         .bind(&join.address)
@@ -209,6 +224,8 @@ impl Store {
         .bind(join.now_ms)
         .bind(join.session_id)
         .bind(&join.data_dir)
+        .bind(i64::from(join.cgroups))
+        .bind(&join.cgroups_note)
         .bind(&join.name)
         .bind(&join.identity_hash)
         .execute(&self.pool)
@@ -266,8 +283,8 @@ impl Store {
             let load = row.load.clone().unwrap_or_default();
             let done = sqlx::query(
                 "UPDATE nodes SET state = 'up', last_seen_ms = ?, cpu_percent = ?, load1 = ?, \
-                 load5 = ?, load15 = ?, memory_used_bytes = ?, disk_free_bytes = ?, has_load = ? \
-                 WHERE name = ? AND session_id = ? AND last_seen_ms < ?",
+                 load5 = ?, load15 = ?, memory_used_bytes = ?, disk_free_bytes = ?, has_load = ?, \
+                 instance_usage = ? WHERE name = ? AND session_id = ? AND last_seen_ms < ?",
             )
             .bind(row.last_seen_ms)
             .bind(load.cpu_percent)
@@ -277,6 +294,7 @@ impl Store {
             .bind(load.memory_used_bytes)
             .bind(load.disk_free_bytes)
             .bind(i64::from(row.load.is_some()))
+            .bind(&load.instance_usage)
             .bind(&row.name)
             .bind(row.session_id)
             .bind(row.last_seen_ms)

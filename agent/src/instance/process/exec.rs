@@ -50,7 +50,7 @@ pub(super) fn resolve_program(
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))
 }
 
-fn c_string(text: impl Into<Vec<u8>>) -> std::io::Result<CString> {
+pub(super) fn c_string(text: impl Into<Vec<u8>>) -> std::io::Result<CString> {
     CString::new(text).map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -193,6 +193,11 @@ pub(super) fn fork_as_user(
     use std::os::unix::process::CommandExt as _;
     let cwd = c_string(plan.cwd.as_os_str().as_encoded_bytes())?;
     let groups: Vec<libc::gid_t> = user.groups.clone();
+    let procs: Vec<libc::c_int> = plan
+        .cgroup_procs
+        .iter()
+        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .collect();
     let (uid, gid) = (user.uid, user.gid);
     let mut cmd = std::process::Command::new(program);
     cmd.arg0(&plan.program)
@@ -205,7 +210,8 @@ pub(super) fn fork_as_user(
     new_session(&mut cmd);
     // std's `uid()` would drop every supplementary group (its `groups()` is unstable), so
     // the ids are set here. SAFETY: the closure runs in the forked child before exec and
-    // only calls setgroups(2), setgid(2), setuid(2) and chdir(2), which are
+    // only calls write(2) (entering the instance's cgroups through descriptors opened
+    // before the fork), setgroups(2), setgid(2), setuid(2) and chdir(2), which are
     // async-signal-safe, on memory made before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
@@ -216,6 +222,11 @@ pub(super) fn fork_as_user(
                     Err(std::io::Error::last_os_error())
                 }
             };
+            for fd in &procs {
+                if libc::write(*fd, c"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             check(libc::setgroups(groups.len(), groups.as_ptr()))?;
             check(libc::setgid(gid))?;
             check(libc::setuid(uid))?;

@@ -3,11 +3,13 @@
 //! whole group.
 //!
 //! * `exec.rs` — posix_spawn, or a fork for another user, into a new session;
+//! * `clone.rs` — clone(CLONE_VM | CLONE_VFORK) into the instance's cgroup, then exec;
 //! * `plan.rs` — what a spawn needs ([`SpawnPlan`], [`ServiceUser`]);
 //! * `pidfd.rs` — watching a process end, reaping our children;
 //! * `procfs.rs` — start time, group, age and boot id from `/proc`;
 //! * `group.rs` — signalling a process group, and whether any of it is left.
 
+mod clone;
 mod exec;
 mod group;
 mod pidfd;
@@ -123,6 +125,9 @@ pub fn spawn(plan: &SpawnPlan) -> Result<Proc, SpawnError> {
     let program = resolve_program(&plan.program, &plan.env).map_err(exec_error)?;
     let pid = match plan.user {
         Some(ref user) => fork_as_user(&program, plan, user, stdout, stderr),
+        None if !plan.cgroup_procs.is_empty() => {
+            clone::clone_into_cgroup(&program, plan, &stdout, &stderr, &plan.cgroup_procs)
+        }
         None => posix_spawn_session(&program, plan, &stdout, &stderr),
     }
     .map_err(exec_error)?;

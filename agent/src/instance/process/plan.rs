@@ -14,6 +14,9 @@ pub struct SpawnPlan {
     pub stderr: PathBuf,
     /// The user to run as; None: the agent's.
     pub user: Option<ServiceUser>,
+    /// The `cgroup.procs` files of the instance's cgroups, open for writing: the child
+    /// enters them before it execs. Empty: no cgroup (the process group is the instance).
+    pub cgroup_procs: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Who a service runs as: the user's uid, primary gid and every group it belongs to

@@ -40,6 +40,7 @@ impl Runner {
             match adopted {
                 Some(proc) => {
                     info!(instance = %self.name, pid = proc.pid, "adopted a running process");
+                    self.oom_seen = self.cgroup.as_ref().map_or(0, |cg| cg.oom_kills());
                     self.started_at_ms = proc.started_at_ms;
                     self.group = Some(proc.pid);
                     self.proc = Some(proc);
@@ -56,6 +57,7 @@ impl Runner {
                     return;
                 }
                 None => {
+                    self.clear_cgroup();
                     // It ended while no agent watched it: report that, then apply policy.
                     self.machine = Machine::new(State::Running);
                     self.memory.pid = 0;
@@ -82,11 +84,32 @@ impl Runner {
                 }
             }
         }
+        self.clear_cgroup();
         self.publish(None);
         if self.desired.running {
             self.reason = "deployed".into();
             self.apply(Event::Start);
         }
+    }
+
+    /// No process this agent knows of runs: whatever is in the instance's cgroup was left
+    /// by one that ended (a crash, or an agent that died before it wrote what it started)
+    /// and is killed; an empty cgroup is removed.
+    fn clear_cgroup(&mut self) {
+        let Some(cg) = &self.cgroup else {
+            return;
+        };
+        if !cg.exists() {
+            return;
+        }
+        if !cg.is_empty() {
+            let left = cg.pids();
+            info!(instance = %self.name, processes = left.len(), cgroup = %cg.path().display(), "killing what a process that ended left in its cgroup");
+            if let Err(e) = cg.kill() {
+                self.last_error = e;
+            }
+        }
+        cg.remove();
     }
 
     /// Acts on a restart counter bumped since the last restart we did.

@@ -32,7 +32,11 @@ impl Runner {
             *reason = e;
             return Event::SpawnFailed;
         }
-        let plan = self.plan(spec, release.as_deref());
+        let plan = self.plan(spec, release.as_deref()).and_then(|mut plan| {
+            let (fds, oom_kills, limits) = self.enter_cgroup(spec)?;
+            plan.cgroup_procs = fds;
+            Ok((plan, oom_kills, limits))
+        });
         let version = spec
             .package
             .as_ref()
@@ -41,12 +45,17 @@ impl Runner {
         let hash = other.map_or_else(|| self.hash.clone(), spec_hash);
         let kept = fallback::encode(spec);
         self.write_configs();
-        match plan.and_then(|plan| process::spawn(&plan).map_err(|e| e.to_string())) {
+        let spawned = plan.and_then(|(plan, oom_kills, limits)| {
+            self.oom_seen = oom_kills;
+            self.limits_written = self.cgroup.is_some().then_some(limits);
+            process::spawn(&plan).map_err(|e| e.to_string())
+        });
+        match spawned {
             Ok(proc) => {
                 if self.memory.started_at_ms != 0 {
                     self.memory.restarts += 1;
                 }
-                self.last_error.clear();
+                self.last_error = self.oom_note.clone();
                 self.started_at_ms = proc.started_at_ms;
                 self.group = Some(proc.pid);
                 self.memory.pid = proc.pid;
@@ -56,6 +65,7 @@ impl Runner {
                 self.memory.spec_hash = hash;
                 self.memory.spec = kept;
                 self.memory.version = version;
+                self.memory.ordinal = self.desired.ordinal;
                 self.save();
                 if !reason.is_empty() {
                     reason.push_str("; ");
@@ -71,6 +81,27 @@ impl Runner {
                 Event::SpawnFailed
             }
         }
+    }
+
+    /// The instance's cgroup, created with the spec's limits: the `cgroup.procs` files
+    /// the child enters. A spec with `[resources]` on a node without cgroups is refused,
+    /// never run without its limits.
+    fn enter_cgroup(
+        &self,
+        spec: &ServerSpec,
+    ) -> Result<(Vec<std::os::fd::OwnedFd>, u64, crate::cgroup::Limits), String> {
+        let limits = crate::cgroup::Limits::from_wire(spec.resources.as_ref());
+        let Some(cg) = &self.cgroup else {
+            if limits.any() {
+                return Err(format!(
+                    "the spec has [resources] but this node cannot apply them: {}",
+                    self.shared.cgroups_error
+                ));
+            }
+            return Ok((Vec::new(), 0, limits));
+        };
+        let fds = cg.prepare(&limits, self.limits_written.as_ref())?;
+        Ok((fds, cg.oom_kills(), limits))
     }
 
     /// Every adapter's port must be free on the node's address before the start; a
@@ -160,6 +191,7 @@ impl Runner {
             stdout: self.dir.join("logs/stdout.log"),
             stderr: self.dir.join("logs/stderr.log"),
             user,
+            cgroup_procs: Vec::new(),
         })
     }
 }

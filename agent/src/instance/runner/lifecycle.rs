@@ -11,7 +11,7 @@ use rand::Rng;
 
 use super::Runner;
 use crate::instance::process::{self, ExitInfo};
-use crate::instance::state::{Action, Event, step};
+use crate::instance::state::{Action, Event, State, step};
 use crate::instance::{reason, spec};
 
 impl Runner {
@@ -47,11 +47,17 @@ impl Runner {
             Action::Spawn => self.spawn_or_install(reason),
             Action::SignalGroup => {
                 // Nothing runs (an install was in progress, or the group already ended).
-                if !self.group.is_some_and(process::group_alive) {
+                if !self.anything_left() {
                     self.start_cancelled();
                     return Some(Event::GroupGone);
                 }
                 let sig = self.desired.stop_signal;
+                // Every process of the cgroup gets the stop signal, daemons included.
+                if let Some(cg) = &self.cgroup
+                    && let Err(e) = cg.signal(sig)
+                {
+                    self.last_error = e;
+                }
                 if let Some(pgid) = self.group
                     && let Err(e) = process::signal_group(pgid, sig)
                 {
@@ -61,6 +67,12 @@ impl Runner {
                 None
             }
             Action::KillGroup => {
+                if let Some(cg) = &self.cgroup
+                    && let Err(e) = cg.kill()
+                {
+                    self.last_error =
+                        format!("cannot kill the cgroup {}: {e}", cg.path().display());
+                }
                 if let Some(pgid) = self.group
                     && let Err(e) = process::signal_group(pgid, Signal::SIGKILL)
                 {
@@ -95,7 +107,25 @@ impl Runner {
     }
 
     /// The main process ended.
-    pub(super) fn exited(&mut self, info: ExitInfo) {
+    pub(super) fn exited(&mut self, mut info: ExitInfo) {
+        if self.oom_killed() {
+            let limit = self
+                .desired
+                .limits
+                .memory_bytes
+                .map_or_else(String::new, |b| {
+                    format!(" (memory limit {})", bytesize::ByteSize(b).display().iec())
+                });
+            info.description = format!(
+                "oom: killed by the kernel's OOM killer{limit}, {}",
+                info.description
+            );
+            info.failed = true;
+            self.oom_note = info.description.clone();
+            self.last_error = self.oom_note.clone();
+        } else {
+            self.oom_note.clear();
+        }
         let uptime = self
             .proc
             .as_ref()
@@ -121,17 +151,40 @@ impl Runner {
         }
     }
 
-    /// While stopping: is any process of the group left?
+    /// Whether any process of the instance is left: of its process group, or of its
+    /// cgroup (where double-forked daemons are too).
+    fn anything_left(&self) -> bool {
+        self.group.is_some_and(process::group_alive)
+            || self.cgroup.as_ref().is_some_and(|cg| !cg.is_empty())
+    }
+
+    /// While stopping: is any process of the group (or cgroup) left?
     pub(super) fn group_check(&mut self) {
-        if let Some(pgid) = self.group
-            && process::group_alive(pgid)
-        {
+        if self.anything_left() {
             return;
         }
         self.awaiting_group = false;
         self.stop_deadline = None;
         self.group = None;
         self.apply(Event::GroupGone);
+        if self.machine.state == State::Stopped
+            && let Some(cg) = &self.cgroup
+        {
+            cg.remove();
+            self.limits_written = None;
+        }
+    }
+
+    /// Whether the OOM killer killed in the instance's cgroup since the last look.
+    fn oom_killed(&mut self) -> bool {
+        let Some(cg) = &self.cgroup else {
+            return false;
+        };
+        let kills = cg.oom_kills();
+        let new = kills.saturating_sub(self.oom_seen);
+        self.oom_seen = kills;
+        self.memory.oom_kills += new;
+        new > 0
     }
 }
 

@@ -68,6 +68,9 @@ pub struct Shared {
     /// Whether services may run as root.
     pub allow_root: bool,
     pub installer: Installer,
+    /// The agent's cgroups; None: not usable here, for the reason in `cgroups_error`.
+    pub cgroups: Option<Arc<crate::cgroup::Cgroups>>,
+    pub cgroups_error: String,
 }
 
 /// The task downloading and unpacking a release (what it is for is in [`Install`]).
@@ -89,6 +92,15 @@ pub struct Runner {
     proc: Option<Proc>,
     /// The process group of the last process started: it outlives the main process.
     group: Option<u32>,
+    /// The instance's cgroup (None without cgroups): what a stop kills and waits for.
+    cgroup: Option<crate::cgroup::InstanceCgroup>,
+    /// OOM kills in the cgroup counted so far (to tell whether an exit was one).
+    oom_seen: u64,
+    /// The limits last written to the cgroup (None: not written by this runner).
+    limits_written: Option<crate::cgroup::Limits>,
+    /// Why the last process ended, when the OOM killer ended it: kept as the last error
+    /// across the restart that follows.
+    oom_note: String,
     memory: Memory,
     last_exit: String,
     last_error: String,
@@ -140,7 +152,15 @@ impl Runner {
         let name = format!("{app}.{server}");
         let dir = shared.instances_dir.join(&name);
         let hash = spec_hash(&desired.spec);
+        let cgroup = shared
+            .cgroups
+            .as_ref()
+            .map(|cg| cg.instance(&name, desired.ordinal));
         let runner = Runner {
+            cgroup,
+            oom_seen: 0,
+            limits_written: None,
+            oom_note: String::new(),
             policy: desired.policy,
             name,
             app,
@@ -194,7 +214,12 @@ impl Runner {
                 }
                 Wake::StopTimeout => {
                     self.stop_deadline = None;
-                    self.reason = "stop timeout: SIGKILL to the process group".into();
+                    self.reason = if self.cgroup.is_some() {
+                        "stop timeout: every process of the cgroup killed"
+                    } else {
+                        "stop timeout: SIGKILL to the process group"
+                    }
+                    .into();
                     self.apply(Event::StopTimeout);
                 }
                 Wake::Installed(result) => self.installed(result),
@@ -289,6 +314,10 @@ impl Runner {
             State::Stopping | State::Starting | State::Running
         ) {
             return false;
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.remove();
+            self.limits_written = None;
         }
         if finish == Finish::Remove {
             memory::forget(&self.dir);
