@@ -103,11 +103,17 @@ impl UsageFamilies {
             self.throttled_seconds
                 .get_or_create(&l)
                 .set(u.cpu_throttled_seconds);
-            self.memory_bytes.get_or_create(&l).set(int(u.memory_bytes));
-            self.memory_peak_bytes
-                .get_or_create(&l)
-                .set(int(u.memory_peak_bytes));
-            self.pids.get_or_create(&l).set(int(u.pids));
+            // Not measured (no memory or pids cgroup): no sample rather than a zero.
+            let gauges = [
+                (&self.memory_bytes, u.memory_bytes),
+                (&self.memory_peak_bytes, u.memory_peak_bytes),
+                (&self.pids, u.pids),
+            ];
+            for (family, value) in gauges {
+                if let Some(v) = value {
+                    family.get_or_create(&l).set(int(v));
+                }
+            }
             self.oom_kills.get_or_create(&l).set(int(u.oom_kills));
         }
     }
@@ -236,7 +242,7 @@ mod tests {
             app: "demo".into(),
             server: "echo".into(),
             cpu_seconds: 1.5,
-            memory_bytes: 4096,
+            memory_bytes: Some(4096),
             oom_kills: 1,
             ..Default::default()
         };

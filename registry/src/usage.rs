@@ -12,9 +12,10 @@ struct Row {
     server: String,
     cpu_seconds: f64,
     cpu_throttled_seconds: f64,
-    memory_bytes: u64,
-    memory_peak_bytes: u64,
-    pids: u64,
+    /// None: not measured (no memory or pids cgroup for the instance).
+    memory_bytes: Option<u64>,
+    memory_peak_bytes: Option<u64>,
+    pids: Option<u64>,
     oom_kills: u64,
 }
 
@@ -77,7 +78,7 @@ mod tests {
             app: "demo".into(),
             server: "echo".into(),
             cpu_seconds: 1.25,
-            memory_bytes: 1 << 20,
+            memory_bytes: Some(1 << 20),
             oom_kills: 2,
             ..Default::default()
         };

@@ -485,3 +485,81 @@ fn a_restarted_agent_kills_what_a_dead_main_process_left_and_removes_stray_cgrou
         }
     });
 }
+
+#[test]
+fn an_instance_without_resources_is_created_in_its_own_v2_cgroup_and_stop_leaves_nothing() {
+    if !cgroups_here() {
+        return;
+    }
+    let f = one(&[]);
+    let Some(v2) = cgroups::instance_dir(&f.agent.data_dir, "node-a", "demo.plain", "v2") else {
+        eprintln!("SKIPPED: no cgroup2 hierarchy on this host");
+        return;
+    };
+    // The main process and a child that left its session: both in the instance's cgroup.
+    let script = "(setsid sleep 100000 &); exec sleep 100000";
+    f.registry.apply(&spec("plain", script, ""));
+    let i = f
+        .registry
+        .wait_instance("demo.plain", "node-a", "running", 30 * S, |i| {
+            i["state"] == "running"
+        });
+    let main = pid_of(&i);
+    let procs = wait_until(
+        "the main process and its child in the v2 cgroup",
+        10 * S,
+        || {
+            let pids = cgroups::pids_under(&v2);
+            if pids.contains(&(main as i32)) && pids.len() >= 2 {
+                Ok(pids)
+            } else {
+                Err(format!("{} holds {pids:?}, main is {main}", v2.display()))
+            }
+        },
+    );
+    let own = std::fs::read_to_string(format!("/proc/{main}/cgroup")).unwrap_or_default();
+    assert!(
+        own.lines()
+            .any(|l| l.starts_with("0::") && l.ends_with("/demo.plain/0")),
+        "{own}"
+    );
+    // On a hybrid host it is moved into no v1 hierarchy: memory and pids are then not
+    // measured (absent, not zero); CPU time comes from the cgroup2 cpu.stat.
+    let v1_memory = cgroups::instance_dir(&f.agent.data_dir, "node-a", "demo.plain", "memory");
+    if let Some(dir) = &v1_memory {
+        assert!(!dir.exists(), "{} exists", dir.display());
+    }
+    let i = f
+        .registry
+        .wait_instance("demo.plain", "node-a", "usage", 20 * S, |i| {
+            i["usage"]["cpu_seconds"].is_f64()
+        });
+    if v1_memory.is_some() {
+        assert!(i["usage"]["memory_bytes"].is_null(), "{i}");
+        assert!(i["usage"]["pids"].is_null(), "{i}");
+    } else {
+        assert!(i["usage"]["pids"].as_u64().unwrap_or(0) >= 1, "{i}");
+    }
+    let out = f.registry.cli(&["server", "stop", "demo.plain"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    f.registry
+        .wait_instance("demo.plain", "node-a", "stopped", 30 * S, |i| {
+            i["state"] == "stopped"
+        });
+    wait_until("every process gone and the cgroup removed", 10 * S, || {
+        let left: Vec<i32> = procs.iter().copied().filter(|p| alive(*p as u32)).collect();
+        if left.is_empty() && !v2.exists() {
+            Ok(())
+        } else {
+            Err(format!(
+                "alive {left:?}, {} exists: {}",
+                v2.display(),
+                v2.exists()
+            ))
+        }
+    });
+}

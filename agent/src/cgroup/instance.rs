@@ -1,12 +1,14 @@
 //! The cgroup of one instance, `OWN/SUBTREE/NODE/APP.SERVER/ORDINAL` in every hierarchy
-//! the agent uses: created with its limits before each start (the child enters it between
-//! clone and exec, through the descriptors [`InstanceCgroup::prepare`] opens), signalled
-//! and killed as a whole, measured, removed once empty.
+//! the agent uses: created with its limits before each start (the child is created in it,
+//! or enters it between clone and exec, through the descriptors
+//! [`InstanceCgroup::prepare`] opens), signalled and killed as a whole, measured,
+//! removed once empty. Without `[resources]` on a hybrid host only the cgroup2 one.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -22,11 +24,28 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// How long a freeze may take before the kill goes ahead anyway.
 const FREEZE_WAIT: Duration = Duration::from_millis(200);
 
+/// How a child enters the instance's cgroup.
+#[derive(Debug, Default)]
+pub struct Entry {
+    /// The v2 cgroup's directory, when that is the only cgroup: the child is created in
+    /// it (clone3 with CLONE_INTO_CGROUP), no migration.
+    pub dir: Option<OwnedFd>,
+    /// The `cgroup.procs` of each cgroup, which the child writes itself into before it
+    /// execs (limits on v1 hierarchies).
+    pub procs: Vec<OwnedFd>,
+}
+
 #[derive(Clone, Debug)]
 pub struct InstanceCgroup {
     cg: Arc<Cgroups>,
     /// `APP.SERVER/ORDINAL`
     rel: PathBuf,
+    /// The v2 cgroup was created by this agent and not killed through `cgroup.kill`
+    /// since. Linux 6.18 (as observed on the test machine) SIGKILLs a child that clone3
+    /// creates in a cgroup that was once killed through `cgroup.kill` (its fork-versus-kill
+    /// check compares the cgroup's kill count with the parent's), so a cgroup that is
+    /// not known to be fresh is made anew before a clone3 start.
+    fresh: Arc<AtomicBool>,
 }
 
 impl InstanceCgroup {
@@ -34,6 +53,7 @@ impl InstanceCgroup {
         InstanceCgroup {
             cg,
             rel: Path::new(server).join(ordinal.to_string()),
+            fresh: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -61,22 +81,68 @@ impl InstanceCgroup {
         out
     }
 
-    /// Creates the cgroup (again), writes its limits and opens its `cgroup.procs` files
-    /// for the child to enter before it execs. When `written` says these limits are
-    /// in place already (a restart of the same spec) and the cgroup is still there, only
-    /// the files are opened: a restart pays for no more than it needs.
-    pub fn prepare(
-        &self,
-        limits: &Limits,
-        written: Option<&Limits>,
-    ) -> Result<Vec<OwnedFd>, String> {
-        if written == Some(limits)
-            && let Some(fds) = self.open_procs()
-        {
-            return Ok(fds);
+    /// The hierarchies a start with `limits` needs. With limits, every one; without, on a
+    /// host whose membership is v2, that one alone: membership, kill and CPU time (the
+    /// core `cpu.stat`) need no controller, so the child is created in it (clone3) and
+    /// moved into no v1 hierarchy. On pure v2 both are the same one hierarchy.
+    fn needed(&self, limits: &Limits) -> Vec<usize> {
+        let c = &self.cg;
+        if c.hiers[c.member].v2 && !limits.any() {
+            vec![c.member]
+        } else {
+            self.used()
         }
-        let mut fds = Vec::new();
-        for i in self.used() {
+    }
+
+    /// Creates the cgroup (again), writes its limits and opens what the child needs to
+    /// enter it ([`Entry`]). When `written` says these limits are in place already (a
+    /// restart of the same spec) and the cgroup is still there, only that is opened: a
+    /// restart pays for no more than it needs.
+    pub fn prepare(&self, limits: &Limits, written: Option<&Limits>) -> Result<Entry, String> {
+        let needed = self.needed(limits);
+        let clone3 = matches!(needed[..], [i] if self.cg.hiers[i].v2);
+        let dir = self.dir(self.cg.member);
+        if clone3 && !self.fresh.load(Ordering::Relaxed) && dir.exists() {
+            // Made anew (see `fresh`); still busy (processes of a kill not yet gone):
+            // this start moves into it through cgroup.procs instead.
+            if std::fs::remove_dir(&dir).is_err() {
+                return self.enter_by_procs(limits, &needed);
+            }
+        } else if written == Some(limits)
+            && let Some(entry) = self.open_entry(&needed)
+        {
+            return Ok(entry);
+        }
+        self.make(limits, &needed)?;
+        if clone3 {
+            self.fresh.store(true, Ordering::Relaxed);
+        }
+        self.open_entry(&needed).ok_or_else(|| {
+            format!(
+                "cannot open the cgroup {}: {}",
+                self.path().display(),
+                std::io::Error::last_os_error()
+            )
+        })
+    }
+
+    /// The cgroup as it is, entered through its `cgroup.procs`.
+    fn enter_by_procs(&self, limits: &Limits, needed: &[usize]) -> Result<Entry, String> {
+        self.make(limits, needed)?;
+        let procs = self.dir(self.cg.member).join("cgroup.procs");
+        let f = File::options()
+            .write(true)
+            .open(&procs)
+            .map_err(|e| format!("cannot open {}: {e}", procs.display()))?;
+        Ok(Entry {
+            dir: None,
+            procs: vec![OwnedFd::from(f)],
+        })
+    }
+
+    /// Creates the cgroups `needed` (those that exist stay) and writes the limits.
+    fn make(&self, limits: &Limits, needed: &[usize]) -> Result<(), String> {
+        for &i in needed {
             let dir = self.dir(i);
             let h = &self.cg.hiers[i];
             if let Some(parent) = dir.parent() {
@@ -87,29 +153,46 @@ impl InstanceCgroup {
                 }
             }
             mkdir(&dir)?;
-            let procs = dir.join("cgroup.procs");
-            let f = File::options()
-                .write(true)
-                .open(&procs)
-                .map_err(|e| format!("cannot open {}: {e}", procs.display()))?;
-            fds.push(OwnedFd::from(f));
         }
-        self.write_limits(limits)?;
-        Ok(fds)
+        if needed.len() == self.used().len() {
+            self.write_limits(limits)?;
+        } else {
+            // v1 cgroups of an earlier spec with [resources]: their limits no longer apply.
+            for i in self.used().into_iter().filter(|i| !needed.contains(i)) {
+                let _ = std::fs::remove_dir(self.dir(i));
+            }
+        }
+        Ok(())
     }
 
-    /// The `cgroup.procs` files of an existing cgroup; None if one is missing.
-    fn open_procs(&self) -> Option<Vec<OwnedFd>> {
-        self.used()
-            .into_iter()
-            .map(|i| {
+    /// What the child enters: the v2 directory when that is all it needs, else every
+    /// needed `cgroup.procs`. None if a cgroup is missing.
+    fn open_entry(&self, needed: &[usize]) -> Option<Entry> {
+        if let [i] = needed
+            && self.cg.hiers[*i].v2
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let dir = File::options()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(self.dir(*i))
+                .ok()?;
+            return Some(Entry {
+                dir: Some(OwnedFd::from(dir)),
+                procs: Vec::new(),
+            });
+        }
+        let procs = needed
+            .iter()
+            .map(|&i| {
                 File::options()
                     .write(true)
                     .open(self.dir(i).join("cgroup.procs"))
                     .ok()
                     .map(OwnedFd::from)
             })
-            .collect()
+            .collect::<Option<Vec<_>>>()?;
+        Some(Entry { dir: None, procs })
     }
 
     fn write_limits(&self, l: &Limits) -> Result<(), String> {
@@ -175,6 +258,11 @@ impl InstanceCgroup {
             return Ok(());
         }
         if self.cg.kill_file {
+            // Nothing to kill: no kill either (see `fresh`).
+            if self.is_empty() {
+                return Ok(());
+            }
+            self.fresh.store(false, Ordering::Relaxed);
             return write(&dir.join("cgroup.kill"), "1");
         }
         let freezer = self.freezer();
@@ -257,6 +345,7 @@ impl InstanceCgroup {
             (&self.dir(c.cpu), c.hiers[c.cpu].v2),
             (&self.dir(c.memory), c.hiers[c.memory].v2),
             &self.dir(c.pids),
+            &self.dir(c.member),
         )
     }
 }

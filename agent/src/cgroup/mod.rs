@@ -29,7 +29,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use instance::InstanceCgroup;
+pub use instance::{Entry, InstanceCgroup};
 pub use usage::Usage;
 
 /// The leaf the agent moves itself into on cgroup v2.

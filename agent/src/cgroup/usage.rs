@@ -9,9 +9,10 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Time the CPU limit held the instance back.
     pub throttled_seconds: f64,
-    pub memory_bytes: u64,
-    pub memory_peak_bytes: u64,
-    pub pids: u64,
+    /// None: not measured (no memory or pids cgroup: see [`read`]).
+    pub memory_bytes: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+    pub pids: Option<u64>,
 }
 
 /// The value of `key` in a flat-keyed file (`key value` per line: `cpu.stat`,
@@ -33,13 +34,22 @@ fn single(path: &Path) -> Option<u64> {
 }
 
 /// Reads the figures from the instance's directories: (dir, is v2) for CPU time, the CPU
-/// controller and memory; the pids controller's dir.
+/// controller and memory; the pids controller's dir. A v1 directory that does not exist
+/// (an instance without `[resources]` on a hybrid host is in the cgroup2 hierarchy
+/// alone) is read in `member`, the cgroup2 one, where the core `cpu.stat` gives CPU time
+/// without any controller; memory and pids are then not measured (None, not zero).
 pub fn read(
     cpuacct: (&Path, bool),
     cpu: (&Path, bool),
     memory: (&Path, bool),
     pids: &Path,
+    member: &Path,
 ) -> Usage {
+    let cpuacct = if !cpuacct.1 && !cpuacct.0.is_dir() {
+        (member, true)
+    } else {
+        cpuacct
+    };
     let cpu_seconds = if cpuacct.1 {
         keyed(&cpuacct.0.join("cpu.stat"), "usage_usec").map(|u| u as f64 / 1e6)
     } else {
@@ -58,9 +68,9 @@ pub fn read(
     Usage {
         cpu_seconds: cpu_seconds.unwrap_or(0.0),
         throttled_seconds: throttled_seconds.unwrap_or(0.0),
-        memory_bytes: single(&memory.0.join(current)).unwrap_or(0),
-        memory_peak_bytes: single(&memory.0.join(peak)).unwrap_or(0),
-        pids: single(&pids.join("pids.current")).unwrap_or(0),
+        memory_bytes: single(&memory.0.join(current)),
+        memory_peak_bytes: single(&memory.0.join(peak)),
+        pids: single(&pids.join("pids.current")),
     }
 }
 

@@ -129,11 +129,23 @@ fn run_one(which: &str, setup: &Setup, args: &Args) -> anyhow::Result<Latencies>
     eprintln!("{which}: {} rounds, {:?} apart", args.rounds, args.gap);
     match which {
         // "corral" puts the child in a cgroup of its own (the default); "corral-nocg" runs
-        // it with --cgroup off, in a process group only, as before cgroups.
-        "corral" | "corral-nocg" => {
-            let mut corral = Corral::start_with(setup, which, which == "corral")?;
+        // it with --cgroup off, in a process group only, as before cgroups;
+        // "corral-limits" gives it `[resources]` (a pids limit), which on a hybrid v1 host
+        // moves it into the v1 hierarchies before each exec.
+        "corral" | "corral-nocg" | "corral-limits" => {
+            let mut corral = Corral::start_with(setup, which, which != "corral-nocg")?;
             let record = corral.harness.record.clone();
-            corral.apply("child", &setup.child, &record)?;
+            if which == "corral-limits" {
+                let spec = format!(
+                    "command = [{child:?}, {record:?}]\n\n[restart]\npolicy = \"always\"\n\
+                     min_uptime = \"1s\"\n\n[resources]\npids = 4096\n",
+                    child = setup.child.display().to_string(),
+                    record = record.display().to_string(),
+                );
+                corral.apply_spec("child", &spec)?;
+            } else {
+                corral.apply("child", &setup.child, &record)?;
+            }
             measure(&mut corral.harness, args.rounds, args.gap)
         }
         "runit" => measure(&mut start_runit(setup, false)?, args.rounds, args.gap),

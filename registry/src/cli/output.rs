@@ -107,17 +107,18 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// The CPU, MEMORY and PIDS cells of an instance: CPU seconds, memory now (and at its
-/// peak), processes; `-` without a cgroup.
+/// peak), processes; empty without a cgroup, `-` for what is not measured (an instance
+/// without `[resources]` on a hybrid v1 host has no memory or pids cgroup).
 pub fn usage_cells(i: &corral_proto::v1::InstanceInfo) -> [String; 3] {
     match &i.usage {
         Some(u) => [
             format!("{:.2}s", u.cpu_seconds),
-            format!(
-                "{} (peak {})",
-                bytes(u.memory_bytes),
-                bytes(u.memory_peak_bytes)
-            ),
-            u.pids.to_string(),
+            match (u.memory_bytes, u.memory_peak_bytes) {
+                (Some(now), Some(peak)) => format!("{} (peak {})", bytes(now), bytes(peak)),
+                (Some(now), None) => bytes(now),
+                _ => "-".into(),
+            },
+            u.pids.map_or_else(|| "-".into(), |p| p.to_string()),
         ],
         None => [String::new(), String::new(), String::new()],
     }

@@ -189,15 +189,12 @@ pub(super) fn fork_as_user(
     user: &ServiceUser,
     stdout: File,
     stderr: File,
+    procs: &[std::os::fd::OwnedFd],
 ) -> std::io::Result<u32> {
     use std::os::unix::process::CommandExt as _;
     let cwd = c_string(plan.cwd.as_os_str().as_encoded_bytes())?;
     let groups: Vec<libc::gid_t> = user.groups.clone();
-    let procs: Vec<libc::c_int> = plan
-        .cgroup_procs
-        .iter()
-        .map(std::os::fd::AsRawFd::as_raw_fd)
-        .collect();
+    let procs: Vec<libc::c_int> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
     let (uid, gid) = (user.uid, user.gid);
     let mut cmd = std::process::Command::new(program);
     cmd.arg0(&plan.program)

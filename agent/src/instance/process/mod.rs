@@ -3,13 +3,17 @@
 //! whole group.
 //!
 //! * `exec.rs` — posix_spawn, or a fork for another user, into a new session;
-//! * `clone.rs` — clone(CLONE_VM | CLONE_VFORK) into the instance's cgroup, then exec;
+//! * `clone3.rs` — clone3(CLONE_INTO_CGROUP): created inside the instance's v2 cgroup;
+//! * `clone.rs` — clone(CLONE_VM | CLONE_VFORK), then moved into the cgroups, then exec;
+//! * `child.rs` — what a cloned child does before it execs;
 //! * `plan.rs` — what a spawn needs ([`SpawnPlan`], [`ServiceUser`]);
 //! * `pidfd.rs` — watching a process end, reaping our children;
 //! * `procfs.rs` — start time, group, age and boot id from `/proc`;
 //! * `group.rs` — signalling a process group, and whether any of it is left.
 
+mod child;
 mod clone;
+mod clone3;
 mod exec;
 mod group;
 mod pidfd;
@@ -123,14 +127,16 @@ pub fn spawn(plan: &SpawnPlan) -> Result<Proc, SpawnError> {
         source,
     };
     let program = resolve_program(&plan.program, &plan.env).map_err(exec_error)?;
-    let pid = match plan.user {
-        Some(ref user) => fork_as_user(&program, plan, user, stdout, stderr),
-        None if !plan.cgroup_procs.is_empty() => {
-            clone::clone_into_cgroup(&program, plan, &stdout, &stderr, &plan.cgroup_procs)
-        }
-        None => posix_spawn_session(&program, plan, &stdout, &stderr),
+    let mut created = None;
+    if let Some(dir) = plan.cgroup_dir.as_ref().filter(|_| clone3::available()) {
+        let user = plan.user.as_ref();
+        created = clone3::spawn_in_cgroup(&program, plan, &stdout, &stderr, dir, user)
+            .map_err(exec_error)?;
     }
-    .map_err(exec_error)?;
+    let pid = match created {
+        Some(pid) => pid,
+        None => spawn_moving(&program, plan, stdout, stderr).map_err(exec_error)?,
+    };
     // Our child stays a zombie until reaped, so its pidfd cannot name a later process.
     let fd = pidfd_open(pid).and_then(watch_fd).map_err(exec_error)?;
     Ok(Proc {
@@ -141,6 +147,44 @@ pub fn spawn(plan: &SpawnPlan) -> Result<Proc, SpawnError> {
         watch: Watch::Child(fd),
         reaped: false,
     })
+}
+
+/// Starts a process that moves into its cgroups (if any) itself, by writing to their
+/// `cgroup.procs` before it execs: v1 hierarchies, or a kernel without CLONE_INTO_CGROUP.
+fn spawn_moving(
+    program: &Path,
+    plan: &SpawnPlan,
+    stdout: File,
+    stderr: File,
+) -> std::io::Result<u32> {
+    let mut procs: Vec<OwnedFd> = Vec::new();
+    if let Some(dir) = &plan.cgroup_dir {
+        procs.push(open_procs(dir)?);
+    }
+    let procs = if procs.is_empty() {
+        &plan.cgroup_procs
+    } else {
+        &procs
+    };
+    match plan.user {
+        Some(ref user) => fork_as_user(program, plan, user, stdout, stderr, procs),
+        None if !procs.is_empty() => {
+            clone::clone_into_cgroup(program, plan, &stdout, &stderr, procs)
+        }
+        None => posix_spawn_session(program, plan, &stdout, &stderr),
+    }
+}
+
+/// The `cgroup.procs` file of the cgroup directory `dir`, open for writing.
+fn open_procs(dir: &OwnedFd) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsFd as _;
+    let fd = nix::fcntl::openat(
+        dir.as_fd(),
+        "cgroup.procs",
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok(fd)
 }
 
 /// Takes over a process a previous agent started, if `pid` still names it (same start
@@ -215,3 +259,6 @@ impl Drop for Proc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

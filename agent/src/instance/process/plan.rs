@@ -14,8 +14,13 @@ pub struct SpawnPlan {
     pub stderr: PathBuf,
     /// The user to run as; None: the agent's.
     pub user: Option<ServiceUser>,
+    /// The instance's v2 cgroup directory: the child is created in it (clone3 with
+    /// CLONE_INTO_CGROUP), or, on a kernel without that, writes itself into its
+    /// `cgroup.procs` before it execs.
+    pub cgroup_dir: Option<std::os::fd::OwnedFd>,
     /// The `cgroup.procs` files of the instance's cgroups, open for writing: the child
-    /// enters them before it execs. Empty: no cgroup (the process group is the instance).
+    /// enters them before it execs (v1 hierarchies). Both empty: no cgroup (the process
+    /// group is the instance).
     pub cgroup_procs: Vec<std::os::fd::OwnedFd>,
 }
 

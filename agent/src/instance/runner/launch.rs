@@ -33,8 +33,9 @@ impl Runner {
             return Event::SpawnFailed;
         }
         let plan = self.plan(spec, release.as_deref()).and_then(|mut plan| {
-            let (fds, oom_kills, limits) = self.enter_cgroup(spec)?;
-            plan.cgroup_procs = fds;
+            let (entry, oom_kills, limits) = self.enter_cgroup(spec)?;
+            plan.cgroup_dir = entry.dir;
+            plan.cgroup_procs = entry.procs;
             Ok((plan, oom_kills, limits))
         });
         let version = spec
@@ -83,13 +84,12 @@ impl Runner {
         }
     }
 
-    /// The instance's cgroup, created with the spec's limits: the `cgroup.procs` files
-    /// the child enters. A spec with `[resources]` on a node without cgroups is refused,
+    /// The instance's cgroup, created with the spec's limits: what the child enters. A spec with `[resources]` on a node without cgroups is refused,
     /// never run without its limits.
     fn enter_cgroup(
         &self,
         spec: &ServerSpec,
-    ) -> Result<(Vec<std::os::fd::OwnedFd>, u64, crate::cgroup::Limits), String> {
+    ) -> Result<(crate::cgroup::Entry, u64, crate::cgroup::Limits), String> {
         let limits = crate::cgroup::Limits::from_wire(spec.resources.as_ref());
         let Some(cg) = &self.cgroup else {
             if limits.any() {
@@ -98,10 +98,10 @@ impl Runner {
                     self.shared.cgroups_error
                 ));
             }
-            return Ok((Vec::new(), 0, limits));
+            return Ok((crate::cgroup::Entry::default(), 0, limits));
         };
-        let fds = cg.prepare(&limits, self.limits_written.as_ref())?;
-        Ok((fds, cg.oom_kills(), limits))
+        let entry = cg.prepare(&limits, self.limits_written.as_ref())?;
+        Ok((entry, cg.oom_kills(), limits))
     }
 
     /// Every adapter's port must be free on the node's address before the start; a
@@ -191,6 +191,7 @@ impl Runner {
             stdout: self.dir.join("logs/stdout.log"),
             stderr: self.dir.join("logs/stderr.log"),
             user,
+            cgroup_dir: None,
             cgroup_procs: Vec::new(),
         })
     }
