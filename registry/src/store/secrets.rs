@@ -54,6 +54,29 @@ pub(super) fn config_aad(app: &str, server: &str, node: &str, name: &str) -> Str
 const CHECK_AAD: &str = "key-check";
 const CHECK_PLAIN: &[u8] = b"corral secret key check";
 
+/// Deletes the value of one secret for one scope (every version of it).
+async fn delete_value<'e, E>(
+    exec: E,
+    (app, server, name): (&str, &str, &str),
+    scope: &Scope,
+) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let (scope_col, target) = scope.columns();
+    sqlx::query(
+        "DELETE FROM secrets WHERE app = ? AND server = ? AND name = ? AND scope = ? AND target = ?",
+    )
+    .bind(app)
+    .bind(server)
+    .bind(name)
+    .bind(scope_col)
+    .bind(target)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
 fn row(r: &sqlx::any::AnyRow) -> Result<(SecretRow, String), sqlx::Error> {
     let scope: String = r.try_get("scope")?;
     let target: String = r.try_get("target")?;
@@ -136,18 +159,10 @@ impl Store {
             updated_at_ms: now_ms,
         };
         let sealed = self.seal(&secret_aad(&row), value.as_bytes())?;
+        delete_value(&mut *tx, (app, server, name), scope)
+            .await
+            .map_err(err())?;
         let (scope_col, target) = scope.columns();
-        sqlx::query(
-            "DELETE FROM secrets WHERE app = ? AND server = ? AND name = ? AND scope = ? AND target = ?",
-        )
-        .bind(app)
-        .bind(server)
-        .bind(name)
-        .bind(scope_col)
-        .bind(&target)
-        .execute(&mut *tx)
-        .await
-        .map_err(err())?;
         sqlx::query(&format!(
             "INSERT INTO secrets ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
@@ -225,18 +240,9 @@ impl Store {
         if found.is_none() {
             return Ok(None);
         }
-        let (scope_col, target) = scope.columns();
-        sqlx::query(
-            "DELETE FROM secrets WHERE app = ? AND server = ? AND name = ? AND scope = ? AND target = ?",
-        )
-        .bind(app)
-        .bind(server)
-        .bind(name)
-        .bind(scope_col)
-        .bind(&target)
-        .execute(&self.pool)
-        .await
-        .map_err(query_err("removing a secret"))?;
+        delete_value(&self.pool, (app, server, name), scope)
+            .await
+            .map_err(query_err("removing a secret"))?;
         Ok(found)
     }
 
