@@ -30,13 +30,13 @@ const STEP_EXEC: i32 = 6;
 
 /// What the child needs, made before the clone and alive until the child execs.
 pub(super) struct Prepared {
-    program: CString,
-    cwd: CString,
+    pub(super) program: CString,
+    pub(super) cwd: CString,
     // Owners of what `argv` and `envp` point into.
     _args: Vec<CString>,
     _env: Vec<CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
+    pub(super) argv: Vec<*const libc::c_char>,
+    pub(super) envp: Vec<*const libc::c_char>,
     out: libc::c_int,
     err: libc::c_int,
     /// `cgroup.procs` files to write `0` to.

@@ -99,26 +99,8 @@ pub(super) fn posix_spawn_session(
     stderr: &File,
 ) -> std::io::Result<u32> {
     use std::os::fd::AsRawFd as _;
-    let c_program = c_string(program.as_os_str().as_encoded_bytes())?;
-    let c_cwd = c_string(plan.cwd.as_os_str().as_encoded_bytes())?;
-    let mut args = vec![c_string(plan.program.as_os_str().as_encoded_bytes())?];
-    for a in &plan.args {
-        args.push(c_string(a.as_str())?);
-    }
-    let mut env = Vec::with_capacity(plan.env.len());
-    for (k, v) in &plan.env {
-        env.push(c_string(format!("{k}={v}"))?);
-    }
-    let argv: Vec<*mut libc::c_char> = args
-        .iter()
-        .map(|a| a.as_ptr().cast_mut())
-        .chain(std::iter::once(std::ptr::null_mut()))
-        .collect();
-    let envp: Vec<*mut libc::c_char> = env
-        .iter()
-        .map(|e| e.as_ptr().cast_mut())
-        .chain(std::iter::once(std::ptr::null_mut()))
-        .collect();
+    // The same C strings and argv/envp arrays as the clone paths' children use.
+    let prepared = super::child::Prepared::new(program, plan, stdout, stderr, &[], None)?;
     // SAFETY: every libc call below gets pointers to live, initialised values: the
     // attribute and file-action objects are initialised before use and destroyed by
     // `SpawnSetup`'s drop; the C strings and the null-terminated argv/envp arrays outlive
@@ -150,7 +132,7 @@ pub(super) fn posix_spawn_session(
         ))?;
         os_result(libc::posix_spawn_file_actions_addchdir_np(
             actions,
-            c_cwd.as_ptr(),
+            prepared.cwd.as_ptr(),
         ))?;
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
@@ -169,11 +151,11 @@ pub(super) fn posix_spawn_session(
         let mut pid: libc::pid_t = 0;
         os_result(libc::posix_spawn(
             &mut pid,
-            c_program.as_ptr(),
+            prepared.program.as_ptr(),
             &setup.actions,
             &setup.attr,
-            argv.as_ptr(),
-            envp.as_ptr(),
+            prepared.argv.as_ptr().cast(),
+            prepared.envp.as_ptr().cast(),
         ))?;
         Ok(pid as u32)
     }
