@@ -139,9 +139,10 @@ impl Admin for AdminService {
         &self,
         r: Request<StartRolloutRequest>,
     ) -> Result<Response<Rollout>, Status> {
-        noted(&r, |q| {
-            let what = if q.rollback { " (rollback)" } else { "" };
-            format!("{}@{}{what}", q.server, q.version)
+        noted(&r, |q| match (q.rollback, q.version.as_str()) {
+            (true, "") => format!("{} rollback to the previous release", q.server),
+            (true, v) => format!("{} rollback to {v}", q.server),
+            (false, v) => format!("{}@{v}", q.server),
         });
         crate::rollout::start(self.shared.clone(), r.into_inner())
             .await
