@@ -6,7 +6,7 @@
 //! ([`run`]), so that writing the audit never slows or fails a call that succeeded, and a
 //! database outage does not lose what happened during it: the writer keeps the record it
 //! could not write and retries until the database answers. A record that finds the queue
-//! full is dropped, logged as an error and counted (`corral_registry_audit_dropped`).
+//! full is dropped, logged as an error and counted (`corral_registry_audit_dropped_total`).
 //! The newest [`crate::config::defaults::AUDIT_RETENTION`] records are kept; older ones are
 //! pruned every [`TRIM_EVERY`] records written.
 

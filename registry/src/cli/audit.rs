@@ -68,7 +68,7 @@ pub async fn audit(a: AuditArgs, args: &ClientArgs) -> Result<(), CliError> {
         );
     } else {
         println!(
-            "{:<23}  {:<8} {:<16} {:<7} {:<21} {:<14} TARGET  ERROR",
+            "{:<24}  {:<8} {:<16} {:<7} {:<21} {:<14} TARGET  ERROR",
             "TIME", "OUTCOME", "CALLER", "ROLE", "SOURCE", "CALL"
         );
         for r in &records {
