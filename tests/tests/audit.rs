@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use corral_registry::store::{AuditRow, Store};
 use corral_tests::packages::{release, write};
+use corral_tests::proxy::{Proxy, mysql_target, mysql_url_via};
 use corral_tests::{Backend, Registry, TestDb, backend_tests, bin, wait_until};
 use serde_json::Value;
 
@@ -160,4 +161,46 @@ fn a_registry_audits_who_did_what(backend: Backend) {
             .nth(1)
             .is_some_and(|l| l.contains("refused") && l.contains("eve"))
     );
+}
+
+/// Calls refused while the database is unreachable (the gate needs no database) are
+/// kept and written once it answers again; none is lost. (The writer waits for a
+/// connection, up to the pool's timeout, then tries again every second.)
+#[test]
+fn refusals_during_a_database_outage_are_written_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(db) = TestDb::new(Backend::MySql, dir.path()) else {
+        return;
+    };
+    let mut proxy = Proxy::start(mysql_target(&db.url));
+    let r = Registry::start(
+        dir.path(),
+        &mysql_url_via(&db.url, proxy.addr),
+        &["--admin-token", "ops:ops-s", "--viewer-token", "eve:eve-s"],
+    );
+    proxy.cut();
+    for _ in 0..3 {
+        let out = cli(&r, "eve-s", &["server", "stop", "demo.app"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("role viewer"));
+    }
+    assert!(
+        !cli(&r, "guess", &["server", "stop", "demo.app"])
+            .status
+            .success()
+    );
+    proxy.resume();
+    let records = wait_until("the refusals written", Duration::from_secs(30), || {
+        let out = cli(&r, "ops-s", &["audit", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        match v.as_array() {
+            Some(a) if a.len() == 4 => Ok(a.clone()),
+            _ => Err(format!("{v} {}", String::from_utf8_lossy(&out.stderr))),
+        }
+    });
+    let callers: Vec<&str> = records
+        .iter()
+        .map(|r| r["caller"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(callers, ["eve", "eve", "eve", "(unknown token)"]);
+    assert!(records.iter().all(|r| r["outcome"] == "refused"));
 }
