@@ -5,6 +5,11 @@
 //!
 //! It works on the HTTP request (rather than as a tonic interceptor) because it needs the
 //! method's path, the caller's address and the response's status.
+//!
+//! Another front end (the web dashboard) does the same with the same parts: the caller of
+//! a presented secret ([`Tokens::resolve`] / [`Tokens::check_header`]), whether it may
+//! make a call ([`access::may`]), and the record of what it did ([`audit::record`] with
+//! [`audit::entry`], or [`refused`] for a refusal, which also counts it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -148,27 +153,66 @@ where
         if Access::of(&method) != Access::Mutate {
             return Box::pin(fut);
         }
-        let shared = self.shared.clone();
+        let mut pending = Pending {
+            shared: self.shared.clone(),
+            caller,
+            source,
+            method,
+            note,
+            done: false,
+        };
         Box::pin(async move {
-            let response = fut.await?;
+            let response = fut.await;
             // A unary call that failed answers with its status in the headers; one that
             // succeeded, in the trailers.
-            let (outcome, error) = match Status::from_header_map(response.headers()) {
-                Some(s) if s.code() != tonic::Code::Ok => {
-                    (Outcome::Failed, s.message().to_string())
-                }
-                _ => (Outcome::Ok, String::new()),
-            };
-            let row = audit::entry(
-                Some(&caller),
-                &source,
-                &method,
-                &note.get(),
-                outcome,
-                &error,
-            );
-            audit::record(&shared, row);
-            Ok(response)
+            match &response {
+                Ok(r) => match Status::from_header_map(r.headers()) {
+                    Some(s) if s.code() != tonic::Code::Ok => {
+                        pending.finish(Outcome::Failed, s.message());
+                    }
+                    _ => pending.finish(Outcome::Ok, ""),
+                },
+                Err(_) => pending.finish(Outcome::Failed, "the call failed in the transport"),
+            }
+            response
         })
+    }
+}
+
+/// A mutating call on its way: recorded when it ends, or, when the caller goes away first
+/// (its future dropped), as failed with a message saying so.
+struct Pending {
+    shared: Arc<Shared>,
+    caller: Caller,
+    source: String,
+    method: String,
+    note: Note,
+    done: bool,
+}
+
+impl Pending {
+    fn finish(&mut self, outcome: Outcome, error: &str) {
+        self.done = true;
+        let row = audit::entry(
+            Some(&self.caller),
+            &self.source,
+            &self.method,
+            &self.note.get(),
+            outcome,
+            error,
+        );
+        audit::record(&self.shared, row);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(
+                Outcome::Failed,
+                "cancelled: the caller went away before the call ended (what it had done by \
+                 then stays done)",
+            );
+        }
     }
 }
