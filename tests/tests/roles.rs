@@ -236,6 +236,10 @@ fn a_viewer_reads_everything_but_secrets_and_changes_nothing() {
         must(cli(r, Some(VIEWER), &args), &format!("viewer {args:?}"));
     }
 
+    // Discovery takes any valid token.
+    let find = cli(r, Some(VIEWER), &["endpoints", "demo.app.Main"]);
+    assert!(!stderr(&find).contains("token"), "{}", stderr(&find));
+
     // Each refusal is in the audit log, and counted.
     let refused = audit_until(r, &["--caller", "eve"], "the viewer's refusals", |rs| {
         rs.len() == changes.len()

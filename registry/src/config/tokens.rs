@@ -166,11 +166,27 @@ impl From<(String, Problem)> for TokensError {
     }
 }
 
+/// Secrets in a file others can read are not secret: said, not refused (the operator may
+/// have reasons, e.g. a group of its own).
+fn warn_if_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the tokens file can be read by others than its owner: chmod 600 it"
+        );
+    }
+}
+
 fn read_file(path: &Path) -> Result<Vec<(String, NamedToken)>, TokensError> {
     let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
         path: path.to_path_buf(),
         source,
     })?;
+    warn_if_readable(path);
     let file: TokensFile = toml::from_str(&text).map_err(|e| TokensError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim_end().replace('\n', " "),
