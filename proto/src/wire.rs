@@ -7,8 +7,8 @@
 use std::fmt;
 
 use crate::v1::{
-    EventKind, HealthKind, HealthStatus, InstallState, InstanceState, NodeState, OnChange,
-    RestartKind, RolloutPhase, RolloutState, RunState, SecretScopeKind, ServerAction,
+    AuditOutcome, EventKind, HealthKind, HealthStatus, InstallState, InstanceState, NodeState,
+    OnChange, RestartKind, RolloutPhase, RolloutState, RunState, SecretScopeKind, ServerAction,
 };
 
 /// An enum field whose number the receiver does not know.
@@ -152,6 +152,7 @@ named!(RolloutPhase {
     Failed => "failed",
     RolledBack => "rolled-back",
 });
+named!(AuditOutcome { Ok => "ok", Refused => "refused", Failed => "failed" });
 named!(ServerAction {
     Start => "start",
     Stop => "stop",

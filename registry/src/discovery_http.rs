@@ -96,7 +96,7 @@ async fn forward(
 
 /// The check of a request's token: none needed with `--public-discovery` (or when the
 /// registry has no admin token at all, as for admin calls).
-pub fn auth(admin_tokens: &[String], public: bool) -> Auth {
+pub fn auth(admin_tokens: &[crate::auth::NamedToken], public: bool) -> Auth {
     let tokens = Tokens::new(admin_tokens);
     Arc::new(move |headers: &HeaderMap| {
         if public || tokens.is_empty() {

@@ -10,7 +10,9 @@
 //!   [`desired`] — what a node must run.
 //! * [`actual`] — agents' reports and events, written only when they change and kept
 //!   while the database is unreachable; [`outage`] — the database's availability.
-//! * [`admin`] — the admin gRPC API; [`cli`] is its command-line client.
+//! * [`admin`] — the admin gRPC API; [`cli`] is its command-line client. [`gate`] stands
+//!   before it: [`auth`] (named tokens, roles), [`access`] (what each call needs) and
+//!   [`audit`] (who changed what, and every refused call).
 //! * [`store`] — SQLite or MySQL through sqlx, with migrations under `migrations/`.
 //! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
 //! * [`discovery`] + [`query_service`] — the endpoint cache and `Query.Find`/`Watch`
@@ -25,9 +27,11 @@
 //! * [`secrets`] — per-instance secret values, sealed at rest with the registry's key,
 //!   delivered as `[[files]]` and through `secret()` in templates, never shown.
 
+pub mod access;
 pub mod actual;
 pub mod admin;
 pub mod agent_service;
+pub mod audit;
 pub mod auth;
 pub mod bus;
 pub mod cli;
@@ -40,6 +44,7 @@ pub mod discovery_http;
 pub mod download;
 mod error;
 pub mod feed;
+pub mod gate;
 pub mod http;
 pub mod http_tls;
 pub mod join;

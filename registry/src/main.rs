@@ -8,6 +8,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use corral_common::logging::LogArgs;
 use corral_common::signal::cancel_on_shutdown_signal;
 use corral_registry::cli::apply::ApplyArgs;
+use corral_registry::cli::audit::AuditArgs;
 use corral_registry::cli::events::EventsArgs;
 use corral_registry::cli::node::NodeCommand;
 use corral_registry::cli::package::PackageCommand;
@@ -93,6 +94,11 @@ enum Command {
     Events {
         #[command(flatten)]
         args: EventsArgs,
+    },
+    /// The audit log: who changed what, and every refused call, newest last.
+    Audit {
+        #[command(flatten)]
+        args: AuditArgs,
     },
 }
 
@@ -261,6 +267,9 @@ fn main() -> ExitCode {
         }
         Command::Events { args } => {
             admin(rt.block_on(corral_registry::cli::events::events(args, client)))
+        }
+        Command::Audit { args } => {
+            admin(rt.block_on(corral_registry::cli::audit::audit(args, client)))
         }
     }
 }

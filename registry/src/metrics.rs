@@ -71,6 +71,18 @@ pub struct Metrics {
     /// Instance events dropped because the database stayed unreachable longer than the
     /// queue of events waiting for it holds.
     pub events_dropped: Counter,
+    /// Admin calls refused ([`crate::gate`]), by reason and call.
+    pub admin_refused: Family<RefusedLabels, Counter>,
+    /// Audit records dropped because the queue waiting for the database was full.
+    pub audit_dropped: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// "unauthenticated" (no valid token) or "permission_denied" (a role that may not).
+    pub reason: String,
+    /// The Admin method; "other" for a path that is not one.
+    pub call: String,
 }
 
 impl Metrics {
@@ -137,6 +149,18 @@ impl Metrics {
             "Instance events dropped while the database was unreachable (the queue waiting for it was full)",
             events_dropped.clone(),
         );
+        let admin_refused = Family::<RefusedLabels, Counter>::default();
+        let audit_dropped = Counter::default();
+        exposition.register(
+            "admin_refused",
+            "Admin calls refused, by reason (unauthenticated, permission_denied) and call",
+            admin_refused.clone(),
+        );
+        exposition.register(
+            "audit_dropped",
+            "Audit records dropped while the database was unreachable (the queue waiting for it was full)",
+            audit_dropped.clone(),
+        );
         exposition.register(
             "rpc_duration_seconds",
             "Time to answer a gRPC call (to the response headers for streams), by method",
@@ -156,6 +180,8 @@ impl Metrics {
             desired_sent,
             discovery_recomputes,
             events_dropped,
+            admin_refused,
+            audit_dropped,
         })
     }
 

@@ -34,7 +34,7 @@ pub struct QueryAuth {
 }
 
 impl QueryAuth {
-    pub fn new(admin_tokens: &[String], public: bool) -> QueryAuth {
+    pub fn new(admin_tokens: &[crate::auth::NamedToken], public: bool) -> QueryAuth {
         QueryAuth {
             tokens: Tokens::new(admin_tokens),
             public,
@@ -47,7 +47,7 @@ impl Interceptor for QueryAuth {
         if self.public {
             return Ok(request);
         }
-        let token = self.tokens.check(&request);
+        let token = self.tokens.check(&request).map(|_| ());
         if token.is_ok() {
             return Ok(request);
         }

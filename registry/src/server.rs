@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use crate::admin::AdminService;
 use crate::agent_service::AgentService;
-use crate::auth::{AdminAuth, Tokens};
 use crate::config::RegistryConfig;
+use crate::gate::AdminGate;
 use crate::metrics::RpcMetricsLayer;
 use crate::query_service::QueryService;
 use crate::state::Shared;
@@ -73,6 +73,7 @@ pub async fn run(
     shared.spawn(crate::feed::follow(shared.clone()));
     shared.spawn(crate::feed::record(shared.clone()));
     shared.spawn(crate::configs::renderer::run(shared.clone()));
+    shared.spawn(crate::audit::run(shared.clone()));
     shared.discovery().poke();
 
     let http_shutdown = shutdown.clone();
@@ -130,11 +131,11 @@ pub async fn run(
         .add_service(AgentServer::new(AgentService {
             shared: shared.clone(),
         }))
-        .add_service(AdminServer::with_interceptor(
-            AdminService {
+        .add_service(AdminGate::new(
+            AdminServer::new(AdminService {
                 shared: shared.clone(),
-            },
-            AdminAuth(Tokens::new(&shared.config().admin_tokens)),
+            }),
+            shared.clone(),
         ))
         .add_service(QueryServer::with_interceptor(
             QueryService::new(shared.clone()),

@@ -46,6 +46,8 @@ pub struct Shared {
     /// Agents' last known reports, and what waits to be written.
     actual: Actual,
     bus: Bus,
+    /// Audit records waiting to be written.
+    audit: crate::audit::Audit,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
             outage: Outage::default(),
             actual: Actual::default(),
             bus: Bus::default(),
+            audit: crate::audit::Audit::default(),
         })
     }
 
@@ -97,6 +100,10 @@ impl Shared {
 
     pub fn actual(&self) -> &Actual {
         &self.actual
+    }
+
+    pub fn audit(&self) -> &crate::audit::Audit {
+        &self.audit
     }
 
     pub fn replica_id(&self) -> &str {

@@ -170,11 +170,12 @@ impl Registry {
         grpc_port: u16,
         http_port: u16,
     ) -> Result<Registry, String> {
-        // The CLI calls of the harness use the first admin token the registry was given.
+        // The CLI calls of the harness use the first admin token the registry was given:
+        // its secret, when it is given as NAME:SECRET.
         let token = extra
             .windows(2)
             .find(|w| w[0] == "--admin-token")
-            .map(|w| w[1].to_string());
+            .map(|w| w[1].split_once(':').map_or(w[1], |(_, s)| s).to_string());
         // With TLS, the CA beside the registry's certificate (the layout `registry tls init`
         // writes) is what the harness's CLI calls trust.
         let tls_ca = extra

@@ -2,6 +2,7 @@
 //! noun; this file only routes.
 
 mod apply;
+mod audit;
 mod events;
 mod nodes;
 mod packages;
@@ -49,14 +50,17 @@ impl Admin for AdminService {
         &self,
         r: Request<RemoveNodeRequest>,
     ) -> Result<Response<RemoveNodeResponse>, Status> {
+        noted(&r, |q| format!("node {}", q.name));
         nodes::remove(&self.shared, r.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn apply(&self, r: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let note = noted(&r, |q| format!("spec {}", q.source));
         apply::apply(&self.shared, r.into_inner())
             .await
+            .inspect(|a| note.set(format!("{}{}", a.server, dry(a.dry_run))))
             .map(Response::new)
     }
 
@@ -82,6 +86,11 @@ impl Admin for AdminService {
         &self,
         r: Request<ControlServerRequest>,
     ) -> Result<Response<ControlServerResponse>, Status> {
+        noted(&r, |q| {
+            let action = corral_proto::wire::name_of::<ServerAction>(q.action);
+            let on = if q.node.is_empty() { "" } else { " on " };
+            format!("{} {action}{on}{}", q.server, q.node)
+        });
         servers::control(&self.shared, r.into_inner())
             .await
             .map(Response::new)
@@ -100,8 +109,10 @@ impl Admin for AdminService {
         &self,
         r: Request<tonic::Streaming<UploadChunk>>,
     ) -> Result<Response<PackageInfo>, Status> {
+        let note = noted(&r, |_| String::new());
         packages::upload(&self.shared, r.into_inner())
             .await
+            .inspect(|p| note.set(format!("{}@{}", p.server, p.version)))
             .map(Response::new)
     }
 
@@ -118,6 +129,7 @@ impl Admin for AdminService {
         &self,
         r: Request<RemovePackageRequest>,
     ) -> Result<Response<RemovePackageResponse>, Status> {
+        noted(&r, |q| format!("{}@{}", q.server, q.version));
         packages::remove(&self.shared, r.into_inner())
             .await
             .map(Response::new)
@@ -127,6 +139,11 @@ impl Admin for AdminService {
         &self,
         r: Request<StartRolloutRequest>,
     ) -> Result<Response<Rollout>, Status> {
+        noted(&r, |q| match (q.rollback, q.version.as_str()) {
+            (true, "") => format!("{} rollback to the previous release", q.server),
+            (true, v) => format!("{} rollback to {v}", q.server),
+            (false, v) => format!("{}@{v}", q.server),
+        });
         crate::rollout::start(self.shared.clone(), r.into_inner())
             .await
             .map(Response::new)
@@ -162,6 +179,10 @@ impl Admin for AdminService {
     }
 
     async fn expand(&self, r: Request<ExpandRequest>) -> Result<Response<ExpandResponse>, Status> {
+        noted(&r, |q| {
+            let preview = if q.preview { " (preview)" } else { "" };
+            format!("{} to {}{preview}", q.server, q.nodes.join(","))
+        });
         apply::expand(&self.shared, r.into_inner())
             .await
             .map(Response::new)
@@ -180,6 +201,7 @@ impl Admin for AdminService {
         &self,
         r: Request<PutSecretRequest>,
     ) -> Result<Response<SecretInfo>, Status> {
+        noted(&r, |q| secret_target(&q.server, &q.name, q.scope.as_ref()));
         secrets::put(&self.shared, r.into_inner())
             .await
             .map(Response::new)
@@ -198,7 +220,17 @@ impl Admin for AdminService {
         &self,
         r: Request<RemoveSecretRequest>,
     ) -> Result<Response<SecretInfo>, Status> {
+        noted(&r, |q| secret_target(&q.server, &q.name, q.scope.as_ref()));
         secrets::remove(&self.shared, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_audit(
+        &self,
+        r: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        audit::list(&self.shared, r.into_inner())
             .await
             .map(Response::new)
     }
@@ -213,6 +245,30 @@ impl Admin for AdminService {
             .await
             .map(Response::new)
     }
+}
+
+/// Notes what a call acts on, for the audit log ([`crate::audit`]): set before the call
+/// runs, so that a failed call is recorded with it too; the note, to refine it after.
+fn noted<T>(r: &Request<T>, target: impl FnOnce(&T) -> String) -> crate::audit::Note {
+    let note = crate::audit::Note::of(r);
+    note.set(target(r.get_ref()));
+    note
+}
+
+fn dry(dry_run: bool) -> &'static str {
+    if dry_run { " (dry run)" } else { "" }
+}
+
+/// A secret's audit target: `APP.SERVER/NAME` and its scope; never its value.
+fn secret_target(server: &str, name: &str, scope: Option<&SecretScope>) -> String {
+    let scope = match scope {
+        Some(s) if s.kind == SecretScopeKind::Node as i32 => format!(" (node {})", s.node),
+        Some(s) if s.kind == SecretScopeKind::Ordinal as i32 => {
+            format!(" (ordinal {})", s.ordinal)
+        }
+        _ => " (all)".to_string(),
+    };
+    format!("{server}/{name}{scope}")
 }
 
 /// Splits `app.server`, naming the argument when it is malformed. Both halves follow the

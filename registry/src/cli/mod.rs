@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod args;
+pub mod audit;
 pub mod events;
 pub mod node;
 pub mod output;

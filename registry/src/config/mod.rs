@@ -10,6 +10,7 @@ use corral_common::config_file::{self, ConfigFileError, first_zero};
 use serde::Deserialize;
 
 mod serve;
+pub mod tokens;
 
 pub use serve::{ServeArgs, load};
 
@@ -32,6 +33,9 @@ pub mod defaults {
     pub const EVENT_RETENTION: u64 = 100_000;
     /// The largest package that can be uploaded.
     pub const MAX_PACKAGE_SIZE: u64 = 1 << 30;
+    /// Audit records kept in the database ([`crate::audit`]); older ones are pruned in
+    /// batches as records are written.
+    pub const AUDIT_RETENTION: u64 = 100_000;
 }
 
 /// Everything `registry serve` needs.
@@ -49,9 +53,9 @@ pub struct RegistryConfig {
     pub package_limits: Limits,
     /// Bytes per second each package download is paced to; None: as fast as it goes.
     pub download_rate: Option<u64>,
-    /// Bearer tokens admin calls must present; empty: admin calls are open (allowed only
-    /// on loopback, or with `no_auth`).
-    pub admin_tokens: Vec<String>,
+    /// Every token callers may present, admin and viewer ([`crate::auth`]); empty: admin
+    /// calls are open (allowed only on loopback, or with `no_auth`).
+    pub admin_tokens: Vec<crate::auth::NamedToken>,
     /// The token an agent needs for its first join; None: anyone may join.
     pub join_token: Option<String>,
     /// Discovery reads (`Query.*`) need no token.
@@ -99,6 +103,8 @@ pub struct FileConfig {
     /// e.g. "50 MiB" (per second, per download)
     pub download_rate: Option<bytesize::ByteSize>,
     pub admin_tokens: Option<Vec<String>>,
+    pub viewer_tokens: Option<Vec<String>>,
+    pub tokens_file: Option<PathBuf>,
     pub join_token: Option<String>,
     pub public_discovery: Option<bool>,
     pub no_auth: Option<bool>,
@@ -135,6 +141,8 @@ pub enum ConfigError {
     },
     #[error("{what} must not be empty")]
     EmptyToken { what: &'static str },
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokensError),
     #[error("TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)")]
     HalfTls,
 }
@@ -175,7 +183,7 @@ impl RegistryConfig {
         if let Some(what) = zero {
             return Err(ConfigError::Zero { what });
         }
-        if self.admin_tokens.iter().any(String::is_empty) {
+        if self.admin_tokens.iter().any(|t| t.secret.is_empty()) {
             return Err(ConfigError::EmptyToken {
                 what: "an admin token",
             });
@@ -191,7 +199,7 @@ impl RegistryConfig {
                     addr: self.listen,
                     what: "an admin token",
                     risk: "change the fleet",
-                    flag: "--admin-token TOKEN",
+                    flag: "--admin-token NAME:SECRET (or --tokens-file FILE)",
                 });
             }
             if self.join_token.is_none() {

@@ -32,13 +32,27 @@ pub struct ServeArgs {
     /// Pace each package download to this many bytes per second, e.g. "50 MiB" [default: unlimited].
     #[arg(long, env = "CORRAL_DOWNLOAD_RATE")]
     pub download_rate: Option<bytesize::ByteSize>,
-    /// A bearer token admin calls must present (repeatable; CORRAL_ADMIN_TOKENS is comma-separated).
+    /// An admin token, NAME:SECRET, or a bare SECRET named "admin" (repeatable;
+    /// CORRAL_ADMIN_TOKENS is comma-separated). Clients present only SECRET.
     #[arg(
         long = "admin-token",
         env = "CORRAL_ADMIN_TOKENS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        hide_env_values = true
     )]
     pub admin_tokens: Vec<String>,
+    /// A viewer token (reads everything but secrets, changes nothing), NAME:SECRET or a
+    /// bare SECRET named "viewer" (repeatable; CORRAL_VIEWER_TOKENS is comma-separated).
+    #[arg(
+        long = "viewer-token",
+        env = "CORRAL_VIEWER_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub viewer_tokens: Vec<String>,
+    /// A TOML file of tokens: [[token]] entries with name, role ("admin" or "viewer") and secret.
+    #[arg(long, env = "CORRAL_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
     /// The token agents need to join for the first time.
     #[arg(long, env = "CORRAL_JOIN_TOKEN")]
     pub join_token: Option<String>,
@@ -115,11 +129,19 @@ pub fn load(args: ServeArgs) -> Result<RegistryConfig, ConfigError> {
             .download_rate
             .map(|b| b.as_u64())
             .or(file.download_rate.map(|b| b.as_u64())),
-        admin_tokens: if args.admin_tokens.is_empty() {
-            file.admin_tokens.unwrap_or_default()
-        } else {
-            args.admin_tokens
-        },
+        admin_tokens: super::tokens::collect(&super::tokens::Sources {
+            admin: if args.admin_tokens.is_empty() {
+                file.admin_tokens.unwrap_or_default()
+            } else {
+                args.admin_tokens
+            },
+            viewer: if args.viewer_tokens.is_empty() {
+                file.viewer_tokens.unwrap_or_default()
+            } else {
+                args.viewer_tokens
+            },
+            file: args.tokens_file.or(file.tokens_file),
+        })?,
         join_token: args.join_token.or(file.join_token),
         public_discovery: args.public_discovery || file.public_discovery.unwrap_or(false),
         no_auth: args.no_auth || file.no_auth.unwrap_or(false),

@@ -4,6 +4,7 @@
 //! `migrations/sqlite/` and `migrations/mysql/` and is applied when the store opens. Times
 //! are Unix milliseconds in `BIGINT` columns, so both backends agree on them.
 
+mod audit;
 mod changes;
 pub mod configs;
 mod events;
@@ -29,6 +30,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor};
 
+pub use audit::AuditRow;
 pub use changes::Change;
 pub use configs::{Delivered, DeliveredTable};
 pub use events::EventRow;
