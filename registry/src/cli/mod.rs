@@ -7,7 +7,9 @@
 
 pub mod apply;
 pub mod args;
+pub mod control;
 pub mod events;
+pub mod history;
 pub mod node;
 pub mod output;
 pub mod package;
