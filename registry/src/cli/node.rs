@@ -78,7 +78,7 @@ fn print_instances(instances: &[InstanceInfo]) {
             "STATE",
             "HEALTH",
             "PID",
-            "RELEASE",
+            "VERSION",
             "CPU",
             "MEMORY",
             "PIDS",
