@@ -178,7 +178,8 @@ fn history_diff_and_revert_round_trip() {
         dry.contains("dry run, nothing changed")
             && dry.contains("-env = { GREETING = \"two\" }")
             && dry.contains("+env = { GREETING = \"one\" }")
-            && dry.contains("-nodes = [\"node-a\", \"node-b\"]"),
+            && dry.contains("-nodes = [\"node-a\", \"node-b\"]")
+            && dry.contains("and would:\n  remove instances on node-b (they would be stopped)"),
         "{dry}"
     );
     assert_eq!(

@@ -96,7 +96,7 @@ pub async fn run(
             }
             if resp.dry_run {
                 println!(
-                    "dry run, nothing changed; reverting {} to version {version} would change:",
+                    "dry run, nothing changed; reverting {} to version {version} would change the spec:",
                     resp.server
                 );
                 print!("{}", resp.diff);
@@ -108,16 +108,13 @@ pub async fn run(
                 );
                 return Ok(());
             }
-            let prefix = if resp.dry_run { "would " } else { "" };
-            if !resp.dry_run {
+            if resp.dry_run {
+                println!("and would:");
+            } else {
                 println!("reverted {} to version {version}:", resp.server);
             }
             for c in &resp.changes {
-                if c.starts_with("note:") {
-                    println!("  {c}");
-                } else {
-                    println!("  {prefix}{c}");
-                }
+                println!("  {c}");
             }
             if resp.version > 0 {
                 println!("stored as version {}", resp.version);
