@@ -233,8 +233,8 @@ fn history_diff_and_revert_round_trip() {
     assert_eq!(history(&f, "demo.hist").len(), 6);
 }
 
-/// A revert whose package was removed since is refused, naming it, and changes nothing;
-/// so is a version that is not kept.
+/// A revert whose package or secret was removed since is refused, naming it, and changes
+/// nothing; so is a version that is not kept.
 #[test]
 fn a_revert_whose_package_is_gone_is_refused() {
     let f = Fleet::start(1);
@@ -271,6 +271,23 @@ fn a_revert_whose_package_is_gone_is_refused() {
         .instance("demo.gone", "node-a")
         .expect("instance");
     assert_eq!(i["version"], "1.0.0", "{i}");
+
+    // A secret that version 1 needs was removed since: refused too, nothing changed.
+    let base =
+        "app = \"demo\"\nserver = \"sec\"\nnodes = [\"node-a\"]\ncommand = [\"sleep\", \"1000\"]\n";
+    let dir = f.dir.path();
+    corral_tests::secrets::put_ok(&f.registry, dir, "demo.sec", "tok", &["--all"], "v");
+    f.registry.apply(&format!(
+        "{base}[[files]]\nname = \"tok.pem\"\nsecret = \"tok\"\n"
+    ));
+    f.registry.apply(base);
+    ok(&f, &["secret", "rm", "demo.sec", "tok", "--all"]);
+    let (ok_, out, err) = text(&f.registry.cli(&["server", "revert", "demo.sec", "1"]));
+    assert!(
+        !ok_ && err.contains("demo.sec version 1") && err.contains("secret \"tok\" is not set"),
+        "{out}{err}"
+    );
+    assert_eq!(actions(&f, "demo.sec"), ["apply", "apply"]);
 
     let (ok, _, err) = text(&f.registry.cli(&["server", "revert", "demo.gone", "9"]));
     assert!(
