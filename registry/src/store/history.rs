@@ -53,21 +53,27 @@ pub fn summary(spec: &Spec) -> String {
 /// Stores `spec` as the server's next version, made by `action`, inside the change's
 /// transaction, and prunes what falls out of the newest [`KEEP`]; the version's number.
 pub(crate) async fn record(
+    store: &Store,
     tx: &mut Tx,
     spec: &Spec,
     action: &str,
     now_ms: i64,
 ) -> Result<i64, StoreError> {
     let err = || query_err("recording the spec's history");
-    let last: i64 = sqlx::query(
-        "SELECT COALESCE(MAX(version), 0) AS v FROM spec_versions WHERE app = ? AND server = ?",
-    )
+    // A locking read on MySQL: it sees the newest committed version even when the
+    // transaction's snapshot is older (a concurrent change of the same server).
+    let last: i64 = sqlx::query(&format!(
+        "SELECT version FROM spec_versions WHERE app = ? AND server = ? \
+         ORDER BY version DESC LIMIT 1{}",
+        store.for_update()
+    ))
     .bind(&spec.app)
     .bind(&spec.server)
-    .fetch_one(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await
-    .and_then(|r| r.try_get("v"))
-    .map_err(err())?;
+    .and_then(|r| r.map(|r| r.try_get("version")).transpose())
+    .map_err(err())?
+    .unwrap_or(0);
     let version = last + 1;
     sqlx::query(
         "INSERT INTO spec_versions (app, server, version, at_ms, action, summary, spec_toml) \

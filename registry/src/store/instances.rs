@@ -248,7 +248,7 @@ impl Store {
                 spec.nodes.retain(|n| !nodes.contains(n));
                 let now = super::now_ms();
                 write_spec(&mut tx, &spec, now, "undeploying").await?;
-                super::history::record(&mut tx, &spec, "undeploy", now).await?;
+                super::history::record(self, &mut tx, &spec, "undeploy", now).await?;
             }
         }
         tx.commit().await.map_err(query_err("changing instances"))?;

@@ -170,7 +170,7 @@ impl Store {
                 .transpose()
                 .map_err(query_err("recording the new release"))?
                 .unwrap_or_else(|| "patch".to_string());
-            super::history::record(&mut tx, &spec, &kind, now).await?;
+            super::history::record(self, &mut tx, &spec, &kind, now).await?;
         }
         sqlx::query("UPDATE instances SET desired_version = ?, prefetch_version = '' WHERE app = ? AND server = ?")
             .bind(version)

@@ -188,7 +188,7 @@ impl Store {
         let mut added = Vec::new();
         let mut version = None;
         if old.as_ref() != Some(spec) {
-            version = Some(super::history::record(&mut tx, spec, action, now_ms).await?);
+            version = Some(super::history::record(self, &mut tx, spec, action, now_ms).await?);
             if old.is_some() {
                 write_spec(&mut tx, spec, now_ms, "applying a spec").await?;
             } else {
@@ -330,7 +330,7 @@ impl Store {
         if !added.is_empty() {
             let now = super::now_ms();
             write_spec(&mut tx, &spec, now, "expanding a server").await?;
-            version = Some(super::history::record(&mut tx, &spec, "expand", now).await?);
+            version = Some(super::history::record(self, &mut tx, &spec, "expand", now).await?);
         }
         let instances = staged_instances(&mut tx, app, server, &added).await?;
         Ok(Staged {
