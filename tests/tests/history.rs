@@ -231,6 +231,31 @@ fn history_diff_and_revert_round_trip() {
     let none = ok(&f, &["server", "revert", "demo.hist", "6"]);
     assert!(none.contains("no change"), "{none}");
     assert_eq!(history(&f, "demo.hist").len(), 6);
+
+    // The history outlives the server; a revert creates it again, numbering on.
+    ok(&f, &["server", "undeploy", "demo.hist"]);
+    let gone = ok(&f, &["server", "history", "demo.hist"]);
+    assert!(
+        gone.contains("demo.hist is not deployed now (removed after version 6)"),
+        "{gone}"
+    );
+    assert_eq!(
+        f.registry.json(&["server", "history", "demo.hist"])["deployed"],
+        false
+    );
+    let back = ok(&f, &["server", "revert", "demo.hist", "5"]);
+    assert!(
+        back.contains("create server demo.hist") && back.contains("stored as version 7"),
+        "{back}"
+    );
+    assert_eq!(
+        history(&f, "demo.hist").last().map(|v| (v.0, v.1.clone())),
+        Some((7, "revert to 5".to_string()))
+    );
+    assert_eq!(
+        instances(&f.registry, "demo.hist").expect("status").len(),
+        2
+    );
 }
 
 /// A revert whose package or secret was removed since is refused, naming it, and changes
@@ -352,6 +377,28 @@ fn wait_for_the_result_and_node_show() {
         .instance("demo.steady", "node-a")
         .expect("status");
     assert_eq!(i["state"], "running", "running when --wait returns: {i}");
+
+    // A server that keeps failing quickly: --wait gives up at --timeout, naming it.
+    f.registry.apply(&command_spec(
+        "flaky",
+        "\"sh\", \"-c\", \"exit 4\"",
+        "[restart]\ninitial_delay = \"500ms\"\n",
+    ));
+    let (ok_, out, err) = text(&f.registry.cli(&[
+        "server",
+        "restart",
+        "demo.flaky",
+        "--wait",
+        "--timeout",
+        "2s",
+    ]));
+    assert!(!ok_, "{out}");
+    assert!(
+        err.contains(
+            "timed out after 2s waiting for an instance to be running again: demo.flaky@node-a:"
+        ),
+        "{err}"
+    );
 
     // --timeout needs --wait: a usage error.
     let out = f
