@@ -87,6 +87,8 @@ enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
+    /// Print a shell completion script: `source <(registry completions bash)`.
+    Completions { shell: CompletionShell },
     /// The active endpoints of a service name (APP.SERVER.ADAPTER).
     Endpoints { name: String },
     /// Instance state changes, newest last.
@@ -94,8 +96,6 @@ enum Command {
         #[command(flatten)]
         args: EventsArgs,
     },
-    /// Print a shell completion script: `source <(registry completions bash)`.
-    Completions { shell: CompletionShell },
 }
 
 /// The shells `registry completions` writes scripts for.
@@ -266,15 +266,6 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Endpoints { name } => {
-            admin(rt.block_on(corral_registry::cli::server::endpoints(name, client)))
-        }
-        Command::Secret { command } => {
-            admin(rt.block_on(corral_registry::cli::secret::run(command, client)))
-        }
-        Command::Events { args } => {
-            admin(rt.block_on(corral_registry::cli::events::events(args, client)))
-        }
         Command::Completions { shell } => {
             let shell = match shell {
                 CompletionShell::Bash => clap_complete::Shell::Bash,
@@ -288,6 +279,15 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
             );
             ExitCode::SUCCESS
+        }
+        Command::Endpoints { name } => {
+            admin(rt.block_on(corral_registry::cli::server::endpoints(name, client)))
+        }
+        Command::Secret { command } => {
+            admin(rt.block_on(corral_registry::cli::secret::run(command, client)))
+        }
+        Command::Events { args } => {
+            admin(rt.block_on(corral_registry::cli::events::events(args, client)))
         }
     }
 }
