@@ -7,15 +7,16 @@
 
 pub mod apply;
 pub mod args;
-pub mod control;
 pub mod events;
-pub mod history;
 pub mod node;
 pub mod output;
 pub mod package;
 pub mod rollout;
 pub mod secret;
 pub mod server;
+// The `server` subcommands of spec history and `--wait`.
+pub mod control;
+pub mod history;
 
 use clap::{Args, ValueEnum};
 use corral_proto::v1::admin_client::AdminClient;
