@@ -88,6 +88,8 @@ enum Command {
         #[command(subcommand)]
         command: TlsCommand,
     },
+    /// Print a shell completion script: `source <(registry completions bash)`.
+    Completions { shell: CompletionShell },
     /// The active endpoints of a service name (APP.SERVER.ADAPTER).
     Endpoints { name: String },
     /// Instance state changes, newest last.
@@ -100,6 +102,14 @@ enum Command {
         #[command(flatten)]
         args: AuditArgs,
     },
+}
+
+/// The shells `registry completions` writes scripts for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -155,7 +165,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 /// there on the command line, they are refused rather than silently ignored.
 fn parse_cli() -> Cli {
     let mut matches = Cli::command().get_matches();
-    let local = matches!(matches.subcommand_name(), Some("serve" | "dev" | "tls"));
+    let local = matches!(
+        matches.subcommand_name(),
+        Some("serve" | "dev" | "tls" | "completions")
+    );
     if local {
         for (id, flag) in corral_registry::cli::CLIENT_OPTIONS {
             if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
@@ -259,6 +272,20 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "registry",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Command::Endpoints { name } => {
             admin(rt.block_on(corral_registry::cli::server::endpoints(name, client)))
         }

@@ -220,6 +220,10 @@ fn every_subcommand_says_when_it_cannot_reach_the_registry() {
         vec!["server", "restart", "demo.x"],
         vec!["server", "undeploy", "demo.x"],
         vec!["server", "expand", "demo.x", "--to", "node-b"],
+        vec!["server", "restart", "demo.x", "--wait"],
+        vec!["server", "history", "demo.x"],
+        vec!["server", "diff", "demo.x", "1"],
+        vec!["server", "revert", "demo.x", "1", "--dry-run"],
         vec![
             "package",
             "upload",

@@ -168,6 +168,31 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
     };
     let source = corral_proto::text::prefix(source, 256);
     let new = spec::parse(&req.spec_toml, source).map_err(|e| problems(source, &e.0))?;
+    let mode = Mode {
+        force: req.force,
+        dry_run: req.dry_run,
+        action: "apply",
+    };
+    apply_parsed(shared, new, source, mode).await
+}
+
+/// How [`apply_parsed`] applies a spec.
+pub(super) struct Mode<'a> {
+    /// Undo an expand, patch, rollback or undeploy made since the last apply.
+    pub force: bool,
+    pub dry_run: bool,
+    /// What the spec version it stores is named after: apply, "revert to 3".
+    pub action: &'a str,
+}
+
+/// Applies a checked spec: the package, resource, secret and template checks, then one
+/// transaction (rolled back for a dry run).
+pub(super) async fn apply_parsed(
+    shared: &Shared,
+    new: Spec,
+    source: &str,
+    mode: Mode<'_>,
+) -> Result<ApplyResponse, Status> {
     let name = new.name();
     if let Some(version) = &new.package
         && shared
@@ -187,9 +212,12 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
     if !limits.is_empty() {
         return Err(problems(source, &limits));
     }
-    let staged = shared.store().stage_apply(&new, now_ms()).await?;
+    let staged = shared
+        .store()
+        .stage_apply_as(&new, now_ms(), mode.action)
+        .await?;
     let undone = drift(staged.applied_before.as_ref(), staged.old.as_ref(), &new);
-    if !undone.is_empty() && !req.force && !req.dry_run {
+    if !undone.is_empty() && !mode.force && !mode.dry_run {
         staged.rollback().await;
         return Err(Status::failed_precondition(format!(
             "{source} would undo changes made to {name} since its last apply:\n  {}\n\
@@ -198,7 +226,7 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
         )));
     }
     let (staged, notes) = check_staged(shared, staged, source).await?;
-    let mut changes = spec::describe_changes(staged.old.as_ref(), &new, req.dry_run);
+    let mut changes = spec::describe_changes(staged.old.as_ref(), &new, mode.dry_run);
     if !changes.is_empty() {
         for i in staged.instances.iter().filter(|i| i.added) {
             let ports: Vec<String> = i.ports.iter().map(|(a, p)| format!("{a}:{p}")).collect();
@@ -223,12 +251,14 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
     for line in undone {
         changes.push(format!(
             "undoes: {line}{}",
-            if req.force { "" } else { " (needs --force)" }
+            if mode.force { "" } else { " (needs --force)" }
         ));
     }
     changes.extend(notes);
     let nodes = staged.nodes.clone();
-    if req.dry_run {
+    let mut version = staged.version.and_then(|v| u64::try_from(v).ok());
+    if mode.dry_run {
+        version = None;
         staged.rollback().await;
     } else {
         staged.commit().await?;
@@ -240,7 +270,8 @@ pub async fn apply(shared: &Shared, req: ApplyRequest) -> Result<ApplyResponse, 
     Ok(ApplyResponse {
         server: name,
         changes,
-        dry_run: req.dry_run,
+        dry_run: mode.dry_run,
+        version: version.unwrap_or(0),
     })
 }
 

@@ -4,6 +4,7 @@
 mod apply;
 mod audit;
 mod events;
+mod history;
 mod nodes;
 mod packages;
 mod resources;
@@ -193,6 +194,33 @@ impl Admin for AdminService {
         r: Request<ExportServerRequest>,
     ) -> Result<Response<ExportServerResponse>, Status> {
         apply::export(&self.shared, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn server_history(
+        &self,
+        r: Request<ServerHistoryRequest>,
+    ) -> Result<Response<ServerHistoryResponse>, Status> {
+        history::history(&self.shared, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn server_diff(
+        &self,
+        r: Request<ServerDiffRequest>,
+    ) -> Result<Response<ServerDiffResponse>, Status> {
+        history::diff(&self.shared, r.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn revert_server(
+        &self,
+        r: Request<RevertServerRequest>,
+    ) -> Result<Response<RevertServerResponse>, Status> {
+        history::revert(&self.shared, r.into_inner())
             .await
             .map(Response::new)
     }

@@ -41,13 +41,14 @@ pub async fn apply(args: ApplyArgs, client_args: &ClientArgs) -> Result<(), CliE
     if client_args.output == Format::Json {
         println!(
             "{}",
-            json!({"server": resp.server, "dry_run": resp.dry_run, "changes": resp.changes})
+            json!({"server": resp.server, "dry_run": resp.dry_run, "changes": resp.changes,
+                   "version": (resp.version > 0).then_some(resp.version)})
         );
         return Ok(());
     }
     let prefix = if resp.dry_run { "would " } else { "" };
     if resp.changes.is_empty() {
-        println!("{}: no change", resp.server);
+        println!("{}: no change (no new spec version stored)", resp.server);
     } else {
         println!(
             "{}{}:",
@@ -64,6 +65,12 @@ pub async fn apply(args: ApplyArgs, client_args: &ClientArgs) -> Result<(), CliE
             } else {
                 println!("  {prefix}{c}");
             }
+        }
+        if resp.version > 0 {
+            println!(
+                "stored as spec version {} (`registry server history {}`)",
+                resp.version, resp.server
+            );
         }
     }
     Ok(())

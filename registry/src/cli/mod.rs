@@ -15,6 +15,9 @@ pub mod package;
 pub mod rollout;
 pub mod secret;
 pub mod server;
+// The `server` subcommands of spec history and `--wait`.
+pub mod control;
+pub mod history;
 
 use clap::{Args, ValueEnum};
 use corral_proto::v1::admin_client::AdminClient;

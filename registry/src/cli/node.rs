@@ -59,6 +59,7 @@ fn print_instances(instances: &[InstanceInfo]) {
             let [cpu, memory, pids] = usage_cells(i);
             vec![
                 i.server.clone(),
+                i.ordinal.to_string(),
                 state_cell(i),
                 name_of::<HealthStatus>(i.health),
                 pid_cell(i.pid),
@@ -73,6 +74,7 @@ fn print_instances(instances: &[InstanceInfo]) {
     print_table(
         &[
             "SERVER",
+            "ORDINAL",
             "STATE",
             "HEALTH",
             "PID",

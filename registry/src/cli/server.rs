@@ -2,15 +2,16 @@
 
 use clap::{Args, Subcommand};
 use corral_proto::v1::{
-    ControlServerRequest, ExpandRequest, ExportServerRequest, FindRequest, InstanceInfo,
-    ListServersRequest, ServerStatusRequest,
+    ExpandRequest, ExportServerRequest, FindRequest, InstanceInfo, ListServersRequest,
+    ServerStatusRequest,
 };
 use corral_proto::v1::{
     HealthStatus, InstallState, InstanceState, NodeState, RunState, ServerAction,
 };
-use corral_proto::wire::{Named, name_of};
+use corral_proto::wire::name_of;
 use serde_json::{Value, json};
 
+use super::control::{Control, WaitArgs, control};
 pub use super::output::usage_cells;
 use super::output::{ago_ms, print_table, time_ms};
 use super::{CliError, ClientArgs, Format, connect};
@@ -23,11 +24,11 @@ pub enum ServerCommand {
     /// The instances of a server with their actual state.
     Status { server: String },
     /// Start the instances (of one node with --node).
-    Start(Target),
+    Start(Control),
     /// Stop the instances: stop signal, then SIGKILL to the group after the timeout.
-    Stop(Target),
+    Stop(Control),
     /// Restart the instances, exactly once each.
-    Restart(Target),
+    Restart(Control),
     /// Stop and remove the instances (the server itself with its last instance).
     Undeploy(Target),
     /// Add instances on more nodes: ports allocated, configs rendered, in one
@@ -36,6 +37,8 @@ pub enum ServerCommand {
     /// Print the live spec as TOML that `apply -f` accepts and that changes nothing
     /// (with what changed since the last apply, as comments).
     Export { server: String },
+    #[command(flatten)]
+    History(super::history::HistoryCommand),
 }
 
 #[derive(Args, Debug)]
@@ -148,7 +151,7 @@ pub fn pid_cell(pid: u32) -> String {
 
 pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> {
     let mut client = connect(args).await?;
-    let (action, target) = match cmd {
+    let (action, target, wait) = match cmd {
         ServerCommand::List => {
             let servers = client
                 .list_servers(ListServersRequest {})
@@ -261,33 +264,13 @@ pub async fn run(cmd: ServerCommand, args: &ClientArgs) -> Result<(), CliError> 
             }
             return Ok(());
         }
-        ServerCommand::Start(t) => (ServerAction::Start, t),
-        ServerCommand::Stop(t) => (ServerAction::Stop, t),
-        ServerCommand::Restart(t) => (ServerAction::Restart, t),
-        ServerCommand::Undeploy(t) => (ServerAction::Undeploy, t),
+        ServerCommand::History(c) => return super::history::run(&mut client, c, args).await,
+        ServerCommand::Start(c) => (ServerAction::Start, c.target, c.wait),
+        ServerCommand::Stop(c) => (ServerAction::Stop, c.target, c.wait),
+        ServerCommand::Restart(c) => (ServerAction::Restart, c.target, c.wait),
+        ServerCommand::Undeploy(t) => (ServerAction::Undeploy, t, WaitArgs::default()),
     };
-    let resp = client
-        .control_server(ControlServerRequest {
-            server: target.server.clone(),
-            action: action.into(),
-            node: target.node.unwrap_or_default(),
-        })
-        .await?
-        .into_inner();
-    if args.output == Format::Json {
-        println!(
-            "{}",
-            json!({"server": target.server, "action": action.name(), "nodes": resp.nodes})
-        );
-    } else {
-        println!(
-            "{} {} on {}",
-            action.name(),
-            target.server,
-            resp.nodes.join(", ")
-        );
-    }
-    Ok(())
+    control(&mut client, action, target, wait, args).await
 }
 
 async fn expand(

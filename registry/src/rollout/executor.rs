@@ -159,7 +159,7 @@ async fn step(shared: &Shared, id: i64, now: i64) -> Result<bool, StoreError> {
     else {
         shared
             .store()
-            .set_server_package(&r.app, &r.server, &r.to_version)
+            .set_server_package(&r.app, &r.server, &r.to_version, id)
             .await?;
         shared
             .store()

@@ -176,11 +176,12 @@ pub async fn start(shared: Arc<Shared>, req: StartRolloutRequest) -> Result<Roll
     };
     let id = shared
         .store()
-        .create_rollout(
+        .create_rollout_as(
             &row,
             &targets,
             shared.replica_id(),
             now + executor::LEASE.as_millis() as i64,
+            if req.rollback { "rollback" } else { "patch" },
         )
         .await?;
     let nodes: Vec<String> = targets.iter().map(|t| t.node.clone()).collect();

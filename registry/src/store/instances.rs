@@ -246,7 +246,9 @@ impl Store {
                     .await?
                     .ok_or_else(|| StoreError::ServerNotFound(format!("{app}.{server}")))?;
                 spec.nodes.retain(|n| !nodes.contains(n));
-                write_spec(&mut tx, &spec, super::now_ms(), "undeploying").await?;
+                let now = super::now_ms();
+                write_spec(&mut tx, &spec, now, "undeploying").await?;
+                super::history::record(self, &mut tx, &spec, "undeploy", now).await?;
             }
         }
         tx.commit().await.map_err(query_err("changing instances"))?;

@@ -80,6 +80,20 @@ impl Store {
         owner: &str,
         lease_until_ms: i64,
     ) -> Result<i64, StoreError> {
+        self.create_rollout_as(r, instances, owner, lease_until_ms, "patch")
+            .await
+    }
+
+    /// [`Store::create_rollout`] of a `kind`: patch or rollback, the action the spec
+    /// version its end stores is named after.
+    pub async fn create_rollout_as(
+        &self,
+        r: &RolloutRow,
+        instances: &[RolloutInstanceRow],
+        owner: &str,
+        lease_until_ms: i64,
+        kind: &str,
+    ) -> Result<i64, StoreError> {
         let err = || query_err("starting a rollout");
         let mut tx = self.begin_write().await.map_err(err())?;
         let busy: i64 = sqlx::query(&format!(
@@ -100,7 +114,7 @@ impl Store {
         }
         let done = sqlx::query(
             "INSERT INTO rollouts (app, server, from_version, to_version, state, error, batch, min_healthy_ms, deadline_ms, \
-             created_at_ms, updated_at_ms, owner, lease_until_ms) VALUES (?, ?, ?, ?, 'running', '', ?, ?, ?, ?, ?, ?, ?)",
+             created_at_ms, updated_at_ms, owner, lease_until_ms, kind) VALUES (?, ?, ?, ?, 'running', '', ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&r.app)
         .bind(&r.server)
@@ -113,6 +127,7 @@ impl Store {
         .bind(r.created_at_ms)
         .bind(owner)
         .bind(lease_until_ms)
+        .bind(kind)
         .execute(&mut *tx)
         .await
         .map_err(err())?;

@@ -141,12 +141,13 @@ pub(crate) use corral_proto::text::prefix as truncate;
 
 impl Store {
     /// Makes `version` the server's release: in its spec and for every instance (the end
-    /// of a rollout).
+    /// of rollout `rollout`, whose kind, patch or rollback, names the spec version).
     pub async fn set_server_package(
         &self,
         app: &str,
         server: &str,
         version: &str,
+        rollout: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self
             .begin_write()
@@ -155,8 +156,22 @@ impl Store {
         let mut spec = locked_spec(self, &mut tx, app, server, "recording the new release")
             .await?
             .ok_or_else(|| StoreError::ServerNotFound(format!("{app}.{server}")))?;
+        let changed = spec.package.as_deref() != Some(version);
         spec.package = Some(version.to_string());
-        write_spec(&mut tx, &spec, super::now_ms(), "recording the new release").await?;
+        let now = super::now_ms();
+        write_spec(&mut tx, &spec, now, "recording the new release").await?;
+        if changed {
+            let kind = sqlx::query("SELECT kind FROM rollouts WHERE id = ?")
+                .bind(rollout)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_err("recording the new release"))?
+                .map(|r| text_column(&r, "kind"))
+                .transpose()
+                .map_err(query_err("recording the new release"))?
+                .unwrap_or_else(|| "patch".to_string());
+            super::history::record(self, &mut tx, &spec, &kind, now).await?;
+        }
         sqlx::query("UPDATE instances SET desired_version = ?, prefetch_version = '' WHERE app = ? AND server = ?")
             .bind(version)
             .bind(app)

@@ -35,6 +35,9 @@ pub struct Staged {
     pub applied_before: Option<Spec>,
     /// Nodes whose desired state changes; empty when nothing does.
     pub nodes: Vec<String>,
+    /// The spec version this change stores ([`super::history`]); None when the spec
+    /// does not change.
+    pub version: Option<i64>,
     /// Every instance of the server once the change is in, by ordinal.
     pub instances: Vec<StagedInstance>,
 }
@@ -148,6 +151,17 @@ impl Store {
     /// Stages creating or updating a server from `spec`: the spec (also as the last
     /// applied one), its instances and their ports.
     pub async fn stage_apply(&self, spec: &Spec, now_ms: i64) -> Result<Staged, StoreError> {
+        self.stage_apply_as(spec, now_ms, "apply").await
+    }
+
+    /// [`Store::stage_apply`], recording the new spec version as made by `action`
+    /// (`apply`, `revert to 3`).
+    pub async fn stage_apply_as(
+        &self,
+        spec: &Spec,
+        now_ms: i64,
+        action: &str,
+    ) -> Result<Staged, StoreError> {
         let err = || query_err("applying a spec");
         let json =
             serde_json::to_string(spec).map_err(|e| err()(sqlx::Error::Encode(Box::new(e))))?;
@@ -172,7 +186,9 @@ impl Store {
         };
         let mut staged_nodes = Vec::new();
         let mut added = Vec::new();
+        let mut version = None;
         if old.as_ref() != Some(spec) {
+            version = Some(super::history::record(self, &mut tx, spec, action, now_ms).await?);
             if old.is_some() {
                 write_spec(&mut tx, spec, now_ms, "applying a spec").await?;
             } else {
@@ -257,6 +273,7 @@ impl Store {
             old,
             applied_before,
             nodes: staged_nodes,
+            version,
             instances,
         })
     }
@@ -309,8 +326,11 @@ impl Store {
             super::ports::assign(&mut tx, &spec, node).await?;
             added.push(node.clone());
         }
+        let mut version = None;
         if !added.is_empty() {
-            write_spec(&mut tx, &spec, super::now_ms(), "expanding a server").await?;
+            let now = super::now_ms();
+            write_spec(&mut tx, &spec, now, "expanding a server").await?;
+            version = Some(super::history::record(self, &mut tx, &spec, "expand", now).await?);
         }
         let instances = staged_instances(&mut tx, app, server, &added).await?;
         Ok(Staged {
@@ -319,6 +339,7 @@ impl Store {
             old: Some(old),
             applied_before: None,
             nodes: added,
+            version,
             instances,
         })
     }
