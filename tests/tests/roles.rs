@@ -185,6 +185,7 @@ fn a_viewer_reads_everything_but_secrets_and_changes_nothing() {
             "StartRollout",
         ),
         (vec!["rollback", "demo.app"], "StartRollout"),
+        (vec!["server", "revert", "demo.app", "1"], "RevertServer"),
         (vec!["node", "remove", "node-a"], "RemoveNode"),
         (put.to_vec(), "PutSecret"),
         (
@@ -228,6 +229,8 @@ fn a_viewer_reads_everything_but_secrets_and_changes_nothing() {
         vec!["server", "list"],
         vec!["server", "status", "demo.app"],
         vec!["server", "export", "demo.app"],
+        vec!["server", "history", "demo.app"],
+        vec!["server", "diff", "demo.app", "1"],
         vec!["package", "list"],
         vec!["rollout", "list"],
         vec!["events"],
@@ -346,6 +349,12 @@ fn every_change_is_audited_with_the_tokens_name() {
             vec!["rollback", "demo.app"],
             "StartRollout",
             "demo.app rollback to the previous release",
+            "ok",
+        ),
+        (
+            vec!["server", "revert", "demo.app", "1", "--dry-run"],
+            "RevertServer",
+            "demo.app to version 1 (dry run)",
             "ok",
         ),
         (

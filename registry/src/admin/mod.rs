@@ -220,6 +220,9 @@ impl Admin for AdminService {
         &self,
         r: Request<RevertServerRequest>,
     ) -> Result<Response<RevertServerResponse>, Status> {
+        noted(&r, |q| {
+            format!("{} to version {}{}", q.server, q.version, dry(q.dry_run))
+        });
         history::revert(&self.shared, r.into_inner())
             .await
             .map(Response::new)
