@@ -94,6 +94,11 @@ enum Command {
         #[command(flatten)]
         args: EventsArgs,
     },
+    /// Lines of a server's logs (its instances' stdout and stderr), read by their agents.
+    Logs {
+        #[command(flatten)]
+        args: corral_registry::cli::logs::LogsArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +267,16 @@ fn main() -> ExitCode {
         Command::Events { args } => {
             admin(rt.block_on(corral_registry::cli::events::events(args, client)))
         }
+        // Ctrl-C (or SIGTERM) ends `logs -f` cleanly: exit 0, and the closed call stops
+        // the stream on the registry and the agent.
+        Command::Logs { args } => admin(rt.block_on(async {
+            let stop = CancellationToken::new();
+            tokio::spawn(cancel_on_shutdown_signal(stop.clone()));
+            tokio::select! {
+                () = stop.cancelled() => Ok(()),
+                r = corral_registry::cli::logs::logs(args, client) => r,
+            }
+        })),
     }
 }
 

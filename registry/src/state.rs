@@ -46,6 +46,8 @@ pub struct Shared {
     /// Agents' last known reports, and what waits to be written.
     actual: Actual,
     bus: Bus,
+    /// Log streams open through this replica's sessions.
+    logs: Arc<crate::logs::routes::Routes>,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
             outage: Outage::default(),
             actual: Actual::default(),
             bus: Bus::default(),
+            logs: Arc::default(),
         })
     }
 
@@ -97,6 +100,10 @@ impl Shared {
 
     pub fn actual(&self) -> &Actual {
         &self.actual
+    }
+
+    pub fn logs(&self) -> &Arc<crate::logs::routes::Routes> {
+        &self.logs
     }
 
     pub fn replica_id(&self) -> &str {

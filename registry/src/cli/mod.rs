@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod args;
 pub mod events;
+pub mod logs;
 pub mod node;
 pub mod output;
 pub mod package;

@@ -67,6 +67,9 @@ pub struct RegistryConfig {
     pub secret_key_file: Option<PathBuf>,
     /// The key itself, from `CORRAL_SECRET_KEY` (64 hex digits); wins over the file.
     pub secret_key: Option<crate::secrets::startup::KeyText>,
+    /// The gRPC address other replicas reach this one at (`registry logs` of a node
+    /// whose session is open here); None: the listen address, unless it is a wildcard.
+    pub advertise: Option<String>,
 }
 
 /// PEM files for TLS.
@@ -108,6 +111,7 @@ pub struct FileConfig {
     pub http_tls_cert: Option<PathBuf>,
     pub http_tls_key: Option<PathBuf>,
     pub secret_key_file: Option<PathBuf>,
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
