@@ -151,6 +151,8 @@ pub async fn logs(a: LogsArgs, args: &ClientArgs) -> Result<(), CliError> {
     let mut failed = false;
     while let Some(l) = lines.message().await? {
         failed |= !show.batch(&l);
+        // Lines may always be ready: let Ctrl-C (in `main`) be seen between batches.
+        tokio::task::yield_now().await;
     }
     if failed {
         return Err(CliError::Failed(
