@@ -188,3 +188,80 @@ impl Routes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn batch(id: u64, lines: usize) -> Routed {
+        Routed::Batch(LogBatch {
+            id,
+            lines: vec!["x".to_string(); lines],
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_gets_a_count_of_what_it_missed() {
+        let routes = Arc::new(Routes::default());
+        let (to_agent, mut agent) = mpsc::channel(4);
+        routes.attach("node-a", 1, to_agent);
+        let mut opened = routes
+            .open("node-a", LogOpen::default())
+            .await
+            .expect("open");
+        let Some(Ok(RegistryMessage {
+            body: Some(Body::LogOpen(open)),
+        })) = agent.recv().await
+        else {
+            panic!("no LogOpen");
+        };
+        assert_eq!(open.id, opened.id);
+        // Never waits: past the queue, batches are counted.
+        for _ in 0..QUEUE + 3 {
+            routes.deliver("node-a", opened.id, batch(opened.id, 2));
+        }
+        for _ in 0..QUEUE {
+            opened.rx.recv().await.expect("batch");
+        }
+        routes.deliver("node-a", opened.id, batch(opened.id, 1));
+        let Some(Routed::Batch(b)) = opened.rx.recv().await else {
+            panic!("no batch");
+        };
+        assert_eq!((b.skipped, b.lines.len()), (6, 1));
+        // Another node cannot feed this stream.
+        routes.deliver("node-b", opened.id, batch(opened.id, 1));
+        assert!(opened.rx.try_recv().is_err());
+        // The reader goes away: the agent is told to stop.
+        let id = opened.id;
+        drop(opened);
+        let Some(Ok(RegistryMessage {
+            body: Some(Body::LogCancel(c)),
+        })) = agent.recv().await
+        else {
+            panic!("no LogCancel");
+        };
+        assert_eq!(c.id, id);
+        assert_eq!(routes.open_streams(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_ends_ends_its_streams() {
+        let routes = Arc::new(Routes::default());
+        let (to_agent, _agent) = mpsc::channel(4);
+        routes.attach("node-a", 1, to_agent);
+        let mut opened = routes
+            .open("node-a", LogOpen::default())
+            .await
+            .expect("open");
+        routes.detach("node-a", 2); // not the current session: nothing
+        assert!(routes.has("node-a"));
+        routes.detach("node-a", 1);
+        let Some(Routed::End(why)) = opened.rx.recv().await else {
+            panic!("no end");
+        };
+        assert!(why.contains("session of node node-a ended"), "{why}");
+        assert!(routes.open("node-a", LogOpen::default()).await.is_none());
+    }
+}
