@@ -71,7 +71,15 @@ fn main() -> anyhow::Result<()> {
     )?;
     let mut child = corral
         .cli()
-        .args(["logs", "-f", "bench.ticker", "--stream", "stdout", "-n", "0"])
+        .args([
+            "logs",
+            "-f",
+            "bench.ticker",
+            "--stream",
+            "stdout",
+            "-n",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -85,7 +93,9 @@ fn main() -> anyhow::Result<()> {
     for line in BufReader::new(out).lines() {
         let line = line.context("reading the CLI's output")?;
         let received = now_ns()?;
-        let Some(written) = line.strip_prefix("t ").and_then(|t| t.trim().parse::<u128>().ok())
+        let Some(written) = line
+            .strip_prefix("t ")
+            .and_then(|t| t.trim().parse::<u128>().ok())
         else {
             continue;
         };
