@@ -288,3 +288,76 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_proto::v1::Heartbeat;
+    use tokio_stream::StreamExt;
+
+    fn beat() -> AgentMessage {
+        AgentMessage {
+            body: Some(Body::Heartbeat(Heartbeat::default())),
+        }
+    }
+
+    fn end(id: u64) -> AgentMessage {
+        AgentMessage {
+            body: Some(Body::LogEnd(LogEnd {
+                id,
+                error: String::new(),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn control_messages_go_before_logs() {
+        let (control, control_rx) = mpsc::channel(4);
+        let (logs, logs_rx) = mpsc::channel(4);
+        let mut out = Outbound::new(control_rx, logs_rx);
+        logs.send(end(1)).await.expect("log");
+        logs.send(end(2)).await.expect("log");
+        control.send(beat()).await.expect("beat");
+        let first = out.next().await.expect("first");
+        assert!(matches!(first.body, Some(Body::Heartbeat(_))));
+        assert!(
+            matches!(out.next().await.and_then(|m| m.body), Some(Body::LogEnd(e)) if e.id == 1)
+        );
+        control.send(beat()).await.expect("beat");
+        assert!(matches!(
+            out.next().await.and_then(|m| m.body),
+            Some(Body::Heartbeat(_))
+        ));
+        // No log stream left: the session goes on; it ends with the control queue.
+        drop(logs);
+        assert!(
+            matches!(out.next().await.and_then(|m| m.body), Some(Body::LogEnd(e)) if e.id == 2)
+        );
+        drop(control);
+        assert!(out.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_instance_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = LogContext {
+            node: "node-a".into(),
+            instances_dir: dir.path().to_path_buf(),
+            index: Arc::default(),
+            open: Gauge::default(),
+            skipped: Counter::default(),
+        };
+        let (out, _rx) = mpsc::channel(4);
+        for (app, server) in [("demo", "none"), ("..", "x"), ("demo", "a/b")] {
+            let open = LogOpen {
+                app: app.into(),
+                server: server.into(),
+                ..Default::default()
+            };
+            let err = run(&ctx, open, &out, &CancellationToken::new())
+                .await
+                .expect_err("unknown");
+            assert!(err.contains("has no instance on node node-a"), "{err}");
+        }
+    }
+}
