@@ -141,6 +141,8 @@ pub enum ConfigError {
     EmptyToken { what: &'static str },
     #[error("TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)")]
     HalfTls,
+    #[error("--advertise (or advertise) {value:?}: {why}")]
+    Advertise { value: String, why: String },
 }
 
 /// Reads a TOML config file. A missing file is an error only when `required`.

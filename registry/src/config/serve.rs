@@ -126,7 +126,14 @@ pub fn load(args: ServeArgs) -> Result<RegistryConfig, ConfigError> {
             args.admin_tokens
         },
         join_token: args.join_token.or(file.join_token),
-        advertise: args.advertise.or(file.advertise),
+        advertise: args
+            .advertise
+            .or(file.advertise)
+            .map(|value| {
+                crate::cli::args::registry_addr(&value)
+                    .map_err(|why| ConfigError::Advertise { value, why })
+            })
+            .transpose()?,
         public_discovery: args.public_discovery || file.public_discovery.unwrap_or(false),
         no_auth: args.no_auth || file.no_auth.unwrap_or(false),
         tls: match (
