@@ -248,6 +248,12 @@ async fn run(
     if !open.follow {
         return Ok(());
     }
+    // Following from now on: an empty batch says so (the registry waits for a first
+    // answer, which an agent that does not know log streams never sends).
+    let first = followers.first().map_or(LogStream::Stdout, |f| f.0);
+    if out.send(batch(&open, first, 0, Vec::new())).await.is_err() {
+        return Ok(());
+    }
     loop {
         let (mut more, mut dropped) = (false, false);
         for (s, follower, skipped) in &mut followers {

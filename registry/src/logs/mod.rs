@@ -24,6 +24,8 @@ pub type LogsStream = Pin<Box<dyn Stream<Item = Result<LogLines, Status>> + Send
 
 /// The most lines `tail` may ask for (the agent's limit too).
 const MAX_TAIL: u32 = 100_000;
+/// How long an agent has to answer a LogOpen.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Batches waiting for the caller; then the streams wait (and the sessions skip lines).
 const OUT_QUEUE: usize = 64;
 
@@ -217,7 +219,23 @@ async fn read(
             .await;
         return;
     };
-    while let Some(routed) = opened.rx.recv().await {
+    // The agent answers every LogOpen at once (lines, an end, or an empty batch when
+    // following); one that does not knows no log streams.
+    let first = match tokio::time::timeout(ANSWER_TIMEOUT, opened.rx.recv()).await {
+        Ok(r) => r,
+        Err(_) => {
+            let why = format!(
+                "the agent of node {} did not answer within {}s (an agent older than this \
+                 registry cannot send logs: upgrade it)",
+                target.node,
+                ANSWER_TIMEOUT.as_secs()
+            );
+            let _ = tx.send(Ok(fail(why))).await;
+            return;
+        }
+    };
+    let mut next = first;
+    while let Some(routed) = next {
         let lines = match routed {
             Routed::Batch(b) => LogLines {
                 node: target.node.clone(),
@@ -234,5 +252,6 @@ async fn read(
         if tx.send(Ok(lines)).await.is_err() {
             return;
         }
+        next = opened.rx.recv().await;
     }
 }
