@@ -72,6 +72,8 @@ pub struct Context {
     /// The agent's cgroups; None: not usable, for the reason in `cgroups_error`.
     pub cgroups: Option<Arc<cgroup::Cgroups>>,
     pub cgroups_error: String,
+    /// What the log streams the registry opens need.
+    pub logs: logs::streams::LogContext,
 }
 
 /// The clock of every `*_ms` field the agent reports (its modules take it from here).
@@ -181,8 +183,14 @@ pub async fn run(
             config.stop_services_on_exit,
         ),
     );
+    let log_index = Arc::new(logs::index::SizeIndex::default());
+    let sampler = tokio::spawn(logs::index::sample_forever(
+        log_index.clone(),
+        instances_dir.clone(),
+        shutdown.clone(),
+    ));
     let rotation = tokio::spawn(logs::rotate_forever(
-        instances_dir,
+        instances_dir.clone(),
         config.log_max_size,
         config.log_keep,
         shutdown.clone(),
@@ -203,9 +211,17 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let metrics = metrics::Metrics::new();
+    let logs = logs::streams::LogContext {
+        node: config.node.clone(),
+        instances_dir,
+        index: log_index,
+        open: metrics.log_streams.clone(),
+        skipped: metrics.log_lines_skipped.clone(),
+    };
     let ctx = Arc::new(Context {
         config,
-        metrics: metrics::Metrics::new(),
+        metrics,
         connected: AtomicBool::new(false),
         board,
         desired: desired_tx,
@@ -214,6 +230,7 @@ pub async fn run(
         dns: dns_addr,
         cgroups,
         cgroups_error,
+        logs,
     });
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(
@@ -230,6 +247,7 @@ pub async fn run(
     shutdown.cancel();
     let _ = reconciler.await;
     let _ = rotation.await;
+    let _ = sampler.await;
     let _ = notifier.await;
     let _ = sweeper.await;
     if let Some(task) = dns_task {

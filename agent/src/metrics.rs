@@ -131,6 +131,10 @@ pub struct Metrics {
     /// Sessions opened since start.
     pub sessions: Counter,
     pub heartbeats: Counter,
+    /// Log streams the registry has open on this agent (`registry logs`).
+    pub log_streams: Gauge,
+    /// Log lines dropped because the session could not carry them.
+    pub log_lines_skipped: Counter,
 }
 
 impl Metrics {
@@ -166,6 +170,18 @@ impl Metrics {
             "Restarts of each server's (app.server) instance on this node",
             restarts.clone(),
         );
+        let log_streams = Gauge::default();
+        let log_lines_skipped = Counter::default();
+        exposition.register(
+            "log_streams",
+            "Log streams (registry logs) open on this agent",
+            log_streams.clone(),
+        );
+        exposition.register(
+            "log_lines_skipped",
+            "Log lines dropped because the registry session could not carry them",
+            log_lines_skipped.clone(),
+        );
         let usage = UsageFamilies::default();
         usage.register(&mut exposition);
         Metrics {
@@ -176,6 +192,8 @@ impl Metrics {
             connected,
             sessions,
             heartbeats,
+            log_streams,
+            log_lines_skipped,
         }
     }
 

@@ -10,7 +10,6 @@ use corral_proto::v1::agent_message::Body as AgentBody;
 use corral_proto::v1::registry_message::Body as RegistryBody;
 use corral_proto::v1::{AgentMessage, Heartbeat, Hello};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Uri};
 use tonic::{Code, Status};
@@ -20,6 +19,9 @@ use crate::backoff::Backoff;
 use crate::facts::Sampler;
 use crate::identity::{self, Identity};
 use crate::{AgentError, Context};
+
+/// Log batches queued for the session at most; past that, lines are skipped.
+const LOG_QUEUE: usize = 32;
 
 /// How long the registry has to answer a Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,13 +148,18 @@ async fn session(
         Err(e) => return Ok(Outcome::Failed(format!("connect: {e}"))),
     };
     let (tx, rx) = mpsc::channel(16);
+    // Log batches wait in their own bounded queue, sent only when `tx` is empty.
+    let (log_tx, log_rx) = mpsc::channel(LOG_QUEUE);
     let first = AgentMessage {
         body: Some(AgentBody::Hello(hello(ctx, sampler)?)),
     };
     // The channel is new and empty; this cannot fail.
     let _ = tx.try_send(first);
     let mut client = AgentClient::new(channel.clone());
-    let mut inbound = match client.session(ReceiverStream::new(rx)).await {
+    let mut inbound = match client
+        .session(crate::logs::streams::Outbound::new(rx, log_rx))
+        .await
+    {
         Ok(r) => r.into_inner(),
         Err(status) if is_refusal(&status) => {
             return Err(AgentError::Refused {
@@ -195,6 +202,7 @@ async fn session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Every status once (the registry may have missed changes), then each change.
     let mut sent_seq = 0;
+    let mut logs = crate::logs::streams::Streams::new(ctx.logs.clone(), log_tx);
     if !send_status(ctx, &tx, &mut sent_seq).await {
         return Ok(Outcome::Lost("the request stream closed".into()));
     }
@@ -218,6 +226,12 @@ async fn session(
             msg = inbound.message() => match msg {
                 Ok(Some(corral_proto::v1::RegistryMessage { body: Some(RegistryBody::Desired(desired)) })) => {
                     ctx.desired.send_replace(Some(desired));
+                }
+                Ok(Some(corral_proto::v1::RegistryMessage { body: Some(RegistryBody::LogOpen(open)) })) => {
+                    logs.open(open);
+                }
+                Ok(Some(corral_proto::v1::RegistryMessage { body: Some(RegistryBody::LogCancel(c)) })) => {
+                    logs.cancel(c.id);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(Outcome::Lost("the registry closed the session".into())),

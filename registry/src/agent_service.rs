@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::desired::desired_state;
 use crate::join;
+use crate::logs::routes::Routed;
 use crate::sessions::Opened;
 use crate::state::Shared;
 use crate::store::{EventRow, LoadRow, StatusReport, now_ms};
@@ -270,6 +271,9 @@ async fn run_session(
     let node = admitted.node.as_str();
     let id = admitted.session_id;
     shared.metrics().sessions_open.inc();
+    shared.logs().attach(node, id, tx.clone());
+    let (place, at) = (shared.clone(), node.to_string());
+    shared.spawn(async move { crate::logs::replicas::session_opened(&place, &at, id).await });
     let mut end = if send_desired(&shared, node, &tx).await {
         None
     } else {
@@ -303,6 +307,12 @@ async fn run_session(
                             shared.sessions().touch(node, id, now_ms(), None);
                             record_event(&shared, node, event);
                         }
+                        Some(AgentBody::LogBatch(batch)) => {
+                            shared.logs().deliver(node, batch.id, Routed::Batch(batch));
+                        }
+                        Some(AgentBody::LogEnd(end)) => {
+                            shared.logs().deliver(node, end.id, Routed::End(end.error));
+                        }
                         Some(AgentBody::Hello(_)) | None => {
                             warn!(node, "ignoring an unexpected message in an open session");
                         }
@@ -312,6 +322,7 @@ async fn run_session(
         }
     }
     let end = end.unwrap_or(End::Closed);
+    shared.logs().detach(node, id);
     drop(tx);
     shared.metrics().sessions_open.dec();
     if shared.sessions().close(node, id) {

@@ -195,6 +195,7 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
         http_tls: None,
         secret_key_file: None,
         secret_key: None,
+        advertise: None,
     };
     println!(
         "{}",

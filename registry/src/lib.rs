@@ -49,6 +49,7 @@ pub mod http;
 pub mod http_tls;
 pub mod join;
 pub mod liveness;
+pub mod logs;
 pub mod metrics;
 pub mod outage;
 pub mod prometheus_sd;

@@ -97,6 +97,11 @@ enum Command {
         #[command(flatten)]
         args: EventsArgs,
     },
+    /// Lines of a server's logs (its instances' stdout and stderr), read by their agents.
+    Logs {
+        #[command(flatten)]
+        args: corral_registry::cli::logs::LogsArgs,
+    },
     /// The audit log: who changed what, and every refused call, newest last.
     Audit {
         #[command(flatten)]
@@ -298,6 +303,16 @@ fn main() -> ExitCode {
         Command::Audit { args } => {
             admin(rt.block_on(corral_registry::cli::audit::audit(args, client)))
         }
+        // Ctrl-C (or SIGTERM) ends `logs -f` cleanly: exit 0, and the closed call stops
+        // the stream on the registry and the agent.
+        Command::Logs { args } => admin(rt.block_on(async {
+            let stop = CancellationToken::new();
+            tokio::spawn(cancel_on_shutdown_signal(stop.clone()));
+            tokio::select! {
+                () = stop.cancelled() => Ok(()),
+                r = corral_registry::cli::logs::logs(args, client) => r,
+            }
+        })),
     }
 }
 

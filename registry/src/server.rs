@@ -72,6 +72,8 @@ pub async fn run(
     shared.spawn(crate::state::dispatch(shared.clone()));
     shared.spawn(crate::feed::follow(shared.clone()));
     shared.spawn(crate::feed::record(shared.clone()));
+    let advertise = crate::logs::replicas::advertise(&shared, grpc.local_addr().ok());
+    shared.spawn(crate::logs::replicas::run(shared.clone(), advertise));
     shared.spawn(crate::configs::renderer::run(shared.clone()));
     shared.spawn(crate::audit::run(shared.clone()));
     shared.discovery().poke();

@@ -48,6 +48,8 @@ pub struct Shared {
     bus: Bus,
     /// Audit records waiting to be written.
     audit: crate::audit::Audit,
+    /// Log streams open through this replica's sessions.
+    logs: Arc<crate::logs::routes::Routes>,
 }
 
 impl Shared {
@@ -67,6 +69,7 @@ impl Shared {
             actual: Actual::default(),
             bus: Bus::default(),
             audit: crate::audit::Audit::default(),
+            logs: Arc::default(),
         })
     }
 
@@ -104,6 +107,10 @@ impl Shared {
 
     pub fn audit(&self) -> &crate::audit::Audit {
         &self.audit
+    }
+
+    pub fn logs(&self) -> &Arc<crate::logs::routes::Routes> {
+        &self.logs
     }
 
     pub fn replica_id(&self) -> &str {

@@ -231,6 +231,7 @@ fn a_viewer_reads_everything_but_secrets_and_changes_nothing() {
         vec!["server", "export", "demo.app"],
         vec!["server", "history", "demo.app"],
         vec!["server", "diff", "demo.app", "1"],
+        vec!["logs", "demo.app", "-n", "5"],
         vec!["package", "list"],
         vec!["rollout", "list"],
         vec!["events"],

@@ -266,6 +266,17 @@ impl Admin for AdminService {
             .map(Response::new)
     }
 
+    type LogsStream = crate::logs::LogsStream;
+
+    async fn logs(
+        &self,
+        r: Request<LogsRequest>,
+    ) -> Result<Response<crate::logs::LogsStream>, Status> {
+        crate::logs::logs(self.shared.clone(), r)
+            .await
+            .map(Response::new)
+    }
+
     type FollowEventsStream = EventStream;
 
     async fn follow_events(

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod args;
 pub mod audit;
 pub mod events;
+pub mod logs;
 pub mod node;
 pub mod output;
 pub mod package;

@@ -71,6 +71,9 @@ pub struct RegistryConfig {
     pub secret_key_file: Option<PathBuf>,
     /// The key itself, from `CORRAL_SECRET_KEY` (64 hex digits); wins over the file.
     pub secret_key: Option<crate::secrets::startup::KeyText>,
+    /// The gRPC address other replicas reach this one at (`registry logs` of a node
+    /// whose session is open here); None: the listen address, unless it is a wildcard.
+    pub advertise: Option<String>,
 }
 
 /// PEM files for TLS.
@@ -114,6 +117,7 @@ pub struct FileConfig {
     pub http_tls_cert: Option<PathBuf>,
     pub http_tls_key: Option<PathBuf>,
     pub secret_key_file: Option<PathBuf>,
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +149,8 @@ pub enum ConfigError {
     Tokens(#[from] tokens::TokensError),
     #[error("TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)")]
     HalfTls,
+    #[error("--advertise (or advertise) {value:?}: {why}")]
+    Advertise { value: String, why: String },
 }
 
 /// Reads a TOML config file. A missing file is an error only when `required`.

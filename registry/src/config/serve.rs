@@ -82,6 +82,11 @@ pub struct ServeArgs {
     /// gives the key itself instead.
     #[arg(long, env = "CORRAL_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
+    /// The gRPC URL other replicas reach this one at, e.g. http://10.0.0.1:17890 (for
+    /// `registry logs` through any replica) [default: the --listen address, unless it is
+    /// 0.0.0.0 or ::].
+    #[arg(long, env = "CORRAL_REGISTRY_ADVERTISE")]
+    pub advertise: Option<String>,
 }
 
 /// The configuration of `registry serve`: flags, then environment (clap reads both),
@@ -143,6 +148,14 @@ pub fn load(args: ServeArgs) -> Result<RegistryConfig, ConfigError> {
             file: args.tokens_file.or(file.tokens_file),
         })?,
         join_token: args.join_token.or(file.join_token),
+        advertise: args
+            .advertise
+            .or(file.advertise)
+            .map(|value| {
+                crate::cli::args::registry_addr(&value)
+                    .map_err(|why| ConfigError::Advertise { value, why })
+            })
+            .transpose()?,
         public_discovery: args.public_discovery || file.public_discovery.unwrap_or(false),
         no_auth: args.no_auth || file.no_auth.unwrap_or(false),
         tls: match (

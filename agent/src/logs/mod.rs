@@ -6,6 +6,15 @@
 //! file is copied to `.1` (older ones shift to `.2` ... `.KEEP`) and cut to zero length;
 //! the child's appends continue at the new end. Lines written during the copy itself can
 //! be lost, the price logrotate's `copytruncate` pays too.
+//!
+//! The registry reads these files through the session (`registry logs`): [`streams`]
+//! runs each log stream it opens, [`follow`] follows a file across rotations and
+//! restarts, [`read`] splits lines and finds the last ones, [`index`] dates them.
+
+pub mod follow;
+pub mod index;
+pub mod read;
+pub mod streams;
 
 use std::path::Path;
 use std::time::Duration;
