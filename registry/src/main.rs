@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a registry.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Try Corral on this machine: a registry on ./.corral/dev.db and an agent for this host.
     Dev(DevArgs),
     /// Nodes: the hosts that joined.
@@ -204,7 +204,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             cli.log.init();
-            let config = match corral_registry::config::load(args) {
+            let config = match corral_registry::config::load(*args) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("registry: {e}");
