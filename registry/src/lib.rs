@@ -12,7 +12,8 @@
 //!   while the database is unreachable; [`outage`] — the database's availability.
 //! * [`admin`] — the admin gRPC API; [`cli`] is its command-line client.
 //! * [`store`] — SQLite or MySQL through sqlx, with migrations under `migrations/`.
-//! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
+//! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`; [`web`] — the
+//!   dashboard at `/` (server-rendered HTML, live by server-sent events).
 //! * [`discovery`] + [`query_service`] — the endpoint cache and `Query.Find`/`Watch`
 //!   ([`query_watch`], [`query_auth`]: agents watch with their node identity);
 //!   [`discovery_http`] — the same over HTTP/JSON, and Prometheus' `http_sd` targets
@@ -59,5 +60,6 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod usage;
+pub mod web;
 
 pub use server::run;
