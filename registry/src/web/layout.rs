@@ -90,7 +90,9 @@ pub fn bare(title: &str, content: Markup) -> Markup {
 /// changes: `url` is the page's own address.
 pub fn live_region(url: &str, content: Markup) -> Markup {
     html! {
-        div #live hx-get=(url) hx-trigger="sse:fleet" hx-select="#live" hx-swap="outerHTML" {
+        // hx-disinherit: buttons inside post elsewhere and swap their own way.
+        div #live hx-get=(url) hx-trigger="sse:fleet" hx-select="#live" hx-swap="outerHTML"
+            hx-disinherit="*" {
             (content)
         }
     }

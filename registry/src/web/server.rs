@@ -135,7 +135,7 @@ pub fn control_buttons(server: &str, node: Option<&str>) -> Markup {
     html! {
         span.actions {
             @for (action, label) in [("start", "Start"), ("stop", "Stop"), ("restart", "Restart")] {
-                button class=(class) .danger[action == "stop"] data-action=(action)
+                button class={ (class) @if action == "stop" { " danger" } } data-action=(action)
                     hx-post="/act/control" hx-vals=(vals(action)) hx-target="#result"
                     hx-confirm=[(action != "start").then(|| confirm(label))] {
                     (label) (suffix)
