@@ -70,7 +70,7 @@ pub async fn page(
             @if !i.last_error.is_empty() { dt { "Last error" } dd.cause { (i.last_error) } }
             @if let Some(u) = &i.usage {
                 dt { "CPU time" } dd { (format!("{:.1}s", u.cpu_seconds)) }
-                dt { "Memory" } dd { @if let Some(m) = u.memory_bytes { (layout::bytes(m)) } }
+                dt { "Memory" } dd { @if let Some(m) = u.memory_bytes { (layout::bytes(m)) } @else { span.muted { "not measured" } } }
             }
         }
         h2 { "Events" }

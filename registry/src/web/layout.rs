@@ -2,8 +2,8 @@
 //! small formatting helpers every page uses.
 
 use corral_proto::v1::{HealthStatus, InstanceState, NodeState, RolloutPhase, RolloutState};
-use corral_proto::wire::{Named, name_of};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use corral_proto::wire::name_of;
+use maud::{DOCTYPE, Markup, html};
 
 use super::Access;
 
@@ -119,11 +119,10 @@ pub fn health(health: i32) -> Markup {
         Ok(HealthStatus::Unknown) => "warn",
         _ => "",
     };
-    let text = match HealthStatus::try_from(health) {
-        Ok(HealthStatus::NoCheck) => "—".to_string(),
-        _ => name_of::<HealthStatus>(health),
-    };
-    badge(class, &text)
+    match HealthStatus::try_from(health) {
+        Ok(HealthStatus::NoCheck) => html! { span.muted title="no health check" { "—" } },
+        _ => badge(class, &name_of::<HealthStatus>(health)),
+    }
 }
 
 pub fn node_state(state: i32) -> Markup {
@@ -223,14 +222,4 @@ pub fn bytes(n: u64) -> String {
 /// A flash message after an action.
 pub fn flash(class: &str, text: &str) -> Markup {
     html! { div class={ "flash " (class) } role="status" { (text) } }
-}
-
-/// Names of a wire enum, for menus.
-pub fn names<T: Named>() -> Vec<&'static str> {
-    T::all().iter().map(|v| v.name()).collect()
-}
-
-/// Text placed in an attribute or script as is (already escaped by the caller).
-pub fn raw(s: &str) -> PreEscaped<&str> {
-    PreEscaped(s)
 }

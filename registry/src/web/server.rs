@@ -82,8 +82,8 @@ pub async fn page(
                 }
             }
         }
-        h2 { "Rollouts" }
-        (super::feeds::rollout_table(&rollouts))
+        h2 { "Latest rollouts" a href="/rollouts" style="margin-left:8px;text-transform:none;letter-spacing:0;font-weight:400" { "all" } }
+        (super::feeds::rollout_table(&rollouts[..rollouts.len().min(5)]))
     };
     Ok(layout::page(
         &server,
@@ -95,9 +95,9 @@ pub async fn page(
             @if access.can_act {
                 div.actions { (control_buttons(&server, None)) }
                 div #result .result {}
-                (forms(&server, &pkgs))
             }
             (layout::live_region(&url, content))
+            @if access.can_act { (forms(&server, &pkgs)) }
         },
     ))
 }
