@@ -89,6 +89,12 @@ fn dashboard_in_a_browser() {
     upload(&f, "2.0.0");
     let out = f.registry.apply(SPEC);
     assert!(out.status.success(), "apply: {out:?}");
+    // A server that keeps failing, so that the pages show what trouble looks like.
+    let out = f.registry.apply(
+        "app = \"demo\"\nserver = \"worker\"\nnodes = [\"node-c\"]\n\
+         command = [\"sh\", \"-c\", \"echo 'cannot open /etc/worker.conf' >&2; exit 3\"]\n",
+    );
+    assert!(out.status.success(), "apply: {out:?}");
     for n in ["node-a", "node-b"] {
         f.registry
             .wait_instance("demo.app", n, "running", 30 * S, |i| i["state"] == "running");
@@ -223,4 +229,167 @@ fn wait_rows(b: &Browser, before: usize) {
             Err(format!("{now} rows"))
         }
     });
+}
+
+/// `curl` with the given arguments: (status code, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Without a session every page asks for a login; a POST needs the session's CSRF token
+/// and a same-origin Origin, and each refusal names what is wrong; a registry without
+/// admin tokens asks for no login.
+#[test]
+fn sessions_csrf_and_origin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = corral_tests::TestDb::new(corral_tests::Backend::Sqlite, dir.path()).expect("db");
+    let r = corral_tests::Registry::start(dir.path(), &db.url, &["--admin-token", TOKEN]);
+    let base = format!("http://127.0.0.1:{}", r.http_port);
+    let origin = format!("Origin: {base}");
+
+    let (code, _) = curl(&[&format!("{base}/servers")]);
+    assert_eq!(code, 303, "no session: to the login page");
+    let (code, body) = curl(&["-H", &origin, "-d", "token=wrong", &format!("{base}/login")]);
+    assert!(code == 401 && body.contains("not valid"), "{code} {body}");
+    let (code, body) = curl(&[
+        "-H",
+        "Origin: http://evil.example",
+        "-d",
+        &format!("token={TOKEN}"),
+        &format!("{base}/login"),
+    ]);
+    assert!(code == 403 && body.contains("evil.example"), "{code} {body}");
+
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "-H", &origin])
+        .args(["-d", &format!("token={TOKEN}"), &format!("{base}/login")])
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_string();
+    let cookie_line = headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {headers}"));
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(cookie_line.contains(attr), "{attr}: {cookie_line}");
+    }
+    let cookie = cookie_line
+        .split_once(':')
+        .map(|(_, v)| v.trim())
+        .and_then(|v| v.split(';').next())
+        .expect("cookie")
+        .to_string();
+    let cookie_h = format!("Cookie: {cookie}");
+    let (code, page) = curl(&["-H", &cookie_h, &format!("{base}/servers")]);
+    assert_eq!(code, 200, "{page}");
+    let csrf = page
+        .split("x-csrf-token&quot;:&quot;")
+        .nth(1)
+        .and_then(|s| s.split("&quot;").next())
+        .expect("csrf token in the page")
+        .to_string();
+    let csrf_h = format!("x-csrf-token: {csrf}");
+    let form = "server=demo.nope&action=restart";
+    let act = format!("{base}/act/control");
+
+    let (code, body) = curl(&["-H", &cookie_h, "-H", &origin, "-d", form, &act]);
+    assert!(code == 403 && body.contains("CSRF"), "{code} {body}");
+    let (code, body) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-d", form, &act]);
+    assert!(code == 403 && body.contains("Origin"), "{code} {body}");
+    let evil = "Origin: http://evil.example";
+    let (code, body) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-H", evil, "-d", form, &act]);
+    assert!(code == 403 && body.contains("evil.example"), "{code} {body}");
+    let (code, body) = curl(&["-H", &csrf_h, "-H", &origin, "-d", form, &act]);
+    assert_eq!(code, 303, "no session: {body}");
+    // All present: the action runs and the admin error names the server.
+    let (code, body) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-d", form, &act]);
+    assert!(code == 404 && body.contains("demo.nope"), "{code} {body}");
+    let bad = "server=demo.nope&action=explode";
+    let (code, body) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-d", bad, &act]);
+    assert!(code == 400 && body.contains("explode"), "{code} {body}");
+
+    // Logged out: the session no longer opens pages.
+    let logout = format!("{base}/logout");
+    let (code, _) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-X", "POST", &logout]);
+    assert_eq!(code, 303);
+    let (code, _) = curl(&["-H", &cookie_h, &format!("{base}/servers")]);
+    assert_eq!(code, 303, "the session ended");
+
+    // Without admin tokens there is no login.
+    let open_dir = tempfile::tempdir().expect("tempdir");
+    let open_db = corral_tests::TestDb::new(corral_tests::Backend::Sqlite, open_dir.path()).expect("db");
+    let open = corral_tests::Registry::start(open_dir.path(), &open_db.url, &[]);
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{}/", open.http_port)]);
+    assert!(code == 200 && body.contains("Nodes"), "{code}");
+    // htmx is served from the binary, cached for good.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null"])
+        .arg(format!("http://127.0.0.1:{}/assets/htmx-2.0.11.min.js", open.http_port))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        headers.contains("200") && headers.contains("max-age=31536000"),
+        "{headers}"
+    );
+}
+
+/// On a TLS HTTP port the dashboard works the same, and the session cookie is `Secure`.
+#[test]
+fn dashboard_behind_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let out = std::process::Command::new(corral_tests::bin("registry"))
+        .args(["tls", "init"])
+        .arg(&certs)
+        .output()
+        .expect("tls init");
+    assert!(out.status.success(), "{out:?}");
+    let p = |f: &str| certs.join(f).display().to_string();
+    let db = corral_tests::TestDb::new(corral_tests::Backend::Sqlite, dir.path()).expect("db");
+    let (cert, key) = (p("registry.pem"), p("registry.key"));
+    let r = corral_tests::Registry::start(
+        dir.path(),
+        &db.url,
+        &[
+            "--admin-token",
+            TOKEN,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--http-tls-cert",
+            &cert,
+            "--http-tls-key",
+            &key,
+        ],
+    );
+    let base = format!("https://127.0.0.1:{}", r.http_port);
+    let ca = p("ca.pem");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--cacert", &ca, "-D", "-", "-o", "/dev/null"])
+        .args(["-H", &format!("Origin: {base}")])
+        .args(["-d", &format!("token={TOKEN}"), &format!("{base}/login")])
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_string();
+    let cookie = headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie over TLS: {headers}"));
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let id = cookie
+        .split_once(':')
+        .and_then(|(_, v)| v.trim().split(';').next())
+        .expect("cookie")
+        .to_string();
+    let (code, body) = curl(&["--cacert", &ca, "-H", &format!("Cookie: {id}"), &format!("{base}/")]);
+    assert!(code == 200 && body.contains("Nodes"), "{code} {body}");
 }

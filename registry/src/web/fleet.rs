@@ -130,7 +130,10 @@ pub async fn servers_page(
                         td { a href={ "/servers/" (name) } { b { (name) } } }
                         td.num { (s.states.values().sum::<u32>()) }
                         td { (state_counts(&s.states)) }
-                        td.wrap.muted { (s.nodes.join(", ")) }
+                        td.wrap.muted {
+                            (s.nodes.iter().take(8).cloned().collect::<Vec<_>>().join(", "))
+                            @if s.nodes.len() > 8 { " and " (s.nodes.len() - 8) " more" }
+                        }
                         td.muted title=(layout::at(s.updated_at_ms)) { (layout::ago(s.updated_at_ms)) }
                     }
                 }

@@ -223,3 +223,19 @@ pub fn bytes(n: u64) -> String {
 pub fn flash(class: &str, text: &str) -> Markup {
     html! { div class={ "flash " (class) } role="status" { (text) } }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(at(0), "—");
+        assert_eq!(at(1), "1970-01-01 00:00:00");
+        assert_eq!(at(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(at(1_764_590_400_000 + 3_723_000), "2025-12-01 13:02:03");
+        assert_eq!(ago(0), "—");
+        assert!(ago(now_ms() - 3_000).ends_with("s ago"));
+        assert_eq!(ago(now_ms() - 7_200_000), "2h ago");
+    }
+}

@@ -309,3 +309,65 @@ impl FromRequestParts<Arc<Web>> for LogoutGuard {
         Ok(LogoutGuard)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn origin_must_name_this_host() {
+        let ok = headers(&[("host", "127.0.0.1:17891"), ("origin", "http://127.0.0.1:17891")]);
+        assert!(same_origin(&ok).is_ok());
+        let tls = headers(&[("host", "reg:443"), ("origin", "https://reg:443")]);
+        assert!(same_origin(&tls).is_ok());
+        let by_referer = headers(&[
+            ("host", "127.0.0.1:17891"),
+            ("referer", "http://127.0.0.1:17891/servers/demo.app"),
+        ]);
+        assert!(same_origin(&by_referer).is_ok());
+        for bad in [
+            headers(&[("host", "127.0.0.1:17891"), ("origin", "http://evil.example")]),
+            headers(&[("host", "127.0.0.1:17891"), ("origin", "http://127.0.0.1:17891.evil")]),
+            headers(&[("host", "127.0.0.1:17891"), ("origin", "null")]),
+            headers(&[("host", "127.0.0.1:17891")]),
+            headers(&[("origin", "http://127.0.0.1:17891")]),
+        ] {
+            assert!(same_origin(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookies_and_tokens() {
+        let h = headers(&[("cookie", "a=1; corral_session=abc; b=2")]);
+        assert_eq!(cookie(&h, COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers(&[("cookie", "x=1")]), COOKIE), None);
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+
+    #[test]
+    fn the_guard() {
+        let h = headers(&[
+            ("host", "h:1"),
+            ("origin", "http://h:1"),
+            ("x-csrf-token", "t0k"),
+        ]);
+        let access = |can_act, csrf: &str| Access {
+            can_act,
+            csrf: csrf.into(),
+            logged_in: true,
+        };
+        assert!(guard(&h, &access(true, "t0k")).is_ok());
+        let err = guard(&h, &access(true, "other")).expect_err("stale token");
+        assert!(err.to_string().contains("CSRF"), "{err}");
+        let err = guard(&h, &access(false, "t0k")).expect_err("viewer");
+        assert!(err.to_string().contains("view"), "{err}");
+    }
+}
