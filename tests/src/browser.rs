@@ -153,13 +153,14 @@ impl Browser {
 
     /// Saves a PNG of the window (the whole page: the window grows to fit it first).
     pub fn screenshot(&self, path: &Path) {
-        let height = self
-            .js("return Math.max(document.body.scrollHeight, 600);")
-            .as_u64()
-            .unwrap_or(900)
-            .min(3000) as u32;
+        // The window's own frame (outer minus inner height) comes on top of the page's.
+        let size = self.js(
+            "return [Math.max(document.body.scrollHeight, 560), window.outerHeight - window.innerHeight];",
+        );
+        let page = size[0].as_u64().unwrap_or(900).min(3000) as u32;
+        let frame = size[1].as_u64().unwrap_or(0).min(400) as u32;
         self.rt
-            .block_on(self.client().set_window_size(1440, height + 20))
+            .block_on(self.client().set_window_size(1440, page + frame + 24))
             .expect("window size");
         let png = self
             .rt

@@ -64,7 +64,7 @@ pub async fn perform(web: &Web, actor: &Actor, action: Action) -> Result<Markup,
             let verb = corral_proto::wire::Named::name(action);
             Ok(layout::flash(
                 "ok",
-                &format!("{verb}: {server} on {}", done.nodes.join(", ")),
+                &format!("{verb} requested: {server} on {}", done.nodes.join(", ")),
             ))
         }
         Action::Patch {

@@ -120,6 +120,9 @@ pub async fn rollouts_page(
 }
 
 pub fn rollout_table(rollouts: &[Rollout]) -> Markup {
+    if rollouts.is_empty() {
+        return html! { p.muted { "No rollouts yet." } };
+    }
     html! {
         table.rollouts {
             thead { tr { th.num { "#" } th { "Server" } th { "To" } th { "State" } th { "Progress" } th { "Started" } th { "Error" } } }
@@ -137,7 +140,6 @@ pub fn rollout_table(rollouts: &[Rollout]) -> Markup {
                 }
             }
         }
-        @if rollouts.is_empty() { p.muted { "No rollouts yet." } }
     }
 }
 

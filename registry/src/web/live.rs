@@ -86,15 +86,21 @@ pub struct After {
 pub async fn events(
     State(web): State<Arc<Web>>,
     _access: Access,
+    headers: axum::http::HeaderMap,
     Query(q): Query<After>,
 ) -> Result<EventStream, WebError> {
-    // The browser reconnects with the same URL; Last-Event-ID is not needed as every
-    // event carries its id in the row and duplicates are harmless to a log view.
+    // A browser that reconnects sends the id of the last event it got: it continues from
+    // there, without repeating rows.
+    let last_seen = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
     let follow = crate::admin::events::follow(
         web.shared.clone(),
         ListEventsRequest {
             server: q.server,
-            after_id: q.after,
+            after_id: q.after.max(last_seen),
             limit: Some(1000),
             kind: None,
         },
