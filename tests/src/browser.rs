@@ -59,18 +59,22 @@ impl Browser {
             }),
         );
         let url = format!("http://127.0.0.1:{port}");
-        let client = wait_until("chromedriver to start a session", Duration::from_secs(30), || {
-            browser
-                .rt
-                .block_on(
-                    ClientBuilder::new(
-                        hyper_util::client::legacy::connect::HttpConnector::new(),
+        let client = wait_until(
+            "chromedriver to start a session",
+            Duration::from_secs(30),
+            || {
+                browser
+                    .rt
+                    .block_on(
+                        ClientBuilder::new(
+                            hyper_util::client::legacy::connect::HttpConnector::new(),
+                        )
+                        .capabilities(caps.clone())
+                        .connect(&url),
                     )
-                    .capabilities(caps.clone())
-                    .connect(&url),
-                )
-                .map_err(|e| e.to_string())
-        });
+                    .map_err(|e| e.to_string())
+            },
+        );
         browser.client = Some(client);
         browser
     }
@@ -120,9 +124,7 @@ impl Browser {
 
     pub fn click(&self, css: &str) {
         self.rt
-            .block_on(async {
-                self.client().find(Locator::Css(css)).await?.click().await
-            })
+            .block_on(async { self.client().find(Locator::Css(css)).await?.click().await })
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 

@@ -97,7 +97,9 @@ fn dashboard_in_a_browser() {
     assert!(out.status.success(), "apply: {out:?}");
     for n in ["node-a", "node-b"] {
         f.registry
-            .wait_instance("demo.app", n, "running", 30 * S, |i| i["state"] == "running");
+            .wait_instance("demo.app", n, "running", 30 * S, |i| {
+                i["state"] == "running"
+            });
     }
     let base = format!("http://127.0.0.1:{}", f.registry.http_port);
     let b = Browser::start();
@@ -116,13 +118,17 @@ fn dashboard_in_a_browser() {
     b.wait_text("#nodes-up", "3 of 3 up", 10 * S, |t| t == "3 / 3");
     assert_eq!(b.count("#nodes tbody tr[data-node]"), 3);
     for n in ["node-a", "node-b", "node-c"] {
-        let state = b.text(&format!("#nodes tr[data-node='{n}'] td.state")).expect("row");
+        let state = b
+            .text(&format!("#nodes tr[data-node='{n}'] td.state"))
+            .expect("row");
         assert_eq!(state, "up", "{n}");
     }
     shot(&b, "nodes");
 
     b.goto(&format!("{base}/servers"));
-    b.wait_text("#servers", "demo.app listed", 10 * S, |t| t.contains("demo.app"));
+    b.wait_text("#servers", "demo.app listed", 10 * S, |t| {
+        t.contains("demo.app")
+    });
     shot(&b, "servers");
 
     // Restart one instance: its pid changes on the page, without a reload.
@@ -131,42 +137,59 @@ fn dashboard_in_a_browser() {
     let before = f.registry.instance("demo.app", "node-a").expect("instance")["pid"]
         .as_u64()
         .expect("pid");
-    b.wait_text(&format!("{row} td.state"), "running", 10 * S, |t| t == "running");
+    b.wait_text(&format!("{row} td.state"), "running", 10 * S, |t| {
+        t == "running"
+    });
     mark(&b);
     b.click(&format!("{row} button[data-action='restart']"));
-    b.wait_text("#result", "restart acknowledged", 10 * S, |t| t.contains("restart"));
+    b.wait_text("#result", "restart acknowledged", 10 * S, |t| {
+        t.contains("restart")
+    });
     b.wait_text(
         &format!("{row} td:nth-child(8)"),
         "a new pid after the restart",
         30 * S,
         |t| !t.is_empty() && t != before.to_string(),
     );
-    b.wait_text(&format!("{row} td.state"), "running again", 30 * S, |t| t == "running");
+    b.wait_text(&format!("{row} td.state"), "running again", 30 * S, |t| {
+        t == "running"
+    });
     assert_same_page(&b, "restart");
 
     // Stop it: the state shows stopped, still without a reload.
     b.click(&format!("{row} button[data-action='stop']"));
-    b.wait_text(&format!("{row} td.state"), "stopped", 30 * S, |t| t == "stopped");
+    b.wait_text(&format!("{row} td.state"), "stopped", 30 * S, |t| {
+        t == "stopped"
+    });
     assert_same_page(&b, "stop");
     b.click(&format!("{row} button[data-action='start']"));
-    b.wait_text(&format!("{row} td.state"), "running", 30 * S, |t| t == "running");
+    b.wait_text(&format!("{row} td.state"), "running", 30 * S, |t| {
+        t == "running"
+    });
     shot(&b, "server");
 
     // Patch to 2.0.0: the progress follows the rollout to its end on this page.
     b.js("document.querySelector('#patch select').value = '2.0.0';");
     b.click("#patch button[type=submit]");
-    b.wait_text("#result .rollout table", "rollout progress shown", 10 * S, |t| {
-        t.contains("node-a") && t.contains("node-b")
-    });
-    b.wait_text("#result .rollout .badge", "rollout succeeded", 60 * S, |t| {
-        t == "succeeded"
-    });
+    b.wait_text(
+        "#result .rollout table",
+        "rollout progress shown",
+        10 * S,
+        |t| t.contains("node-a") && t.contains("node-b"),
+    );
+    b.wait_text(
+        "#result .rollout .badge",
+        "rollout succeeded",
+        60 * S,
+        |t| t == "succeeded",
+    );
     assert_eq!(b.count("#result .rollout[data-state='succeeded']"), 1);
     assert_same_page(&b, "patch");
     for n in ["node-a", "node-b"] {
-        f.registry.wait_instance("demo.app", n, "on 2.0.0", 30 * S, |i| {
-            i["version"] == "2.0.0" && i["state"] == "running"
-        });
+        f.registry
+            .wait_instance("demo.app", n, "on 2.0.0", 30 * S, |i| {
+                i["version"] == "2.0.0" && i["state"] == "running"
+            });
     }
     shot(&b, "patch");
 
@@ -182,7 +205,9 @@ fn dashboard_in_a_browser() {
     );
     shot(&b, "expand-preview");
     b.click("#expand-apply");
-    b.wait_text("#result", "expanded", 10 * S, |t| t.contains("Expanded demo.app"));
+    b.wait_text("#result", "expanded", 10 * S, |t| {
+        t.contains("Expanded demo.app")
+    });
     b.wait_text(
         "#instances tr[data-node='node-c'] td.state",
         "node-c running",
@@ -198,11 +223,15 @@ fn dashboard_in_a_browser() {
     });
     shot(&b, "instance");
     b.goto(&format!("{base}/events"));
-    b.wait_text("#events", "events listed", 10 * S, |t| t.contains("demo.app"));
+    b.wait_text("#events", "events listed", 10 * S, |t| {
+        t.contains("demo.app")
+    });
     // A new event arrives live.
     mark(&b);
     let rows = b.count("#events tbody tr");
-    let out = f.registry.cli(&["server", "restart", "demo.app", "--node", "node-b"]);
+    let out = f
+        .registry
+        .cli(&["server", "restart", "demo.app", "--node", "node-b"]);
     assert!(out.status.success(), "restart: {out:?}");
     wait_rows(&b, rows);
     assert_same_page(&b, "events");
@@ -211,7 +240,9 @@ fn dashboard_in_a_browser() {
     b.wait_text("#live", "rollout listed", 10 * S, |t| t.contains("2.0.0"));
     shot(&b, "rollouts");
     b.click("#live table.rollouts a[href^='/rollouts/']");
-    b.wait_text(".rollout .badge", "rollout page", 10 * S, |t| t == "succeeded");
+    b.wait_text(".rollout .badge", "rollout page", 10 * S, |t| {
+        t == "succeeded"
+    });
     shot(&b, "rollout");
     b.goto(&format!("{base}/packages"));
     b.wait_text("#packages", "packages listed", 10 * S, |t| {
@@ -265,7 +296,10 @@ fn sessions_csrf_and_origin() {
         &format!("token={TOKEN}"),
         &format!("{base}/login"),
     ]);
-    assert!(code == 403 && body.contains("evil.example"), "{code} {body}");
+    assert!(
+        code == 403 && body.contains("evil.example"),
+        "{code} {body}"
+    );
 
     let out = std::process::Command::new("curl")
         .args(["-s", "-D", "-", "-o", "/dev/null", "-H", &origin])
@@ -305,33 +339,46 @@ fn sessions_csrf_and_origin() {
     assert!(code == 403 && body.contains("Origin"), "{code} {body}");
     let evil = "Origin: http://evil.example";
     let (code, body) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-H", evil, "-d", form, &act]);
-    assert!(code == 403 && body.contains("evil.example"), "{code} {body}");
+    assert!(
+        code == 403 && body.contains("evil.example"),
+        "{code} {body}"
+    );
     let (code, body) = curl(&["-H", &csrf_h, "-H", &origin, "-d", form, &act]);
     assert_eq!(code, 303, "no session: {body}");
     // All present: the action runs and the admin error names the server.
-    let (code, body) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-d", form, &act]);
+    let (code, body) = curl(&[
+        "-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-d", form, &act,
+    ]);
     assert!(code == 404 && body.contains("demo.nope"), "{code} {body}");
     let bad = "server=demo.nope&action=explode";
-    let (code, body) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-d", bad, &act]);
+    let (code, body) = curl(&[
+        "-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-d", bad, &act,
+    ]);
     assert!(code == 400 && body.contains("explode"), "{code} {body}");
 
     // Logged out: the session no longer opens pages.
     let logout = format!("{base}/logout");
-    let (code, _) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-X", "POST", &logout]);
+    let (code, _) = curl(&[
+        "-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-X", "POST", &logout,
+    ]);
     assert_eq!(code, 303);
     let (code, _) = curl(&["-H", &cookie_h, &format!("{base}/servers")]);
     assert_eq!(code, 303, "the session ended");
 
     // Without admin tokens there is no login.
     let open_dir = tempfile::tempdir().expect("tempdir");
-    let open_db = corral_tests::TestDb::new(corral_tests::Backend::Sqlite, open_dir.path()).expect("db");
+    let open_db =
+        corral_tests::TestDb::new(corral_tests::Backend::Sqlite, open_dir.path()).expect("db");
     let open = corral_tests::Registry::start(open_dir.path(), &open_db.url, &[]);
     let (code, body) = curl(&[&format!("http://127.0.0.1:{}/", open.http_port)]);
     assert!(code == 200 && body.contains("Nodes"), "{code}");
     // htmx is served from the binary, cached for good.
     let out = std::process::Command::new("curl")
         .args(["-s", "-D", "-", "-o", "/dev/null"])
-        .arg(format!("http://127.0.0.1:{}/assets/htmx-2.0.11.min.js", open.http_port))
+        .arg(format!(
+            "http://127.0.0.1:{}/assets/htmx-2.0.11.min.js",
+            open.http_port
+        ))
         .output()
         .expect("curl");
     let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
@@ -390,6 +437,12 @@ fn dashboard_behind_tls() {
         .and_then(|(_, v)| v.trim().split(';').next())
         .expect("cookie")
         .to_string();
-    let (code, body) = curl(&["--cacert", &ca, "-H", &format!("Cookie: {id}"), &format!("{base}/")]);
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "-H",
+        &format!("Cookie: {id}"),
+        &format!("{base}/"),
+    ]);
     assert!(code == 200 && body.contains("Nodes"), "{code} {body}");
 }

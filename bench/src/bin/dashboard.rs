@@ -75,8 +75,10 @@ fn cli(registry: &PathBuf, addr: &str, args: &[&str]) -> anyhow::Result<()> {
 /// One GET over a fresh connection; the status line must say 200.
 async fn get(port: u16, path: &str) -> anyhow::Result<usize> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut body = Vec::new();
     s.read_to_end(&mut body).await?;
     if !body.starts_with(b"HTTP/1.1 200") {
@@ -113,7 +115,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         .args(["serve", "--listen", &format!("127.0.0.1:{grpc}")])
         .args(["--http", &format!("127.0.0.1:{http}")])
         .arg("--db")
-        .arg(format!("sqlite://{}", dir.path().join("bench.db").display()))
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("bench.db").display()
+        ))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -123,7 +128,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let _registry = KillOnDrop(child);
     let addr = format!("http://127.0.0.1:{grpc}");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", grpc)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+        .await
+        .is_err()
+    {
         if Instant::now() > deadline {
             bail!("registry did not start");
         }
@@ -133,7 +141,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut sessions: Vec<mpsc::Sender<AgentMessage>> = Vec::new();
     for i in 0..args.nodes {
         let channel = Endpoint::from_shared(addr.clone())?.connect().await?;
-        let hello = SimSession::hello(&node(i), &format!("127.3.{}.{}", i / 250, i % 250 + 1), "bench");
+        let hello = SimSession::hello(
+            &node(i),
+            &format!("127.3.{}.{}", i / 250, i % 250 + 1),
+            "bench",
+        );
         let s = SimSession::join(channel, hello, 0.0)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
@@ -151,11 +163,23 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         );
         let path = dir.path().join(format!("s{s}.toml"));
         std::fs::write(&path, spec)?;
-        cli(&args.registry, &addr, &["apply", "-f", path.to_str().unwrap_or_default()])?;
         cli(
             &args.registry,
             &addr,
-            &["package", "upload", pkg.to_str().unwrap_or_default(), "--server", &format!("bench.s{s}"), "--version", "1.0.0"],
+            &["apply", "-f", path.to_str().unwrap_or_default()],
+        )?;
+        cli(
+            &args.registry,
+            &addr,
+            &[
+                "package",
+                "upload",
+                pkg.to_str().unwrap_or_default(),
+                "--server",
+                &format!("bench.s{s}"),
+                "--version",
+                "1.0.0",
+            ],
         )?;
     }
     for (from, state) in [("stopped", "starting"), ("starting", "running")] {
@@ -172,7 +196,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", http)).await?;
-        s.write_all(format!("GET {last} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        s.write_all(
+            format!("GET {last} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut body = String::new();
         s.read_to_string(&mut body).await?;
         if body.matches(">running<").count() >= args.nodes * 2 {

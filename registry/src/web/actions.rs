@@ -218,7 +218,9 @@ pub async fn patch(
     Form(f): Form<PatchForm>,
 ) -> Result<Markup, WebError> {
     if f.version.is_empty() {
-        return Err(WebError::BadInput("pick a package version to patch to".into()));
+        return Err(WebError::BadInput(
+            "pick a package version to patch to".into(),
+        ));
     }
     let batch = match f.batch.trim() {
         "" => 1,

@@ -41,10 +41,7 @@ pub async fn events_page(
     .events;
     let newest = evs.last().map_or(0, |e| e.id);
     evs.reverse();
-    let live = format!(
-        "/live/events?after={newest}&server={}",
-        percent(&q.server)
-    );
+    let live = format!("/live/events?after={newest}&server={}", percent(&q.server));
     Ok(layout::page(
         "Events",
         Nav::Events,

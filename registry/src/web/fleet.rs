@@ -12,10 +12,7 @@ use super::{Access, Web, WebError};
 use crate::admin::{nodes, servers};
 
 /// `/`: every node with its state, facts, load and instance count.
-pub async fn nodes_page(
-    State(web): State<Arc<Web>>,
-    access: Access,
-) -> Result<Markup, WebError> {
+pub async fn nodes_page(State(web): State<Arc<Web>>, access: Access) -> Result<Markup, WebError> {
     let shared = &web.shared;
     let list = nodes::list(shared, ListNodesRequest {}).await?.nodes;
     let servers = servers::list(shared, ListServersRequest {}).await?.servers;
@@ -25,18 +22,16 @@ pub async fn nodes_page(
             *per_node.entry(n.as_str()).or_default() += 1;
         }
     }
-    let up = list.iter().filter(|n| n.state == NodeState::Up as i32).count();
-    let instances: u32 = servers.iter().flat_map(|s| s.states.values()).sum();
-    let running: u32 = servers
+    let up = list
         .iter()
-        .filter_map(|s| s.states.get("running"))
-        .sum();
+        .filter(|n| n.state == NodeState::Up as i32)
+        .count();
+    let instances: u32 = servers.iter().flat_map(|s| s.states.values()).sum();
+    let running: u32 = servers.iter().filter_map(|s| s.states.get("running")).sum();
     let troubled: u32 = servers
         .iter()
         .flat_map(|s| s.states.iter())
-        .filter(|(k, _)| {
-            ["crash-looping", "failed", "backoff", "exited"].contains(&k.as_str())
-        })
+        .filter(|(k, _)| ["crash-looping", "failed", "backoff", "exited"].contains(&k.as_str()))
         .map(|(_, v)| v)
         .sum();
     let content = html! {
@@ -111,10 +106,7 @@ pub fn state_counts(states: &std::collections::HashMap<String, u32>) -> Markup {
 }
 
 /// `/servers`: every server with its instances' states.
-pub async fn servers_page(
-    State(web): State<Arc<Web>>,
-    access: Access,
-) -> Result<Markup, WebError> {
+pub async fn servers_page(State(web): State<Arc<Web>>, access: Access) -> Result<Markup, WebError> {
     let servers = servers::list(&web.shared, ListServersRequest {})
         .await?
         .servers;

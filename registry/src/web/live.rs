@@ -53,7 +53,11 @@ pub async fn fleet(State(web): State<Arc<Web>>, _access: Access) -> EventStream 
             while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) =
                 bus.try_recv()
             {}
-            if tx.send(Event::default().event("fleet").data("changed")).await.is_err() {
+            if tx
+                .send(Event::default().event("fleet").data("changed"))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -124,7 +128,11 @@ pub async fn rollout(
     let stream = async_stream(&web.shared, move |tx| async move {
         while let Some(Ok(r)) = watch.next().await {
             let html = feeds::rollout_progress(&r).into_string();
-            if tx.send(Event::default().event("rollout").data(html)).await.is_err() {
+            if tx
+                .send(Event::default().event("rollout").data(html))
+                .await
+                .is_err()
+            {
                 return;
             }
             let state = name_of::<RolloutState>(r.state);

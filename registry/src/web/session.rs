@@ -54,7 +54,11 @@ fn random_id() -> String {
 
 /// Constant-time equality of two strings of the same length.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 impl Sessions {
@@ -86,7 +90,10 @@ impl Sessions {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, s| s.expires > now);
         if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
         {
             map.remove(&oldest);
         }
@@ -216,7 +223,11 @@ fn guard(headers: &HeaderMap, access: &Access) -> Result<(), WebError> {
 /// The request comes from a page of this host: its Origin (or, without one, its Referer)
 /// names the Host it was sent to.
 fn same_origin(headers: &HeaderMap) -> Result<(), WebError> {
-    let get = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let get = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     let host = get(header::HOST).unwrap_or_default();
     let from = get(header::ORIGIN)
         .filter(|o| *o != "null")
@@ -284,7 +295,11 @@ pub async fn login(
     }
 }
 
-pub async fn logout(State(web): State<Arc<Web>>, _actor: LogoutGuard, headers: HeaderMap) -> Response {
+pub async fn logout(
+    State(web): State<Arc<Web>>,
+    _actor: LogoutGuard,
+    headers: HeaderMap,
+) -> Response {
     if let Some(id) = cookie(&headers, COOKIE) {
         web.sessions.close(id);
     }
@@ -324,7 +339,10 @@ mod tests {
 
     #[test]
     fn origin_must_name_this_host() {
-        let ok = headers(&[("host", "127.0.0.1:17891"), ("origin", "http://127.0.0.1:17891")]);
+        let ok = headers(&[
+            ("host", "127.0.0.1:17891"),
+            ("origin", "http://127.0.0.1:17891"),
+        ]);
         assert!(same_origin(&ok).is_ok());
         let tls = headers(&[("host", "reg:443"), ("origin", "https://reg:443")]);
         assert!(same_origin(&tls).is_ok());
@@ -334,8 +352,14 @@ mod tests {
         ]);
         assert!(same_origin(&by_referer).is_ok());
         for bad in [
-            headers(&[("host", "127.0.0.1:17891"), ("origin", "http://evil.example")]),
-            headers(&[("host", "127.0.0.1:17891"), ("origin", "http://127.0.0.1:17891.evil")]),
+            headers(&[
+                ("host", "127.0.0.1:17891"),
+                ("origin", "http://evil.example"),
+            ]),
+            headers(&[
+                ("host", "127.0.0.1:17891"),
+                ("origin", "http://127.0.0.1:17891.evil"),
+            ]),
             headers(&[("host", "127.0.0.1:17891"), ("origin", "null")]),
             headers(&[("host", "127.0.0.1:17891")]),
             headers(&[("origin", "http://127.0.0.1:17891")]),
