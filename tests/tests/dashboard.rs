@@ -191,6 +191,10 @@ fn dashboard_in_a_browser() {
                 i["version"] == "2.0.0" && i["state"] == "running"
             });
     }
+    // The page's own rollout list catches up without a reload too.
+    b.wait_text("#live table.rollouts tbody tr", "listed as succeeded", 30 * S, |t| {
+        t.contains("succeeded")
+    });
     shot(&b, "patch");
 
     // Expand to node-c: a preview first (nothing changes), then apply.

@@ -24,7 +24,7 @@ use super::{Access, Web, WebError, feeds};
 /// The least time between two `fleet` events.
 const SETTLE: Duration = Duration::from_millis(500);
 /// A `fleet` event at least this often, for what changes without a bus message (load).
-const TICK: Duration = Duration::from_secs(15);
+const TICK: Duration = Duration::from_secs(5);
 
 type EventStream = Response;
 
