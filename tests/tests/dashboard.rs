@@ -192,9 +192,12 @@ fn dashboard_in_a_browser() {
             });
     }
     // The page's own rollout list catches up without a reload too.
-    b.wait_text("#live table.rollouts tbody tr", "listed as succeeded", 30 * S, |t| {
-        t.contains("succeeded")
-    });
+    b.wait_text(
+        "#live table.rollouts tbody tr",
+        "listed as succeeded",
+        30 * S,
+        |t| t.contains("succeeded"),
+    );
     shot(&b, "patch");
 
     // Expand to node-c: a preview first (nothing changes), then apply.
