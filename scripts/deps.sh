@@ -92,8 +92,9 @@ deps_compiler() {
 # deps_tests: what the end-to-end tests run besides the built binaries: bash and the
 # coreutils (scripts/install.sh; service commands such as sleep, env, sh -c), curl
 # (the TLS tests fetch /health with it) and dig (the DNS tests ask the agent with a real
-# resolver client).
+# resolver client), chromium and chromedriver (the dashboard tests drive a real headless
+# browser).
 deps_tests() {
   deps_commands bash:bash sh:dash sleep:coreutils install:coreutils env:coreutils curl:curl \
-    dig:dnsutils
+    dig:dnsutils chromium:chromium chromedriver:chromium-driver
 }

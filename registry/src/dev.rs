@@ -118,6 +118,7 @@ fn banner(
     format!(
         "Corral dev: a registry and an agent for this host (node {node:?}).\n\
          \n  registry gRPC   http://{listen}   (the CLI's --addr)\
+         \n  dashboard       http://{http}/\
          \n  registry HTTP   http://{http}/health  http://{http}/metrics\
          \n  agent HTTP      http://{agent_http}/health\
          \n  database        {db}\

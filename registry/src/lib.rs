@@ -14,7 +14,8 @@
 //!   before it: [`auth`] (named tokens, roles), [`access`] (what each call needs) and
 //!   [`audit`] (who changed what, and every refused call).
 //! * [`store`] — SQLite or MySQL through sqlx, with migrations under `migrations/`.
-//! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`.
+//! * [`http`] + [`metrics`] — `/health` and Prometheus `/metrics`; [`web`] — the
+//!   dashboard at `/` (server-rendered HTML, live by server-sent events).
 //! * [`discovery`] + [`query_service`] — the endpoint cache and `Query.Find`/`Watch`
 //!   ([`query_watch`], [`query_auth`]: agents watch with their node identity);
 //!   [`discovery_http`] — the same over HTTP/JSON, and Prometheus' `http_sd` targets
@@ -65,5 +66,6 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod usage;
+pub mod web;
 
 pub use server::run;

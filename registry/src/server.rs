@@ -79,7 +79,9 @@ pub async fn run(
     shared.discovery().poke();
 
     let http_shutdown = shutdown.clone();
-    let router = crate::http::router(shared.clone()).merge(crate::discovery_http::routes(&shared));
+    let router = crate::http::router(shared.clone())
+        .merge(crate::discovery_http::routes(&shared))
+        .merge(crate::web::routes(shared.clone()));
     let http_task = match &shared.config().http_tls {
         None => tokio::spawn(
             axum::serve(http, router)

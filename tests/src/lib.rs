@@ -3,6 +3,7 @@
 //! Fixtures own their temp dirs and kill their process groups on `Drop`, so a failing
 //! test leaves nothing running. Waiting is always polling with a deadline.
 
+pub mod browser;
 pub mod cgroups;
 pub mod db;
 pub mod exits;

@@ -1,15 +1,15 @@
 //! The `Admin` gRPC service. Each RPC delegates to a function in the module of its
 //! noun; this file only routes.
 
-mod apply;
+pub(crate) mod apply;
 mod audit;
-mod events;
+pub(crate) mod events;
 mod history;
-mod nodes;
-mod packages;
+pub(crate) mod nodes;
+pub(crate) mod packages;
 mod resources;
 mod secrets;
-mod servers;
+pub(crate) mod servers;
 
 use std::pin::Pin;
 use std::sync::Arc;

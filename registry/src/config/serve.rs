@@ -17,7 +17,7 @@ pub struct ServeArgs {
     /// gRPC address [default: 127.0.0.1:17890].
     #[arg(long, env = "CORRAL_REGISTRY_LISTEN")]
     pub listen: Option<String>,
-    /// HTTP address for /health and /metrics [default: 127.0.0.1:17891].
+    /// HTTP address for the dashboard, /health and /metrics [default: 127.0.0.1:17891].
     #[arg(long, env = "CORRAL_REGISTRY_HTTP")]
     pub http: Option<String>,
     /// Database: sqlite://PATH or mysql://USER[:PASS]@HOST[:PORT]/DB [default: sqlite:///var/lib/corral/registry.db].

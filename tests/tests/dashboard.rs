@@ -1,0 +1,455 @@
+//! The dashboard in a real headless Chromium: log in, see the nodes, restart an instance
+//! and see it change without a reload, patch and watch the progress, expand with a
+//! preview. With `CORRAL_SCREENSHOTS=DIR`, a PNG of each page is written to DIR
+//! (`scripts/screenshots.sh` refreshes `docs/dashboard/` so).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use corral_tests::browser::Browser;
+use corral_tests::fleet::Fleet;
+use corral_tests::packages::{release, write};
+
+const S: Duration = Duration::from_secs(1);
+const TOKEN: &str = "dashboard-test-token";
+
+fn upload(f: &Fleet, version: &str) {
+    let path = write(
+        f.dir.path(),
+        &format!("app-{version}.tgz"),
+        &release(version, false),
+    );
+    let out = f.registry.cli(&[
+        "package",
+        "upload",
+        path.to_str().expect("utf8"),
+        "--server",
+        "demo.app",
+        "--version",
+        version,
+        "--note",
+        "built by the dashboard test",
+    ]);
+    assert!(
+        out.status.success(),
+        "upload {version}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const SPEC: &str = r#"
+app = "demo"
+server = "app"
+nodes = ["node-a", "node-b"]
+command = ["bin/server"]
+package = "1.0.0"
+[[adapters]]
+name = "Main"
+port = "auto"
+[restart]
+min_uptime = "1s"
+[stop]
+timeout = "2s"
+[[config]]
+name = "app.conf"
+template = """
+# demo.app, ordinal {{ ordinal }}
+listen = {{ node_ip }}:{{ ports.Main }}
+"""
+"#;
+
+fn shots() -> Option<PathBuf> {
+    std::env::var_os("CORRAL_SCREENSHOTS").map(PathBuf::from)
+}
+
+fn shot(b: &Browser, name: &str) {
+    if let Some(dir) = shots() {
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        b.screenshot(&dir.join(format!("{name}.png")));
+    }
+}
+
+/// Marks the page, so that a later check can tell it was not reloaded.
+fn mark(b: &Browser) {
+    b.js("window.__corral_mark = 'same page'; window.confirm = () => true;");
+}
+
+fn assert_same_page(b: &Browser, what: &str) {
+    assert_eq!(
+        b.js("return window.__corral_mark || null;"),
+        serde_json::json!("same page"),
+        "{what}: the page was reloaded (the update must arrive without one)"
+    );
+}
+
+#[test]
+fn dashboard_in_a_browser() {
+    let f = Fleet::start_with(3, &["--admin-token", TOKEN]);
+    upload(&f, "1.0.0");
+    upload(&f, "2.0.0");
+    let out = f.registry.apply(SPEC);
+    assert!(out.status.success(), "apply: {out:?}");
+    // A server that keeps failing, so that the pages show what trouble looks like.
+    let out = f.registry.apply(
+        "app = \"demo\"\nserver = \"worker\"\nnodes = [\"node-c\"]\n\
+         command = [\"sh\", \"-c\", \"echo 'cannot open /etc/worker.conf' >&2; exit 3\"]\n",
+    );
+    assert!(out.status.success(), "apply: {out:?}");
+    for n in ["node-a", "node-b"] {
+        f.registry
+            .wait_instance("demo.app", n, "running", 30 * S, |i| {
+                i["state"] == "running"
+            });
+    }
+    let base = format!("http://127.0.0.1:{}", f.registry.http_port);
+    let b = Browser::start();
+
+    // Log in: every page asks for a token first; a wrong one is refused.
+    b.goto(&format!("{base}/servers"));
+    assert!(b.url().ends_with("/login"), "not logged in: {}", b.url());
+    shot(&b, "login");
+    b.fill("input[name=token]", "not-the-token");
+    b.click("form.login button");
+    b.wait_text(".flash.err", "refused", 10 * S, |t| t.contains("not valid"));
+    b.fill("input[name=token]", TOKEN);
+    b.click("form.login button");
+
+    // Three nodes, up.
+    b.wait_text("#nodes-up", "3 of 3 up", 10 * S, |t| t == "3 / 3");
+    assert_eq!(b.count("#nodes tbody tr[data-node]"), 3);
+    for n in ["node-a", "node-b", "node-c"] {
+        let state = b
+            .text(&format!("#nodes tr[data-node='{n}'] td.state"))
+            .expect("row");
+        assert_eq!(state, "up", "{n}");
+    }
+    shot(&b, "nodes");
+
+    b.goto(&format!("{base}/servers"));
+    b.wait_text("#servers", "demo.app listed", 10 * S, |t| {
+        t.contains("demo.app")
+    });
+    shot(&b, "servers");
+
+    // Restart one instance: its pid changes on the page, without a reload.
+    b.goto(&format!("{base}/servers/demo.app"));
+    let row = "#instances tr[data-node='node-a']";
+    let before = f.registry.instance("demo.app", "node-a").expect("instance")["pid"]
+        .as_u64()
+        .expect("pid");
+    b.wait_text(&format!("{row} td.state"), "running", 10 * S, |t| {
+        t == "running"
+    });
+    mark(&b);
+    b.click(&format!("{row} button[data-action='restart']"));
+    b.wait_text("#result", "restart acknowledged", 10 * S, |t| {
+        t.contains("restart")
+    });
+    b.wait_text(
+        &format!("{row} td:nth-child(8)"),
+        "a new pid after the restart",
+        30 * S,
+        |t| !t.is_empty() && t != before.to_string(),
+    );
+    b.wait_text(&format!("{row} td.state"), "running again", 30 * S, |t| {
+        t == "running"
+    });
+    assert_same_page(&b, "restart");
+
+    // Stop it: the state shows stopped, still without a reload.
+    b.click(&format!("{row} button[data-action='stop']"));
+    b.wait_text(&format!("{row} td.state"), "stopped", 30 * S, |t| {
+        t == "stopped"
+    });
+    assert_same_page(&b, "stop");
+    b.click(&format!("{row} button[data-action='start']"));
+    b.wait_text(&format!("{row} td.state"), "running", 30 * S, |t| {
+        t == "running"
+    });
+    shot(&b, "server");
+
+    // Patch to 2.0.0: the progress follows the rollout to its end on this page.
+    b.js("document.querySelector('#patch select').value = '2.0.0';");
+    b.click("#patch button[type=submit]");
+    b.wait_text(
+        "#result .rollout table",
+        "rollout progress shown",
+        10 * S,
+        |t| t.contains("node-a") && t.contains("node-b"),
+    );
+    b.wait_text(
+        "#result .rollout .badge",
+        "rollout succeeded",
+        60 * S,
+        |t| t == "succeeded",
+    );
+    assert_eq!(b.count("#result .rollout[data-state='succeeded']"), 1);
+    assert_same_page(&b, "patch");
+    for n in ["node-a", "node-b"] {
+        f.registry
+            .wait_instance("demo.app", n, "on 2.0.0", 30 * S, |i| {
+                i["version"] == "2.0.0" && i["state"] == "running"
+            });
+    }
+    // The page's own rollout list catches up without a reload too.
+    b.wait_text(
+        "#live table.rollouts tbody tr",
+        "listed as succeeded",
+        30 * S,
+        |t| t.contains("succeeded"),
+    );
+    shot(&b, "patch");
+
+    // Expand to node-c: a preview first (nothing changes), then apply.
+    b.fill("#expand input[name=nodes]", "node-c");
+    b.click("#expand button[type=submit]");
+    b.wait_text("#result .expand-result", "preview", 10 * S, |t| {
+        t.contains("Preview") && t.contains("node-c") && t.contains("Main")
+    });
+    assert!(
+        f.registry.instance("demo.app", "node-c").is_err(),
+        "a preview changes nothing"
+    );
+    shot(&b, "expand-preview");
+    b.click("#expand-apply");
+    b.wait_text("#result", "expanded", 10 * S, |t| {
+        t.contains("Expanded demo.app")
+    });
+    b.wait_text(
+        "#instances tr[data-node='node-c'] td.state",
+        "node-c running",
+        30 * S,
+        |t| t == "running",
+    );
+    assert_same_page(&b, "expand");
+
+    // The other pages render what happened.
+    b.goto(&format!("{base}/servers/demo.app/node-a"));
+    b.wait_text("body", "instance page", 10 * S, |t| {
+        t.contains("app.conf") && t.contains("listen = ")
+    });
+    shot(&b, "instance");
+    b.goto(&format!("{base}/events"));
+    b.wait_text("#events", "events listed", 10 * S, |t| {
+        t.contains("demo.app")
+    });
+    // A new event arrives live.
+    mark(&b);
+    let rows = b.count("#events tbody tr");
+    let out = f
+        .registry
+        .cli(&["server", "restart", "demo.app", "--node", "node-b"]);
+    assert!(out.status.success(), "restart: {out:?}");
+    wait_rows(&b, rows);
+    assert_same_page(&b, "events");
+    shot(&b, "events");
+    b.goto(&format!("{base}/rollouts"));
+    b.wait_text("#live", "rollout listed", 10 * S, |t| t.contains("2.0.0"));
+    shot(&b, "rollouts");
+    b.click("#live table.rollouts a[href^='/rollouts/']");
+    b.wait_text(".rollout .badge", "rollout page", 10 * S, |t| {
+        t == "succeeded"
+    });
+    shot(&b, "rollout");
+    b.goto(&format!("{base}/packages"));
+    b.wait_text("#packages", "packages listed", 10 * S, |t| {
+        t.contains("1.0.0") && t.contains("2.0.0")
+    });
+    shot(&b, "packages");
+}
+
+fn wait_rows(b: &Browser, before: usize) {
+    corral_tests::wait_until("a new event row, live", 30 * S, || {
+        let now = b.count("#events tbody tr");
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("{now} rows"))
+        }
+    });
+}
+
+/// `curl` with the given arguments: (status code, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Without a session every page asks for a login; a POST needs the session's CSRF token
+/// and a same-origin Origin, and each refusal names what is wrong; a registry without
+/// admin tokens asks for no login.
+#[test]
+fn sessions_csrf_and_origin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = corral_tests::TestDb::new(corral_tests::Backend::Sqlite, dir.path()).expect("db");
+    let r = corral_tests::Registry::start(dir.path(), &db.url, &["--admin-token", TOKEN]);
+    let base = format!("http://127.0.0.1:{}", r.http_port);
+    let origin = format!("Origin: {base}");
+
+    let (code, _) = curl(&[&format!("{base}/servers")]);
+    assert_eq!(code, 303, "no session: to the login page");
+    let (code, body) = curl(&["-H", &origin, "-d", "token=wrong", &format!("{base}/login")]);
+    assert!(code == 401 && body.contains("not valid"), "{code} {body}");
+    let (code, body) = curl(&[
+        "-H",
+        "Origin: http://evil.example",
+        "-d",
+        &format!("token={TOKEN}"),
+        &format!("{base}/login"),
+    ]);
+    assert!(
+        code == 403 && body.contains("evil.example"),
+        "{code} {body}"
+    );
+
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "-H", &origin])
+        .args(["-d", &format!("token={TOKEN}"), &format!("{base}/login")])
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_string();
+    let cookie_line = headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {headers}"));
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(cookie_line.contains(attr), "{attr}: {cookie_line}");
+    }
+    let cookie = cookie_line
+        .split_once(':')
+        .map(|(_, v)| v.trim())
+        .and_then(|v| v.split(';').next())
+        .expect("cookie")
+        .to_string();
+    let cookie_h = format!("Cookie: {cookie}");
+    let (code, page) = curl(&["-H", &cookie_h, &format!("{base}/servers")]);
+    assert_eq!(code, 200, "{page}");
+    let csrf = page
+        .split("x-csrf-token&quot;:&quot;")
+        .nth(1)
+        .and_then(|s| s.split("&quot;").next())
+        .expect("csrf token in the page")
+        .to_string();
+    let csrf_h = format!("x-csrf-token: {csrf}");
+    let form = "server=demo.nope&action=restart";
+    let act = format!("{base}/act/control");
+
+    let (code, body) = curl(&["-H", &cookie_h, "-H", &origin, "-d", form, &act]);
+    assert!(code == 403 && body.contains("CSRF"), "{code} {body}");
+    let (code, body) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-d", form, &act]);
+    assert!(code == 403 && body.contains("Origin"), "{code} {body}");
+    let evil = "Origin: http://evil.example";
+    let (code, body) = curl(&["-H", &cookie_h, "-H", &csrf_h, "-H", evil, "-d", form, &act]);
+    assert!(
+        code == 403 && body.contains("evil.example"),
+        "{code} {body}"
+    );
+    let (code, body) = curl(&["-H", &csrf_h, "-H", &origin, "-d", form, &act]);
+    assert_eq!(code, 303, "no session: {body}");
+    // All present: the action runs and the admin error names the server.
+    let (code, body) = curl(&[
+        "-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-d", form, &act,
+    ]);
+    assert!(code == 404 && body.contains("demo.nope"), "{code} {body}");
+    let bad = "server=demo.nope&action=explode";
+    let (code, body) = curl(&[
+        "-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-d", bad, &act,
+    ]);
+    assert!(code == 400 && body.contains("explode"), "{code} {body}");
+
+    // Logged out: the session no longer opens pages.
+    let logout = format!("{base}/logout");
+    let (code, _) = curl(&[
+        "-H", &cookie_h, "-H", &csrf_h, "-H", &origin, "-X", "POST", &logout,
+    ]);
+    assert_eq!(code, 303);
+    let (code, _) = curl(&["-H", &cookie_h, &format!("{base}/servers")]);
+    assert_eq!(code, 303, "the session ended");
+
+    // Without admin tokens there is no login.
+    let open_dir = tempfile::tempdir().expect("tempdir");
+    let open_db =
+        corral_tests::TestDb::new(corral_tests::Backend::Sqlite, open_dir.path()).expect("db");
+    let open = corral_tests::Registry::start(open_dir.path(), &open_db.url, &[]);
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{}/", open.http_port)]);
+    assert!(code == 200 && body.contains("Nodes"), "{code}");
+    // htmx is served from the binary, cached for good.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null"])
+        .arg(format!(
+            "http://127.0.0.1:{}/assets/htmx-2.0.11.min.js",
+            open.http_port
+        ))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        headers.contains("200") && headers.contains("max-age=31536000"),
+        "{headers}"
+    );
+}
+
+/// On a TLS HTTP port the dashboard works the same, and the session cookie is `Secure`.
+#[test]
+fn dashboard_behind_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    let out = std::process::Command::new(corral_tests::bin("registry"))
+        .args(["tls", "init"])
+        .arg(&certs)
+        .output()
+        .expect("tls init");
+    assert!(out.status.success(), "{out:?}");
+    let p = |f: &str| certs.join(f).display().to_string();
+    let db = corral_tests::TestDb::new(corral_tests::Backend::Sqlite, dir.path()).expect("db");
+    let (cert, key) = (p("registry.pem"), p("registry.key"));
+    let r = corral_tests::Registry::start(
+        dir.path(),
+        &db.url,
+        &[
+            "--admin-token",
+            TOKEN,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--http-tls-cert",
+            &cert,
+            "--http-tls-key",
+            &key,
+        ],
+    );
+    let base = format!("https://127.0.0.1:{}", r.http_port);
+    let ca = p("ca.pem");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--cacert", &ca, "-D", "-", "-o", "/dev/null"])
+        .args(["-H", &format!("Origin: {base}")])
+        .args(["-d", &format!("token={TOKEN}"), &format!("{base}/login")])
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_string();
+    let cookie = headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie over TLS: {headers}"));
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let id = cookie
+        .split_once(':')
+        .and_then(|(_, v)| v.trim().split(';').next())
+        .expect("cookie")
+        .to_string();
+    let (code, body) = curl(&[
+        "--cacert",
+        &ca,
+        "-H",
+        &format!("Cookie: {id}"),
+        &format!("{base}/"),
+    ]);
+    assert!(code == 200 && body.contains("Nodes"), "{code} {body}");
+}
