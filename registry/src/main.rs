@@ -283,13 +283,18 @@ fn main() -> ExitCode {
                 CompletionShell::Zsh => clap_complete::Shell::Zsh,
                 CompletionShell::Fish => clap_complete::Shell::Fish,
             };
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "registry",
-                &mut std::io::stdout(),
-            );
-            ExitCode::SUCCESS
+            // Written whole, so that a closed pipe (`| head`) is an error to report, not a
+            // panic inside the generator.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "registry", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("registry completions: cannot write the script: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Endpoints { name } => {
             admin(rt.block_on(corral_registry::cli::server::endpoints(name, client)))
