@@ -12,6 +12,7 @@
 pub mod actions;
 mod feeds;
 mod fleet;
+pub mod guard;
 mod instance;
 pub mod layout;
 mod live;
@@ -28,7 +29,8 @@ use maud::html;
 
 use crate::state::Shared;
 
-pub use session::{Access, Actor, Sessions};
+pub use guard::Actor;
+pub use session::{Access, Sessions};
 
 /// What the dashboard's handlers share.
 pub struct Web {
