@@ -2,7 +2,8 @@
 //!
 //! Layout: [`session`] (login, sessions, who may act, the one guard every POST passes),
 //! [`layout`] (the page shell, CSS, formatting), one module per page ([`fleet`]: nodes
-//! and servers; [`server`]; [`instance`]; [`feeds`]: events, rollouts, packages),
+//! and servers; [`server`]; [`instance`], with its [`log_tail`]; [`feeds`]: events, rollouts, packages;
+//! [`audit`]),
 //! [`live`] (server-sent events that keep pages current), [`actions`] (every change an
 //! operator makes goes through [`actions::perform`]). Pages call the admin service's
 //! functions ([`crate::admin`], [`crate::rollout`]) directly: the dashboard shows what the
@@ -10,12 +11,14 @@
 //! from the binary; nothing is fetched at run time.
 
 pub mod actions;
+mod audit;
 mod feeds;
 mod fleet;
 pub mod guard;
 mod instance;
 pub mod layout;
 mod live;
+mod log_tail;
 mod server;
 pub mod session;
 
@@ -49,11 +52,12 @@ pub fn routes(shared: Arc<Shared>) -> Router {
         .route("/servers", get(fleet::servers_page))
         .route("/servers/{server}", get(server::page))
         .route("/servers/{server}/{node}", get(instance::page))
-        .route("/servers/{server}/{node}/log", get(instance::log_tail))
+        .route("/servers/{server}/{node}/log", get(log_tail::stream))
         .route("/events", get(feeds::events_page))
         .route("/rollouts", get(feeds::rollouts_page))
         .route("/rollouts/{id}", get(feeds::rollout_page))
         .route("/packages", get(feeds::packages_page))
+        .route("/audit", get(audit::page))
         .route("/live", get(live::fleet))
         .route("/live/events", get(live::events))
         .route("/live/rollouts/{id}", get(live::rollout))
