@@ -67,8 +67,20 @@ pub fn routes(shared: Arc<Shared>) -> Router {
         .route("/act/expand", post(actions::expand))
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
+        .layer(axum::middleware::map_response(no_store))
         .route("/assets/{name}", get(asset))
         .with_state(web)
+}
+
+/// Pages, fragments and streams are never stored: they carry a session's CSRF token and
+/// what only a logged-in caller may read, and a page kept in the browser's back/forward
+/// cache would keep its event streams (and, per host, one of the browser's few HTTP/1.1
+/// connections) open after it is left.
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 const HTMX: &[u8] = include_bytes!("../../assets/htmx.min.js");
