@@ -550,6 +550,9 @@ fn log_tail_roles_and_audit_in_a_browser() {
     let base = format!("http://127.0.0.1:{}", f.registry.http_port);
     let b = Browser::start();
     b.goto(&format!("{base}/login"));
+    b.fill("input[name=token]", "a-guess");
+    b.click("form.login button");
+    b.wait_text(".flash.err", "refused", 10 * S, |t| t.contains("not valid"));
     b.fill("input[name=token]", TOKEN);
     b.click("form.login button");
     b.wait_text("#nodes-up", "logged in", 10 * S, |t| t == "1 / 1");
@@ -637,6 +640,14 @@ fn log_tail_roles_and_audit_in_a_browser() {
     b.wait_text("#log-lines", "the viewer follows the log", 20 * S, |t| {
         t.contains("started")
     });
+    // A viewer's page has the session's CSRF token; a POST made with it is still refused.
+    let status = b.js(
+        "const h = JSON.parse(document.body.getAttribute('hx-headers')); \
+         return fetch('/act/control', {method: 'POST', body: 'server=demo.echo&action=stop', \
+           headers: {'x-csrf-token': h['x-csrf-token'], \
+                     'content-type': 'application/x-www-form-urlencoded'}}).then(r => r.status);",
+    );
+    assert_eq!(status, serde_json::json!(403), "a viewer's POST");
     b.goto(&format!("{base}/audit?caller=ops"));
     b.wait_text("#audit tbody", "the audit, for a viewer", 10 * S, |t| {
         t.contains("demo.echo restart on node-a") && t.contains("ops")
@@ -648,8 +659,9 @@ fn log_tail_roles_and_audit_in_a_browser() {
     );
     b.goto(&format!("{base}/audit"));
     b.wait_text("#audit tbody", "every record", 10 * S, |t| {
-        t.contains("ops")
+        t.contains("ops") && t.contains("eve") && t.contains("Login")
     });
+    assert!(b.count("#audit tbody tr[data-outcome='refused']") >= 2);
     shot(&b, "audit");
 }
 
