@@ -455,6 +455,33 @@ fn dashboard_behind_tls() {
         &format!("{base}/"),
     ]);
     assert!(code == 200 && body.contains("Nodes"), "{code} {body}");
+    // The caller's address is known on TLS too: a wrong token is audited with it.
+    let (code, _) = curl(&[
+        "--cacert",
+        &ca,
+        "-H",
+        &format!("Origin: {base}"),
+        "-d",
+        "token=guess",
+        &format!("{base}/login"),
+    ]);
+    assert_eq!(code, 401);
+    wait_until("the failed login over TLS, audited", 20 * S, || {
+        let out = r.cli(&["audit", "-o", "json"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| {
+                r["call"] == "Login"
+                    && r["source"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("127.0.0.1:"))
+            })
+            .map(|_| ())
+            .ok_or(text)
+    });
 }
 
 const VIEWER: &str = "dashboard-viewer-token";

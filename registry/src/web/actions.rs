@@ -370,3 +370,50 @@ pub async fn expand(
     };
     perform(&web, &actor, action).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The audit records a dashboard action as the CLI's call with the same target.
+    #[test]
+    fn calls_and_targets() {
+        let control = |node: Option<&str>| Action::Control {
+            server: "demo.app".into(),
+            node: node.map(str::to_string),
+            action: ServerAction::Restart,
+        };
+        assert_eq!(control(None).call(), "ControlServer");
+        assert_eq!(control(None).target(), "demo.app restart");
+        assert_eq!(
+            control(Some("node-a")).target(),
+            "demo.app restart on node-a"
+        );
+        let patch = Action::Patch {
+            server: "demo.app".into(),
+            version: "2.0.0".into(),
+            batch: 1,
+        };
+        assert_eq!(
+            (patch.call(), patch.target().as_str()),
+            ("StartRollout", "demo.app@2.0.0")
+        );
+        let back = Action::Rollback {
+            server: "demo.app".into(),
+        };
+        assert_eq!(back.call(), "StartRollout");
+        assert_eq!(back.target(), "demo.app rollback to the previous release");
+        let expand = |preview| Action::Expand {
+            server: "demo.app".into(),
+            nodes: vec!["node-b".into(), "node-c".into()],
+            from: String::new(),
+            preview,
+        };
+        assert_eq!(expand(true).target(), "demo.app to node-b,node-c (preview)");
+        assert_eq!(expand(false).target(), "demo.app to node-b,node-c");
+        assert_eq!(expand(false).call(), "Expand");
+        for path in ["/act/control", "/act/patch", "/act/rollback", "/act/expand"] {
+            assert!(crate::access::known(call_of(path)), "{path}");
+        }
+    }
+}
