@@ -505,7 +505,8 @@ fn roles_fleet() -> (Fleet, PathBuf) {
     let script = format!(
         "echo \"started $$\"; echo 'warming up' >&2; cd {}; \
          while :; do for p in poke-*; do [ -e \"$p\" ] || continue; \
-         echo \"saw $p <b>not bold</b>\"; echo \"complained about $p\" >&2; rm -f \"$p\"; done; \
+         echo \"saw $p <b>not bold</b>\"; echo \"complained about $p\" >&2; \
+         [ \"$p\" = poke-many ] && seq 1 1500 | sed 's/^/many /'; rm -f \"$p\"; done; \
          sleep 0.1; done",
         pokes.display()
     );
@@ -605,6 +606,13 @@ fn log_tail_roles_and_audit_in_a_browser() {
     assert_eq!(b.count("#log-lines b"), 0, "log lines are text, not HTML");
     assert_same_page(&b, "log tail");
     shot(&b, "instance");
+    // The page keeps the last lines only.
+    std::fs::write(pokes.join("poke-many"), "").expect("poke");
+    b.wait_text("#log-lines", "the last of many lines", 20 * S, |t| {
+        t.contains("many 1500")
+    });
+    let kept = b.count("#log-lines .l");
+    assert!((900..=1000).contains(&kept), "{kept} lines kept");
 
     // Restart from the page: the log follows into the new run.
     let starts = |t: &str| t.matches("started ").count();
@@ -744,6 +752,24 @@ fn dashboard_roles_and_audit_by_curl() {
     let before = pid(&f);
 
     let (cookie, csrf) = curl_login(&base, VIEWER);
+    // Pages are never stored; a viewer reads logs: a log of an instance that is not there
+    // ends at once, saying why.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "-H", &cookie])
+        .arg(format!("{base}/servers/demo.echo"))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(headers.contains("cache-control: no-store"), "{headers}");
+    let (code, body) = curl(&[
+        "-H",
+        &cookie,
+        &format!("{base}/servers/demo.echo/node-x/log"),
+    ]);
+    assert!(
+        code == 200 && body.contains("event: end") && body.contains("no instance on node node-x"),
+        "{code} {body}"
+    );
     let posts = [
         ("control", "server=demo.echo&action=stop", "ControlServer"),
         (
