@@ -9,5 +9,5 @@ deps_tests
 cargo build --workspace --bins
 mkdir -p docs/dashboard
 CORRAL_SCREENSHOTS="$PWD/docs/dashboard" \
-  cargo test -p corral-tests --test dashboard -- dashboard_in_a_browser --exact
+  cargo test -p corral-tests --test dashboard -- in_a_browser
 ls -l docs/dashboard

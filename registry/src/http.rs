@@ -75,3 +75,37 @@ fn logged<T>(result: Result<T, StoreError>) -> Option<T> {
         .inspect_err(|err| warn!(cause = %err, "metrics: could not read fleet counts"))
         .ok()
 }
+
+/// The address of the peer of an HTTP request (plain or TLS), for the audit log: the HTTP
+/// server is served with it as connect info (`axum::extract::ConnectInfo<ClientAddr>`).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl ClientAddr {
+    /// The address of a request as text; "" when it was not served with connect info (a
+    /// router driven directly, in a unit test).
+    pub fn of(extensions: &axum::http::Extensions) -> String {
+        extensions
+            .get::<axum::extract::ConnectInfo<ClientAddr>>()
+            .map_or_else(String::new, |c| c.0.0.to_string())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::http_tls::TlsListener>,
+    > for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::http_tls::TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}

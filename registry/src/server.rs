@@ -81,7 +81,8 @@ pub async fn run(
     let http_shutdown = shutdown.clone();
     let router = crate::http::router(shared.clone())
         .merge(crate::discovery_http::routes(&shared))
-        .merge(crate::web::routes(shared.clone()));
+        .merge(crate::web::routes(shared.clone()))
+        .into_make_service_with_connect_info::<crate::http::ClientAddr>();
     let http_task = match &shared.config().http_tls {
         None => tokio::spawn(
             axum::serve(http, router)

@@ -2,7 +2,7 @@
 //! noun; this file only routes.
 
 pub(crate) mod apply;
-mod audit;
+pub mod audit;
 pub(crate) mod events;
 mod history;
 pub(crate) mod nodes;

@@ -1,6 +1,7 @@
 //! What an operator changes from the dashboard. Every POST handler parses its form into
 //! an [`Action`] and calls [`perform`], the one place actions run: it is where the audit
-//! log records who did what (the [`Actor`] that passed the POST guard).
+//! log records who did what (the [`Actor`] that passed the POST guard), as the same call
+//! (`ControlServer`, `StartRollout`, `Expand`) and target the CLI's call is recorded with.
 
 use std::sync::Arc;
 
@@ -12,6 +13,8 @@ use corral_proto::wire::from_name;
 use maud::{Markup, html};
 use serde::Deserialize;
 use tracing::info;
+
+use crate::audit::{self, Outcome};
 
 use super::layout;
 use super::{Actor, Web, WebError};
@@ -41,10 +44,80 @@ pub enum Action {
     },
 }
 
-/// Runs an action for `actor`; the answer is the fragment shown on the page.
+/// The Admin call a POST path makes, for the guard's record of a refusal.
+pub fn call_of(path: &str) -> &'static str {
+    match path {
+        "/act/control" => "ControlServer",
+        "/act/patch" | "/act/rollback" => "StartRollout",
+        "/act/expand" => "Expand",
+        _ => "Dashboard",
+    }
+}
+
+impl Action {
+    /// The Admin call the CLI makes for the same change.
+    pub fn call(&self) -> &'static str {
+        match self {
+            Action::Control { .. } => "ControlServer",
+            Action::Patch { .. } | Action::Rollback { .. } => "StartRollout",
+            Action::Expand { .. } => "Expand",
+        }
+    }
+
+    /// What it acts on, written as the Admin service notes the same call's target.
+    pub fn target(&self) -> String {
+        match self {
+            Action::Control {
+                server,
+                node,
+                action,
+            } => {
+                let verb = corral_proto::wire::name_of::<ServerAction>(*action as i32);
+                match node {
+                    Some(n) => format!("{server} {verb} on {n}"),
+                    None => format!("{server} {verb}"),
+                }
+            }
+            Action::Patch {
+                server, version, ..
+            } => format!("{server}@{version}"),
+            Action::Rollback { server } => format!("{server} rollback to the previous release"),
+            Action::Expand {
+                server,
+                nodes,
+                preview,
+                ..
+            } => {
+                let preview = if *preview { " (preview)" } else { "" };
+                format!("{server} to {}{preview}", nodes.join(","))
+            }
+        }
+    }
+}
+
+/// Runs an action for `actor` and records it in the audit log; the answer is the
+/// fragment shown on the page.
 pub async fn perform(web: &Web, actor: &Actor, action: Action) -> Result<Markup, WebError> {
-    // AUDIT: record (actor, action, outcome) here once the audit log exists.
-    info!(who = actor.who, action = ?action, "dashboard action");
+    info!(caller = %actor.caller.name, source = %actor.source, action = ?action, "dashboard action");
+    let (call, target) = (action.call(), action.target());
+    let result = run(web, action).await;
+    let (outcome, error) = match &result {
+        Ok(_) => (Outcome::Ok, String::new()),
+        Err(e) => (Outcome::Failed, e.to_string()),
+    };
+    let row = audit::entry(
+        Some(&actor.caller),
+        &actor.source,
+        call,
+        &target,
+        outcome,
+        &error,
+    );
+    audit::record(&web.shared, row);
+    result
+}
+
+async fn run(web: &Web, action: Action) -> Result<Markup, WebError> {
     let shared = &web.shared;
     match action {
         Action::Control {
@@ -296,4 +369,51 @@ pub async fn expand(
         preview,
     };
     perform(&web, &actor, action).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The audit records a dashboard action as the CLI's call with the same target.
+    #[test]
+    fn calls_and_targets() {
+        let control = |node: Option<&str>| Action::Control {
+            server: "demo.app".into(),
+            node: node.map(str::to_string),
+            action: ServerAction::Restart,
+        };
+        assert_eq!(control(None).call(), "ControlServer");
+        assert_eq!(control(None).target(), "demo.app restart");
+        assert_eq!(
+            control(Some("node-a")).target(),
+            "demo.app restart on node-a"
+        );
+        let patch = Action::Patch {
+            server: "demo.app".into(),
+            version: "2.0.0".into(),
+            batch: 1,
+        };
+        assert_eq!(
+            (patch.call(), patch.target().as_str()),
+            ("StartRollout", "demo.app@2.0.0")
+        );
+        let back = Action::Rollback {
+            server: "demo.app".into(),
+        };
+        assert_eq!(back.call(), "StartRollout");
+        assert_eq!(back.target(), "demo.app rollback to the previous release");
+        let expand = |preview| Action::Expand {
+            server: "demo.app".into(),
+            nodes: vec!["node-b".into(), "node-c".into()],
+            from: String::new(),
+            preview,
+        };
+        assert_eq!(expand(true).target(), "demo.app to node-b,node-c (preview)");
+        assert_eq!(expand(false).target(), "demo.app to node-b,node-c");
+        assert_eq!(expand(false).call(), "Expand");
+        for path in ["/act/control", "/act/patch", "/act/rollback", "/act/expand"] {
+            assert!(crate::access::known(call_of(path)), "{path}");
+        }
+    }
 }

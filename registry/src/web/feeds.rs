@@ -56,7 +56,7 @@ pub async fn events_page(
 
 /// Percent-encodes a query value (server names are `[A-Za-z0-9._-]`; the rest is
 /// encoded anyway).
-fn percent(s: &str) -> String {
+pub fn percent(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),

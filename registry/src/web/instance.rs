@@ -1,11 +1,9 @@
 //! `/servers/{app.server}/{node}`: one instance — its state, events, rendered config
-//! files and (once `registry logs` reaches the agent) its live log tail.
+//! files and its live log tail ([`super::log_tail`]).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use corral_proto::v1::{ListEventsRequest, ServerStatusRequest};
 use maud::{Markup, html};
 
@@ -104,30 +102,7 @@ pub async fn page(
                 }
                 _ => { p.muted { "No config files." } }
             }
-            h2 { "Log" }
-            // LOG TAIL: filled in by `registry logs` over the agent session. The section
-            // loads `log_tail` below; once logs reach the registry, that handler streams
-            // the tail (e.g. as server-sent events) and this section follows it.
-            div #log hx-get={ (url) "/log" } hx-trigger="load" {
-                p.muted { "Loading the log…" }
-            }
+            (super::log_tail::section(&format!("{url}/log")))
         },
     ))
-}
-
-/// LOG TAIL endpoint, to fill in with `registry logs` over the agent session (not built
-/// here: the log transport belongs to that work). Answers 501 with a note until then.
-pub async fn log_tail(
-    _access: Access,
-    Path((server, node)): Path<(String, String)>,
-) -> impl IntoResponse {
-    (
-        StatusCode::NOT_IMPLEMENTED,
-        html! {
-            p.muted {
-                "The live log tail is not available yet; on the host, the log is in the instance directory of "
-                code { (server) } " on " code { (node) } " (logs/stdout.log, logs/stderr.log)."
-            }
-        },
-    )
 }

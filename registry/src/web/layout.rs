@@ -10,7 +10,7 @@ use super::Access;
 /// The assets' names carry their version, so browsers cache them for good.
 pub const HTMX_NAME: &str = "htmx-2.0.11.min.js";
 pub const HTMX_SSE_NAME: &str = "htmx-ext-sse-2.2.4.min.js";
-pub const CSS_NAME: &str = "dashboard-2.css";
+pub const CSS_NAME: &str = "dashboard-3.css";
 
 /// htmx swaps error answers too (they carry the message naming what is wrong).
 const HTMX_CONFIG: &str = r#"{"responseHandling":[{"code":"204","swap":false},{"code":".*","swap":true}],"defaultSwapStyle":"innerHTML"}"#;
@@ -23,14 +23,16 @@ pub enum Nav {
     Events,
     Rollouts,
     Packages,
+    Audit,
 }
 
-const NAV: [(Nav, &str, &str); 5] = [
+const NAV: [(Nav, &str, &str); 6] = [
     (Nav::Nodes, "/", "Nodes"),
     (Nav::Servers, "/servers", "Servers"),
     (Nav::Events, "/events", "Events"),
     (Nav::Rollouts, "/rollouts", "Rollouts"),
     (Nav::Packages, "/packages", "Packages"),
+    (Nav::Audit, "/audit", "Audit"),
 ];
 
 fn head(title: &str) -> Markup {

@@ -2,7 +2,8 @@
 //!
 //! Layout: [`session`] (login, sessions, who may act, the one guard every POST passes),
 //! [`layout`] (the page shell, CSS, formatting), one module per page ([`fleet`]: nodes
-//! and servers; [`server`]; [`instance`]; [`feeds`]: events, rollouts, packages),
+//! and servers; [`server`]; [`instance`], with its [`log_tail`]; [`feeds`]: events, rollouts, packages;
+//! [`audit`]),
 //! [`live`] (server-sent events that keep pages current), [`actions`] (every change an
 //! operator makes goes through [`actions::perform`]). Pages call the admin service's
 //! functions ([`crate::admin`], [`crate::rollout`]) directly: the dashboard shows what the
@@ -10,11 +11,14 @@
 //! from the binary; nothing is fetched at run time.
 
 pub mod actions;
+mod audit;
 mod feeds;
 mod fleet;
+pub mod guard;
 mod instance;
 pub mod layout;
 mod live;
+mod log_tail;
 mod server;
 pub mod session;
 
@@ -28,7 +32,8 @@ use maud::html;
 
 use crate::state::Shared;
 
-pub use session::{Access, Actor, Sessions};
+pub use guard::Actor;
+pub use session::{Access, Sessions};
 
 /// What the dashboard's handlers share.
 pub struct Web {
@@ -47,11 +52,12 @@ pub fn routes(shared: Arc<Shared>) -> Router {
         .route("/servers", get(fleet::servers_page))
         .route("/servers/{server}", get(server::page))
         .route("/servers/{server}/{node}", get(instance::page))
-        .route("/servers/{server}/{node}/log", get(instance::log_tail))
+        .route("/servers/{server}/{node}/log", get(log_tail::stream))
         .route("/events", get(feeds::events_page))
         .route("/rollouts", get(feeds::rollouts_page))
         .route("/rollouts/{id}", get(feeds::rollout_page))
         .route("/packages", get(feeds::packages_page))
+        .route("/audit", get(audit::page))
         .route("/live", get(live::fleet))
         .route("/live/events", get(live::events))
         .route("/live/rollouts/{id}", get(live::rollout))
@@ -61,8 +67,20 @@ pub fn routes(shared: Arc<Shared>) -> Router {
         .route("/act/expand", post(actions::expand))
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
+        .layer(axum::middleware::map_response(no_store))
         .route("/assets/{name}", get(asset))
         .with_state(web)
+}
+
+/// Pages, fragments and streams are never stored: they carry a session's CSRF token and
+/// what only a logged-in caller may read, and a page kept in the browser's back/forward
+/// cache would keep its event streams (and, per host, one of the browser's few HTTP/1.1
+/// connections) open after it is left.
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 const HTMX: &[u8] = include_bytes!("../../assets/htmx.min.js");

@@ -6,10 +6,11 @@
 //! memory: another replica, or this one after a restart, asks for the token again.
 //! Without admin tokens (dev, loopback) there is no login.
 //!
-//! Every page gets its [`Access`] from [`access`], the one place that decides whether
-//! the viewer may act (`can_act`: action buttons are shown). Every POST goes through
-//! [`Actor`]'s extractor, the one guard: a session that may act, the session's CSRF token
-//! in the `x-csrf-token` header, and an Origin (or Referer) naming this host.
+//! A session holds the [`Caller`] its token resolved to (name and role). Every page gets
+//! its [`Access`] from [`Sessions::access`]; whether it may act (`can_act`: action buttons
+//! are shown) comes from the caller's role, decided in [`crate::access::may_change`].
+//! Every POST goes through the one guard in [`super::guard`]. A wrong token at the login
+//! is a refused call ("Login"): audited and counted like the gRPC side's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,8 +23,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{Web, WebError, layout};
-use crate::auth::Tokens;
+use super::{Web, layout};
+use crate::auth::{Caller, Tokens};
+use crate::gate;
 use crate::state::Shared;
 
 /// How long a login lasts.
@@ -34,7 +36,10 @@ const COOKIE: &str = "corral_session";
 
 struct Session {
     csrf: String,
-    can_act: bool,
+    caller: Caller,
+    /// The `authorization` header of the token, for calls this replica forwards to
+    /// another for the caller (the log tail of a node connected there).
+    bearer: String,
     expires: Instant,
 }
 
@@ -53,7 +58,7 @@ fn random_id() -> String {
 }
 
 /// Constant-time equality of two strings of the same length.
-fn same(a: &str, b: &str) -> bool {
+pub(super) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
@@ -76,15 +81,9 @@ impl Sessions {
         !self.tokens.is_empty()
     }
 
-    /// What a token lets its holder do: None for a token that is not valid. Every valid
-    /// token acts today; roles (admin/viewer) decide here.
-    fn role_of(&self, token: &str) -> Option<bool> {
-        self.tokens.accepts(token).then_some(true)
-    }
-
     /// Starts a session for a valid token; returns its id.
     fn open(&self, token: &str) -> Option<String> {
-        let can_act = self.role_of(token)?;
+        let caller = self.tokens.resolve(token)?;
         let id = random_id();
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
@@ -101,7 +100,8 @@ impl Sessions {
             id.clone(),
             Session {
                 csrf: random_id(),
-                can_act,
+                caller,
+                bearer: format!("Bearer {token}"),
                 expires: now + SESSION_TTL,
             },
         );
@@ -118,20 +118,20 @@ impl Sessions {
     /// The access of a request, from its cookie; None: it must log in.
     pub fn access(&self, headers: &HeaderMap) -> Option<Access> {
         if !self.login_required() {
-            return Some(Access {
-                can_act: true,
-                csrf: self.open_csrf.clone(),
-                logged_in: false,
-            });
+            return Some(Access::of(
+                Caller::anonymous(),
+                self.open_csrf.clone(),
+                None,
+            ));
         }
         let id = cookie(headers, COOKIE)?;
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let s = map.get(id).filter(|s| s.expires > Instant::now())?;
-        Some(Access {
-            can_act: s.can_act,
-            csrf: s.csrf.clone(),
-            logged_in: true,
-        })
+        Some(Access::of(
+            s.caller.clone(),
+            s.csrf.clone(),
+            Some(s.bearer.clone()),
+        ))
     }
 
     fn cookie(&self, id: &str, max_age: u64) -> HeaderValue {
@@ -154,15 +154,42 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// What the viewer of a page may do.
-#[derive(Clone, Debug)]
+/// Who looks at a page, and what they may do.
+#[derive(Clone)]
 pub struct Access {
-    /// Action buttons are shown and POSTs are accepted.
+    /// The token's name and role (anonymous, an admin, without login).
+    pub caller: Caller,
+    /// Action buttons are shown and POSTs are accepted: from the caller's role.
     pub can_act: bool,
     /// Sent back by every POST in the `x-csrf-token` header.
     pub csrf: String,
     /// There is a session to log out of.
     pub logged_in: bool,
+    /// The session's `authorization` header (None without login).
+    pub bearer: Option<String>,
+}
+
+impl Access {
+    pub fn of(caller: Caller, csrf: String, bearer: Option<String>) -> Access {
+        Access {
+            can_act: crate::access::may_change(&caller),
+            caller,
+            csrf,
+            logged_in: bearer.is_some(),
+            bearer,
+        }
+    }
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token or the CSRF token.
+        write!(
+            f,
+            "{}:{} can_act={}",
+            self.caller.name, self.caller.role, self.can_act
+        )
+    }
 }
 
 /// Pages without a session go to the login page (htmx requests are told to, by header).
@@ -180,72 +207,6 @@ impl FromRequestParts<Arc<Web>> for Access {
     }
 }
 
-/// Who makes a change: a POST that passed the guard. Actions take one, so none can run
-/// without the guard.
-#[derive(Clone, Debug)]
-pub struct Actor {
-    /// Who, for the record: "token" or "open" (no login).
-    pub who: &'static str,
-}
-
-impl FromRequestParts<Arc<Web>> for Actor {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, web: &Arc<Web>) -> Result<Actor, Response> {
-        let access = Access::from_request_parts(parts, web).await?;
-        guard(&parts.headers, &access).map_err(IntoResponse::into_response)?;
-        Ok(Actor {
-            who: if access.logged_in { "token" } else { "open" },
-        })
-    }
-}
-
-/// The one check of every POST: may act, CSRF token, same origin.
-fn guard(headers: &HeaderMap, access: &Access) -> Result<(), WebError> {
-    if !access.can_act {
-        return Err(WebError::Forbidden(
-            "this login may view the fleet but not change it".into(),
-        ));
-    }
-    same_origin(headers)?;
-    let sent = headers
-        .get("x-csrf-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !same(sent, &access.csrf) {
-        return Err(WebError::Forbidden(
-            "the request's CSRF token is missing or stale: reload the page".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// The request comes from a page of this host: its Origin (or, without one, its Referer)
-/// names the Host it was sent to.
-fn same_origin(headers: &HeaderMap) -> Result<(), WebError> {
-    let get = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    let host = get(header::HOST).unwrap_or_default();
-    let from = get(header::ORIGIN)
-        .filter(|o| *o != "null")
-        .or_else(|| get(header::REFERER))
-        .ok_or_else(|| WebError::Forbidden("the request names no Origin or Referer".into()))?;
-    let authority = from
-        .split_once("://")
-        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or_default());
-    if host.is_empty() || authority != host {
-        return Err(WebError::Forbidden(format!(
-            "the request comes from {}, not from this dashboard ({})",
-            corral_proto::text::quoted(corral_proto::text::prefix(from, 100)),
-            corral_proto::text::quoted(corral_proto::text::prefix(host, 100)),
-        )));
-    }
-    Ok(())
-}
-
 pub async fn login_page(State(web): State<Arc<Web>>) -> Response {
     if !web.sessions.login_required() {
         return Redirect::to("/").into_response();
@@ -259,7 +220,7 @@ fn login_form(error: Option<&str>) -> Markup {
         html! {
             form.login method="post" action="/login" {
                 h1 { "Corral" }
-                p.muted { "Paste an admin token (the registry's --admin-token)." }
+                p.muted { "Paste a token (the registry's --admin-token or --viewer-token)." }
                 @if let Some(e) = error { div.flash.err role="alert" { (e) } }
                 input type="password" name="token" autocomplete="off" autofocus required
                     placeholder="token";
@@ -276,10 +237,11 @@ pub struct LoginForm {
 
 pub async fn login(
     State(web): State<Arc<Web>>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if let Err(e) = same_origin(&headers) {
+    if let Err(e) = super::guard::same_origin(&headers) {
         return e.into_response();
     }
     match web.sessions.open(form.token.trim()) {
@@ -287,17 +249,29 @@ pub async fn login(
             let cookie = web.sessions.cookie(&id, SESSION_TTL.as_secs());
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
         }
-        None => (
-            StatusCode::UNAUTHORIZED,
-            login_form(Some("that token is not valid")),
-        )
-            .into_response(),
+        None => {
+            let status = tonic::Status::unauthenticated("the token is not valid");
+            let source = crate::http::ClientAddr::of(&extensions);
+            gate::refused(
+                &web.shared,
+                None,
+                true,
+                &source,
+                crate::access::LOGIN,
+                &status,
+            );
+            (
+                StatusCode::UNAUTHORIZED,
+                login_form(Some("that token is not valid")),
+            )
+                .into_response()
+        }
     }
 }
 
 pub async fn logout(
     State(web): State<Arc<Web>>,
-    _actor: LogoutGuard,
+    _actor: super::guard::LogoutGuard,
     headers: HeaderMap,
 ) -> Response {
     if let Some(id) = cookie(&headers, COOKIE) {
@@ -311,87 +285,19 @@ pub async fn logout(
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
 
-/// Logging out needs the same origin and CSRF token as any POST, but not `can_act`.
-pub struct LogoutGuard;
-
-impl FromRequestParts<Arc<Web>> for LogoutGuard {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, web: &Arc<Web>) -> Result<Self, Response> {
-        let mut access = Access::from_request_parts(parts, web).await?;
-        access.can_act = true;
-        guard(&parts.headers, &access).map_err(IntoResponse::into_response)?;
-        Ok(LogoutGuard)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_str(v).expect("value"));
-        }
-        h
-    }
-
-    #[test]
-    fn origin_must_name_this_host() {
-        let ok = headers(&[
-            ("host", "127.0.0.1:17891"),
-            ("origin", "http://127.0.0.1:17891"),
-        ]);
-        assert!(same_origin(&ok).is_ok());
-        let tls = headers(&[("host", "reg:443"), ("origin", "https://reg:443")]);
-        assert!(same_origin(&tls).is_ok());
-        let by_referer = headers(&[
-            ("host", "127.0.0.1:17891"),
-            ("referer", "http://127.0.0.1:17891/servers/demo.app"),
-        ]);
-        assert!(same_origin(&by_referer).is_ok());
-        for bad in [
-            headers(&[
-                ("host", "127.0.0.1:17891"),
-                ("origin", "http://evil.example"),
-            ]),
-            headers(&[
-                ("host", "127.0.0.1:17891"),
-                ("origin", "http://127.0.0.1:17891.evil"),
-            ]),
-            headers(&[("host", "127.0.0.1:17891"), ("origin", "null")]),
-            headers(&[("host", "127.0.0.1:17891")]),
-            headers(&[("origin", "http://127.0.0.1:17891")]),
-        ] {
-            assert!(same_origin(&bad).is_err(), "{bad:?}");
-        }
-    }
-
     #[test]
     fn cookies_and_tokens() {
-        let h = headers(&[("cookie", "a=1; corral_session=abc; b=2")]);
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; corral_session=abc; b=2"),
+        );
         assert_eq!(cookie(&h, COOKIE), Some("abc"));
-        assert_eq!(cookie(&headers(&[("cookie", "x=1")]), COOKIE), None);
+        assert_eq!(cookie(&HeaderMap::new(), COOKIE), None);
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
-    }
-
-    #[test]
-    fn the_guard() {
-        let h = headers(&[
-            ("host", "h:1"),
-            ("origin", "http://h:1"),
-            ("x-csrf-token", "t0k"),
-        ]);
-        let access = |can_act, csrf: &str| Access {
-            can_act,
-            csrf: csrf.into(),
-            logged_in: true,
-        };
-        assert!(guard(&h, &access(true, "t0k")).is_ok());
-        let err = guard(&h, &access(true, "other")).expect_err("stale token");
-        assert!(err.to_string().contains("CSRF"), "{err}");
-        let err = guard(&h, &access(false, "t0k")).expect_err("viewer");
-        assert!(err.to_string().contains("view"), "{err}");
     }
 }
