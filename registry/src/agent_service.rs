@@ -65,10 +65,13 @@ impl Agent for AgentService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        require_client_cert(&self.shared, &request)?;
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        if let Err(status) = require_client_cert(&self.shared, &request) {
+            join_refused(&self.shared, &peer, "", &status);
+            return Err(status);
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -86,6 +89,7 @@ impl Agent for AgentService {
         let shared = &self.shared;
         if let Err(status) = join::check_hello(&hello) {
             warn!(%peer, node = %hello.node, cause = %status.message(), "refused agent");
+            join_refused(shared, &peer, &hello.node, &status);
             return Err(status);
         }
         let now = now_ms();
@@ -100,6 +104,7 @@ impl Agent for AgentService {
             Ok(a) => a,
             Err(status) => {
                 warn!(%peer, node = %hello.node, cause = %status.message(), "refused agent");
+                join_refused(shared, &peer, &hello.node, &status);
                 return Err(status);
             }
         };
@@ -150,6 +155,35 @@ impl std::fmt::Display for End {
 
 /// With mutual TLS on, agents must present a certificate the client CA signed (TLS has
 /// checked it is valid; here we check there is one).
+/// Records an agent refused at its join in the audit log, when the refusal is about who
+/// it is or what it sent (not a database that does not answer: the agent retries).
+fn join_refused(shared: &Shared, peer: &str, node: &str, status: &Status) {
+    use tonic::Code;
+    if !matches!(
+        status.code(),
+        Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::InvalidArgument
+            | Code::FailedPrecondition
+    ) {
+        return;
+    }
+    let mut row = crate::audit::entry(
+        None,
+        peer,
+        "Join",
+        &if node.is_empty() {
+            String::new()
+        } else {
+            format!("node {}", corral_proto::text::quoted(node))
+        },
+        crate::audit::Outcome::Refused,
+        status.message(),
+    );
+    row.caller = "(agent)".to_string();
+    crate::gate::refused_row(shared, row, status);
+}
+
 fn require_client_cert<T>(shared: &Shared, request: &Request<T>) -> Result<(), Status> {
     let mtls = shared
         .config()

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
-use axum::http::{HeaderMap, header};
+use axum::http::{Extensions, HeaderMap, header};
 use corral_agent::discovery::http::Auth;
 use corral_agent::discovery::{LookupError, Snapshot, Source, State, check_name};
 use tokio::sync::watch;
@@ -95,39 +95,49 @@ async fn forward(
 }
 
 /// The check of a request's token: none needed with `--public-discovery` (or when the
-/// registry has no admin token at all, as for admin calls).
-pub fn auth(admin_tokens: &[crate::auth::NamedToken], public: bool) -> Auth {
-    let tokens = Tokens::new(admin_tokens);
-    Arc::new(move |headers: &HeaderMap| {
+/// registry has no admin token at all, as for admin calls). A refusal is recorded in the
+/// audit log and counted, as `HttpDiscovery`.
+pub fn auth(shared: &Arc<Shared>) -> Auth {
+    let tokens = Tokens::new(&shared.config().admin_tokens);
+    let public = shared.config().public_discovery;
+    let shared = shared.clone();
+    Arc::new(move |headers: &HeaderMap, extensions: &Extensions| {
         if public || tokens.is_empty() {
             return Ok(());
         }
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(
+        let value = headers.get(header::AUTHORIZATION);
+        let why = match value {
+            None => {
                 "discovery needs a token: send `Authorization: Bearer TOKEN` with an admin \
-                 token (or run the registry with --public-discovery)"
-                    .to_string(),
-            );
+                     token (or run the registry with --public-discovery)"
+            }
+            Some(value) => {
+                let token = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or_default();
+                if tokens.accepts(token) {
+                    return Ok(());
+                }
+                "the token is not valid"
+            }
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if tokens.accepts(token) {
-            Ok(())
-        } else {
-            Err("the token is not valid".to_string())
-        }
+        crate::gate::refused(
+            &shared,
+            None,
+            value.is_some(),
+            &crate::http::ClientAddr::of(extensions),
+            "HttpDiscovery",
+            &tonic::Status::unauthenticated(why),
+        );
+        Err(why.to_string())
     })
 }
 
 /// The discovery routes of the registry's HTTP side.
 pub fn routes(shared: &Arc<Shared>) -> Router {
-    let auth = auth(
-        &shared.config().admin_tokens,
-        shared.config().public_discovery,
-    );
+    let auth = auth(shared);
     let lists = Arc::new(Lists {
         shared: shared.clone(),
         names: Names::default(),

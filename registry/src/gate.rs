@@ -62,6 +62,11 @@ fn source<B>(req: &http::Request<B>) -> String {
         .map_or_else(String::new, |a| a.to_string())
 }
 
+/// Calls outside the Admin service that are recorded when refused, by the names the
+/// audit log and the refused-call counter give them: an agent's join, a discovery read
+/// over gRPC or HTTP, a dashboard login.
+pub const OTHER_CALLS: &[&str] = &["Join", "Query", "HttpDiscovery", "Login"];
+
 /// Records a refused call: the audit, the counter, a log line.
 pub fn refused(
     shared: &Shared,
@@ -71,24 +76,6 @@ pub fn refused(
     method: &str,
     status: &Status,
 ) {
-    let reason = if status.code() == tonic::Code::PermissionDenied {
-        "permission_denied"
-    } else {
-        "unauthenticated"
-    };
-    let call = if access::known(method) {
-        method
-    } else {
-        "other"
-    };
-    shared
-        .metrics()
-        .admin_refused
-        .get_or_create(&RefusedLabels {
-            reason: reason.to_string(),
-            call: call.to_string(),
-        })
-        .inc();
     let mut row = audit::entry(
         caller,
         source,
@@ -105,7 +92,32 @@ pub fn refused(
         }
         .to_string();
     }
-    info!(caller = %row.caller, source, method, reason, "admin call refused");
+    refused_row(shared, row, status);
+}
+
+/// Records a refused call described by `row` (its caller, source, call and target set):
+/// the audit, the counter (by the status's code), a log line.
+pub fn refused_row(shared: &Shared, row: audit::AuditRow, status: &Status) {
+    let reason = match status.code() {
+        tonic::Code::PermissionDenied => "permission_denied",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        _ => "invalid",
+    };
+    let method = row.method.as_str();
+    let call = if access::known(method) || OTHER_CALLS.contains(&method) {
+        method
+    } else {
+        "other"
+    };
+    shared
+        .metrics()
+        .admin_refused
+        .get_or_create(&RefusedLabels {
+            reason: reason.to_string(),
+            call: call.to_string(),
+        })
+        .inc();
+    info!(caller = %row.caller, source = %row.source, method, reason, "call refused");
     audit::record(shared, row);
 }
 

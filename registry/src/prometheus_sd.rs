@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use corral_agent::discovery::http::{Auth, error};
@@ -38,8 +38,9 @@ pub fn routes(shared: Arc<Shared>, auth: Auth) -> Router {
 async fn targets(
     State((shared, auth)): State<(Arc<Shared>, Auth)>,
     headers: HeaderMap,
+    extensions: Extensions,
 ) -> Response {
-    if let Err(why) = auth(&headers) {
+    if let Err(why) = auth(&headers, &extensions) {
         return error(StatusCode::UNAUTHORIZED, why);
     }
     let servers = match shared.store().list_servers().await {

@@ -9,6 +9,7 @@
 //! are not refused while the database is unreachable.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -31,15 +32,25 @@ pub struct NodeClaim {
 pub struct QueryAuth {
     tokens: Tokens,
     public: bool,
+    /// Where a refusal is recorded (the audit log and the refused-call counter).
+    shared: Arc<Shared>,
 }
 
 impl QueryAuth {
-    pub fn new(admin_tokens: &[crate::auth::NamedToken], public: bool) -> QueryAuth {
+    pub fn new(shared: Arc<Shared>) -> QueryAuth {
         QueryAuth {
-            tokens: Tokens::new(admin_tokens),
-            public,
+            tokens: Tokens::new(&shared.config().admin_tokens),
+            public: shared.config().public_discovery,
+            shared,
         }
     }
+}
+
+/// The address a call came from, "" when unknown.
+fn source<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(String::new, |a| a.to_string())
 }
 
 impl Interceptor for QueryAuth {
@@ -67,7 +78,21 @@ impl Interceptor for QueryAuth {
                 request.extensions_mut().insert(claim);
                 Ok(request)
             }
-            None => token.map(|()| request),
+            None => match token {
+                Ok(()) => Ok(request),
+                Err(status) => {
+                    let presented = request.metadata().get("authorization").is_some();
+                    crate::gate::refused(
+                        &self.shared,
+                        None,
+                        presented,
+                        &source(&request),
+                        "Query",
+                        &status,
+                    );
+                    Err(status)
+                }
+            },
         }
     }
 }
@@ -114,7 +139,20 @@ impl Verifier {
                     .insert(claim.node.clone(), (hash, Instant::now()));
                 Ok(())
             }
-            Ok(_) => Err(refused()),
+            Ok(_) => {
+                let status = refused();
+                let mut row = crate::audit::entry(
+                    None,
+                    &source(request),
+                    "Query",
+                    "",
+                    crate::audit::Outcome::Refused,
+                    status.message(),
+                );
+                row.caller = format!("(node {})", claim.node);
+                crate::gate::refused_row(shared, row, &status);
+                Err(status)
+            }
             // The database does not answer: an identity proven before still counts.
             Err(_) if remembered.is_some() => Ok(()),
             Err(e) => Err(Status::unavailable(format!(

@@ -144,10 +144,7 @@ pub async fn run(
         ))
         .add_service(QueryServer::with_interceptor(
             QueryService::new(shared.clone()),
-            crate::query_auth::QueryAuth::new(
-                &shared.config().admin_tokens,
-                shared.config().public_discovery,
-            ),
+            crate::query_auth::QueryAuth::new(shared.clone()),
         ))
         .add_service(health_service)
         .add_optional_service(reflection_v1)

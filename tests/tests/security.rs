@@ -36,6 +36,28 @@ fn cli(registry: &Registry, token: Option<&str>, args: &[&str]) -> std::process:
     cmd.output().expect("cli")
 }
 
+/// Waits for a refused `call` by `caller` (on `target`, unless empty) from 127.0.0.1 in
+/// the audit log.
+fn refused_in_audit(registry: &Registry, call: &str, caller: &str, target: &str) {
+    wait_until(
+        &format!("a refused {call} in the audit log"),
+        10 * S,
+        || {
+            let out = cli(registry, Some(ADMIN), &["audit", "-o", "json"]);
+            let rows: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))?;
+            let found = rows.as_array().into_iter().flatten().any(|r| {
+                r["call"] == call
+                    && r["caller"] == caller
+                    && r["outcome"] == "refused"
+                    && (target.is_empty() || r["target"] == target)
+                    && r["source"].as_str().is_some_and(|s| s.starts_with("127."))
+            });
+            if found { Ok(()) } else { Err(rows.to_string()) }
+        },
+    );
+}
+
 #[test]
 fn admin_calls_need_the_right_token() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -59,6 +81,13 @@ fn admin_calls_need_the_right_token() {
     // Discovery reads need it too, unless the registry makes them public.
     let find = cli(&registry, None, &["endpoints", "a.b.C"]);
     assert!(String::from_utf8_lossy(&find.stderr).contains("needs an admin token"));
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], registry.http_port));
+    let (code, _, _) = corral_tests::http_get_any(http, "/v1/endpoints/a.b.C").expect("GET");
+    assert_eq!(code, 401);
+    // Each refusal is in the audit log, discovery's too, with where it came from.
+    refused_in_audit(&registry, "Query", "(no token)", "");
+    refused_in_audit(&registry, "HttpDiscovery", "(no token)", "");
+    refused_in_audit(&registry, "ListNodes", "(unknown token)", "");
     let dir2 = tempfile::tempdir().expect("tempdir");
     let (_db2, public) = secured(dir2.path(), &["--public-discovery"]);
     let find = cli(&public, None, &["endpoints", "a.b.C"]);
@@ -122,6 +151,8 @@ fn agents_need_the_join_token_and_then_their_identity() {
         registry.node("node-x").is_none() && registry.node("node-y").is_none(),
         "neither joined"
     );
+    refused_in_audit(&registry, "Join", "(agent)", "node \"node-x\"");
+    refused_in_audit(&registry, "Join", "(agent)", "node \"node-y\"");
 
     let data = dir.path().join("agent-a");
     let mut member = Agent::start_with_args(

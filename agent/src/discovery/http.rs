@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -38,8 +38,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// The header that carries a list's index.
 pub const INDEX_HEADER: &str = "x-corral-index";
 
-/// Decides whether a request may read discovery: Err(why not) is a 401.
-pub type Auth = Arc<dyn Fn(&HeaderMap) -> Result<(), String> + Send + Sync>;
+/// Decides whether a request may read discovery from its headers and extensions (where
+/// the server's connect info, the caller's address, is): Err(why not) is a 401.
+pub type Auth = Arc<dyn Fn(&HeaderMap, &Extensions) -> Result<(), String> + Send + Sync>;
 
 struct Api<S> {
     source: Arc<S>,
@@ -126,9 +127,9 @@ pub fn parse_query(raw: Option<&str>) -> Result<Blocking, String> {
 }
 
 /// None when the request may read discovery, else the 401 answer.
-fn denied<S>(api: &Api<S>, headers: &HeaderMap) -> Option<Response> {
+fn denied<S>(api: &Api<S>, headers: &HeaderMap, extensions: &Extensions) -> Option<Response> {
     let check = api.auth.as_ref()?;
-    check(headers)
+    check(headers, extensions)
         .err()
         .map(|why| error(StatusCode::UNAUTHORIZED, why))
 }
@@ -138,8 +139,9 @@ async fn endpoints<S: Source>(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: Extensions,
 ) -> Response {
-    if let Some(answer) = denied(&api, &headers) {
+    if let Some(answer) = denied(&api, &headers, &extensions) {
         return answer;
     }
     let params = match parse_query(query.as_deref()) {
@@ -209,8 +211,9 @@ async fn watch_events<S: Source>(
     State(api): State<Arc<Api<S>>>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    extensions: Extensions,
 ) -> Response {
-    if let Some(answer) = denied(&api, &headers) {
+    if let Some(answer) = denied(&api, &headers, &extensions) {
         return answer;
     }
     let mut rx = match api.source.subscribe(&name).await {
