@@ -219,6 +219,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         "/events".into(),
         "/rollouts".into(),
         "/packages".into(),
+        "/audit".into(),
     ];
     println!("| page | size | p50 | p99 | max |");
     println!("| --- | --- | --- | --- | --- |");
