@@ -153,8 +153,6 @@ impl std::fmt::Display for End {
     }
 }
 
-/// With mutual TLS on, agents must present a certificate the client CA signed (TLS has
-/// checked it is valid; here we check there is one).
 /// Records an agent refused at its join in the audit log, when the refusal is about who
 /// it is or what it sent (not a database that does not answer: the agent retries).
 fn join_refused(shared: &Shared, peer: &str, node: &str, status: &Status) {
@@ -184,6 +182,8 @@ fn join_refused(shared: &Shared, peer: &str, node: &str, status: &Status) {
     crate::gate::refused_row(shared, row, status);
 }
 
+/// With mutual TLS on, agents must present a certificate the client CA signed (TLS has
+/// checked it is valid; here we check there is one).
 fn require_client_cert<T>(shared: &Shared, request: &Request<T>) -> Result<(), Status> {
     let mtls = shared
         .config()
