@@ -102,26 +102,21 @@ pub fn auth(shared: &Arc<Shared>) -> Auth {
     let public = shared.config().public_discovery;
     let shared = shared.clone();
     Arc::new(move |headers: &HeaderMap, extensions: &Extensions| {
-        if public || tokens.is_empty() {
+        if public {
             return Ok(());
         }
-        let value = headers.get(header::AUTHORIZATION);
-        let why = match value {
-            None => {
-                "discovery needs a token: send `Authorization: Bearer TOKEN` with an admin \
-                     token (or run the registry with --public-discovery)"
-            }
-            Some(value) => {
-                let token = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or_default();
-                if tokens.accepts(token) {
-                    return Ok(());
-                }
-                "the token is not valid"
-            }
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or_default());
+        if tokens.check_header(value).is_ok() {
+            return Ok(());
+        }
+        // Discovery's own words: the admin calls' would point at the CLI's --token.
+        let why = if value.is_none() {
+            "discovery needs a token: send `Authorization: Bearer TOKEN` with an admin \
+             token (or run the registry with --public-discovery)"
+        } else {
+            "the token is not valid"
         };
         crate::gate::refused(
             &shared,
