@@ -106,11 +106,32 @@ impl ClientAddr {
     }
 }
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+/// The plain HTTP listener: a TCP listener whose connections have `TCP_NODELAY`, so the
+/// small answers blocking queries and event streams write at any moment go out at once
+/// (no Nagle delay behind the client's delayed ACK).
+pub struct PlainListener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // axum's own TCP listener, which this wraps, retries failed accepts itself.
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        // Without it the connection still works, only slower to answer.
+        let _ = tcp.set_nodelay(true);
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
     for ClientAddr
 {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
         ClientAddr(*stream.remote_addr())
     }
 }
