@@ -86,3 +86,9 @@ else
   echo "test.sh: cargo-nextest is not installed; running cargo test"
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# Short runs of the benchmarks (smoke tests, not timed: each must run to its end; the
+# figures are meaningless at this size and on debug builds).
+echo "test.sh: benchmark smoke runs"
+target/debug/discovery --registry target/debug/registry --agent target/debug/agent \
+  --concurrency 1 --duration 300ms --watchers 10 --watch-conns 0,2 --rounds 2 >/dev/null

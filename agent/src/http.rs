@@ -1,5 +1,6 @@
 //! The agent's HTTP side: `/health` (used by `agent check`), `/metrics`, and discovery
-//! from the watch cache ([`crate::discovery::http`]; no token: it serves its host).
+//! from the watch cache, over HTTP/JSON ([`crate::discovery::http`]) and gRPC `Query`
+//! (HTTP/2 on the same port, [`crate::discovery::grpc`]); no token: it serves its host.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,11 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/metrics", get(metrics))
         .with_state(ctx.clone())
         .merge(crate::discovery::http::routes(ctx.discovery.clone(), None))
+        // Only the Query methods: any other path stays a plain HTTP 404.
+        .route_service(
+            "/corral.v1.Query/{*method}",
+            crate::discovery::grpc::service(ctx.discovery.clone()),
+        )
 }
 
 /// 200 while the agent runs, whether or not a registry is reachable: the agent keeps

@@ -43,6 +43,7 @@ pub mod reconcile;
 pub mod session;
 pub mod status;
 
+use axum::serve::ListenerExt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -234,7 +235,12 @@ pub async fn run(
     });
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(
-        axum::serve(http, http::router(ctx.clone()))
+        // Answers go out at once (no Nagle delay behind the client's delayed ACK): blocking
+        // queries, event streams and gRPC watches write small answers at any moment.
+        axum::serve(
+            http.tap_io(|tcp| drop(tcp.set_nodelay(true))),
+            http::router(ctx.clone()),
+        )
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .into_future(),
     );

@@ -6,9 +6,8 @@ use corral_proto::v1::InstanceState;
 use corral_proto::wire::name_of;
 use std::collections::BTreeMap;
 
-use corral_common::metrics::{Exposition, ServerLabels, StateLabels, replace};
+use corral_common::metrics::{Exposition, ServerLabels, StateLabels, UsageFamilies, replace};
 use corral_proto::v1::InstanceStatus;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -27,97 +26,6 @@ const STATES: [State; 8] = [
     State::CrashLooping,
     State::Failed,
 ];
-
-/// An instance's labels; `instance` is `app.server@node`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InstanceLabels {
-    pub app: String,
-    pub server: String,
-    pub node: String,
-    pub instance: String,
-}
-
-type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
-
-/// What each instance uses, from its cgroup, read at scrape time.
-#[derive(Default)]
-pub struct UsageFamilies {
-    cpu_seconds: Family<InstanceLabels, F64Gauge>,
-    throttled_seconds: Family<InstanceLabels, F64Gauge>,
-    memory_bytes: Family<InstanceLabels, Gauge>,
-    memory_peak_bytes: Family<InstanceLabels, Gauge>,
-    pids: Family<InstanceLabels, Gauge>,
-    oom_kills: Family<InstanceLabels, Gauge>,
-}
-
-impl UsageFamilies {
-    fn register(&self, e: &mut Exposition) {
-        e.register(
-            "instance_cpu_seconds",
-            "CPU time of the instance's cgroup",
-            self.cpu_seconds.clone(),
-        );
-        e.register(
-            "instance_cpu_throttled_seconds",
-            "Time the instance's CPU limit held it back",
-            self.throttled_seconds.clone(),
-        );
-        e.register(
-            "instance_memory_bytes",
-            "Memory the instance's cgroup uses",
-            self.memory_bytes.clone(),
-        );
-        e.register(
-            "instance_memory_peak_bytes",
-            "The most memory the instance's cgroup has used",
-            self.memory_peak_bytes.clone(),
-        );
-        e.register(
-            "instance_pids",
-            "Processes and threads in the instance's cgroup",
-            self.pids.clone(),
-        );
-        e.register(
-            "instance_oom_kills",
-            "Processes of the instance the OOM killer killed",
-            self.oom_kills.clone(),
-        );
-    }
-
-    fn set(&self, node: &str, usage: &[corral_proto::v1::InstanceUsage]) {
-        self.cpu_seconds.clear();
-        self.throttled_seconds.clear();
-        self.memory_bytes.clear();
-        self.memory_peak_bytes.clear();
-        self.pids.clear();
-        self.oom_kills.clear();
-        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        for u in usage {
-            let l = InstanceLabels {
-                app: u.app.clone(),
-                server: u.server.clone(),
-                node: node.to_string(),
-                instance: format!("{}.{}@{node}", u.app, u.server),
-            };
-            self.cpu_seconds.get_or_create(&l).set(u.cpu_seconds);
-            self.throttled_seconds
-                .get_or_create(&l)
-                .set(u.cpu_throttled_seconds);
-            // Not measured (no memory or pids cgroup): no sample rather than a zero.
-            let gauges = [
-                (&self.memory_bytes, u.memory_bytes),
-                (&self.memory_peak_bytes, u.memory_peak_bytes),
-                (&self.pids, u.pids),
-            ];
-            for (family, value) in gauges {
-                if let Some(v) = value {
-                    family.get_or_create(&l).set(int(v));
-                }
-            }
-            self.oom_kills.get_or_create(&l).set(int(u.oom_kills));
-        }
-    }
-}
 
 pub struct Metrics {
     exposition: Exposition,
@@ -228,7 +136,7 @@ impl Metrics {
             replace(&self.restarts, &[], &restarts, |server| ServerLabels {
                 server,
             });
-            self.usage.set(node, usage);
+            self.usage.set([(node, usage)]);
         })
     }
 }

@@ -3,7 +3,9 @@
 //! - [`procs`]: processes the benchmarks start, killed with their group on drop
 //! - [`records`]: the start records `restart_child` writes
 //! - [`supervisors`]: runit and supervisord under test; [`corral`]: Corral under test
+//! - [`ceiling`]: the smallest push servers, the floor under the watch and wake-up rows
 
+pub mod ceiling;
 pub mod corral;
 pub mod procs;
 pub mod records;

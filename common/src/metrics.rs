@@ -1,12 +1,14 @@
 //! Prometheus text for both daemons' `/metrics`: a registry of metrics encoded under one
 //! scrape lock ([`Exposition`]), the label sets both use, and [`replace`] for gauge
-//! families computed at scrape time (instances by state, restarts by server).
+//! families computed at scrape time (instances by state, restarts by server), and the
+//! per-instance usage families ([`UsageFamilies`]).
 
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use corral_proto::v1::InstanceUsage;
 use prometheus_client::registry::{Metric, Registry};
 
 /// The `Content-Type` of what [`Exposition::encode`] writes.
@@ -78,6 +80,103 @@ pub fn replace<L>(
     }
     for (label, n) in counts {
         family.get_or_create(&labels(label.clone())).set(*n);
+    }
+}
+
+/// An instance's labels; `instance` is `app.server@node`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub app: String,
+    pub server: String,
+    pub node: String,
+    pub instance: String,
+}
+
+type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// What each instance uses, from its cgroup: read at scrape time by the agent, and as
+/// the agents last reported it by the registry.
+#[derive(Default)]
+pub struct UsageFamilies {
+    cpu_seconds: Family<InstanceLabels, F64Gauge>,
+    throttled_seconds: Family<InstanceLabels, F64Gauge>,
+    memory_bytes: Family<InstanceLabels, Gauge>,
+    memory_peak_bytes: Family<InstanceLabels, Gauge>,
+    pids: Family<InstanceLabels, Gauge>,
+    oom_kills: Family<InstanceLabels, Gauge>,
+}
+
+impl UsageFamilies {
+    pub fn register(&self, e: &mut Exposition) {
+        e.register(
+            "instance_cpu_seconds",
+            "CPU time of the instance's cgroup",
+            self.cpu_seconds.clone(),
+        );
+        e.register(
+            "instance_cpu_throttled_seconds",
+            "Time the instance's CPU limit held it back",
+            self.throttled_seconds.clone(),
+        );
+        e.register(
+            "instance_memory_bytes",
+            "Memory the instance's cgroup uses",
+            self.memory_bytes.clone(),
+        );
+        e.register(
+            "instance_memory_peak_bytes",
+            "The most memory the instance's cgroup has used",
+            self.memory_peak_bytes.clone(),
+        );
+        e.register(
+            "instance_pids",
+            "Processes and threads in the instance's cgroup",
+            self.pids.clone(),
+        );
+        e.register(
+            "instance_oom_kills",
+            "Processes of the instance the OOM killer killed",
+            self.oom_kills.clone(),
+        );
+    }
+
+    /// Replaces every series with the usage of each node's instances: `(node, usage)`
+    /// pairs, one per node (an instance gone from every list loses its series).
+    pub fn set<'a>(&self, nodes: impl IntoIterator<Item = (&'a str, &'a [InstanceUsage])>) {
+        self.cpu_seconds.clear();
+        self.throttled_seconds.clear();
+        self.memory_bytes.clear();
+        self.memory_peak_bytes.clear();
+        self.pids.clear();
+        self.oom_kills.clear();
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (node, u) in nodes
+            .into_iter()
+            .flat_map(|(node, usage)| usage.iter().map(move |u| (node, u)))
+        {
+            let l = InstanceLabels {
+                app: u.app.clone(),
+                server: u.server.clone(),
+                node: node.to_string(),
+                instance: format!("{}.{}@{node}", u.app, u.server),
+            };
+            self.cpu_seconds.get_or_create(&l).set(u.cpu_seconds);
+            self.throttled_seconds
+                .get_or_create(&l)
+                .set(u.cpu_throttled_seconds);
+            // Not measured (no memory or pids cgroup): no sample rather than a zero.
+            let gauges = [
+                (&self.memory_bytes, u.memory_bytes),
+                (&self.memory_peak_bytes, u.memory_peak_bytes),
+                (&self.pids, u.pids),
+            ];
+            for (family, value) in gauges {
+                if let Some(v) = value {
+                    family.get_or_create(&l).set(int(v));
+                }
+            }
+            self.oom_kills.get_or_create(&l).set(int(u.oom_kills));
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use tracing::warn;
 
 use crate::metrics::FleetCounts;
 use crate::state::Shared;
-use crate::store::StoreError;
+use crate::store::{NodeRow, NodeState, StoreError};
+use corral_proto::v1::InstanceUsage;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -59,6 +60,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             instances: logged(store.count_instances_by_state().await),
             restarts: logged(store.restarts_by_server().await),
             rollouts: logged(store.count_rollouts_by_state().await),
+            usage: logged(store.list_nodes().await).map(up_nodes_usage),
         }
     } else {
         FleetCounts::default()
@@ -67,6 +69,19 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, corral_common::metrics::CONTENT_TYPE)],
         shared.metrics().encode_fleet(&counts),
     )
+}
+
+/// What the instances of each up node use, as its agent last reported it (a down node's
+/// figures are stale, so its instances have no series).
+fn up_nodes_usage(nodes: Vec<NodeRow>) -> Vec<(String, Vec<InstanceUsage>)> {
+    nodes
+        .into_iter()
+        .filter(|n| n.state == NodeState::Up)
+        .filter_map(|n| {
+            let usage = crate::usage::from_json(&n.load?.instance_usage);
+            (!usage.is_empty()).then_some((n.name, usage))
+        })
+        .collect()
 }
 
 /// A fleet count, or `None` (with a warning) when the database did not answer.
@@ -91,11 +106,32 @@ impl ClientAddr {
     }
 }
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+/// The plain HTTP listener: a TCP listener whose connections have `TCP_NODELAY`, so the
+/// small answers blocking queries and event streams write at any moment go out at once
+/// (no Nagle delay behind the client's delayed ACK).
+pub struct PlainListener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // axum's own TCP listener, which this wraps, retries failed accepts itself.
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        // Without it the connection still works, only slower to answer.
+        let _ = tcp.set_nodelay(true);
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
     for ClientAddr
 {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
         ClientAddr(*stream.remote_addr())
     }
 }

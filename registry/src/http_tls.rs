@@ -77,6 +77,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Small answers go out at once, as on the plain listener.
+                let _ = stream.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

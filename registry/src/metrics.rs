@@ -1,12 +1,13 @@
 //! Prometheus metrics of the registry: nodes, instances and rollouts by state, restarts by
-//! server, open sessions, RPCs by method with latency histograms. Served as text on
-//! `/metrics`.
+//! server, what each instance uses (as the agents report it), open sessions, RPCs by method
+//! with latency histograms. Served as text on `/metrics`.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use corral_common::metrics::{Exposition, ServerLabels, StateLabels, replace};
+use corral_common::metrics::{Exposition, ServerLabels, StateLabels, UsageFamilies, replace};
+use corral_proto::v1::InstanceUsage;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -48,10 +49,14 @@ pub struct FleetCounts {
     pub instances: Option<Vec<(String, i64)>>,
     pub restarts: Option<Vec<(String, i64)>>,
     pub rollouts: Option<Vec<(String, i64)>>,
+    /// What each instance of every up node uses, as its agent last reported it:
+    /// `(node, usage)`.
+    pub usage: Option<Vec<(String, Vec<InstanceUsage>)>>,
 }
 
 pub struct Metrics {
     exposition: Exposition,
+    usage: UsageFamilies,
     pub nodes: Family<StateLabels, Gauge>,
     pub instances: Family<StateLabels, Gauge>,
     /// Restarts summed over each server's instances.
@@ -166,8 +171,11 @@ impl Metrics {
             "Time to answer a gRPC call (to the response headers for streams), by method",
             rpc_seconds.clone(),
         );
+        let usage = UsageFamilies::default();
+        usage.register(&mut exposition);
         Arc::new(Metrics {
             exposition,
+            usage,
             nodes,
             instances,
             restarts,
@@ -203,6 +211,10 @@ impl Metrics {
                 replace(&self.rollouts, ROLLOUT_STATES, c, |state| StateLabels {
                     state,
                 });
+            }
+            if let Some(usage) = &counts.usage {
+                self.usage
+                    .set(usage.iter().map(|(node, u)| (node.as_str(), u.as_slice())));
             }
         })
     }
@@ -284,6 +296,16 @@ mod tests {
             instances: counts(&[("running", 3), ("backoff", 1)]),
             restarts: counts(&[("demo.echo", 4), ("demo.gone", 1)]),
             rollouts: counts(&[("succeeded", 1)]),
+            usage: Some(vec![(
+                "n1".into(),
+                vec![InstanceUsage {
+                    app: "demo".into(),
+                    server: "echo".into(),
+                    cpu_seconds: 1.5,
+                    memory_bytes: Some(4096),
+                    ..Default::default()
+                }],
+            )]),
         });
         for line in [
             "corral_registry_nodes{state=\"up\"} 2",
@@ -294,6 +316,8 @@ mod tests {
             "corral_registry_instance_restarts{server=\"demo.echo\"} 4",
             "corral_registry_rollouts{state=\"succeeded\"} 1",
             "corral_registry_rollouts{state=\"running\"} 0",
+            "corral_registry_instance_cpu_seconds{app=\"demo\",server=\"echo\",node=\"n1\",instance=\"demo.echo@n1\"} 1.5",
+            "corral_registry_instance_memory_bytes{app=\"demo\",server=\"echo\",node=\"n1\",instance=\"demo.echo@n1\"} 4096",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
@@ -306,5 +330,12 @@ mod tests {
         assert!(text.contains("corral_registry_instance_restarts{server=\"demo.echo\"} 5"));
         assert!(!text.contains("demo.gone"), "{text}");
         assert!(text.contains("corral_registry_instances{state=\"running\"} 3"));
+        assert!(text.contains("instance=\"demo.echo@n1\"} 1.5"), "{text}");
+        // A node gone from the list (down) loses its instances' series.
+        let text = metrics.encode_fleet(&FleetCounts {
+            usage: Some(Vec::new()),
+            ..FleetCounts::default()
+        });
+        assert!(!text.contains("demo.echo@n1"), "{text}");
     }
 }

@@ -85,7 +85,7 @@ pub async fn run(
         .into_make_service_with_connect_info::<crate::http::ClientAddr>();
     let http_task = match &shared.config().http_tls {
         None => tokio::spawn(
-            axum::serve(http, router)
+            axum::serve(crate::http::PlainListener(http), router)
                 .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
                 .into_future(),
         ),

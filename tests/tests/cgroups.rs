@@ -7,6 +7,7 @@
 //! v1 and the kill through the cgroup2 `cgroup.kill`; on pure v2 all of it through v2.
 //! Each test skips, saying so, on a host whose cgroups the tests cannot write.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -339,6 +340,23 @@ fn a_cpu_limit_throttles_and_usage_shows_in_status_and_metrics() {
     assert_eq!(node["cgroups"], true, "{node}");
     let listed = corral_tests::find(&node["instances"], "server", "demo.burner").expect("instance");
     assert!(listed["usage"]["pids"].as_u64().unwrap_or(0) >= 1, "{node}");
+    // And the registry's /metrics, labelled by app, server, node and instance.
+    let registry_http = SocketAddr::from(([127, 0, 0, 1], f.registry.http_port));
+    let text = wait_until("usage in the registry's /metrics", 20 * S, || {
+        let text = http_get(registry_http, "/metrics")?;
+        let memory = metric(&text, "corral_registry_instance_memory_bytes", "burner");
+        let cpu = metric(&text, "corral_registry_instance_cpu_seconds", "burner");
+        match (memory, cpu) {
+            (Some(m), Some(c)) if m > 0.0 && c > 0.0 => Ok(text),
+            _ => Err(text),
+        }
+    });
+    assert!(
+        text.contains(
+            "corral_registry_instance_pids{app=\"demo\",server=\"burner\",node=\"node-a\",instance=\"demo.burner@node-a\"}"
+        ),
+        "{text}"
+    );
     // The limits are the ones written.
     let cpu_dir =
         cgroups::instance_dir(&f.agent.data_dir, "node-a", "demo.burner", "cpu").expect("cpu");

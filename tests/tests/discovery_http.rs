@@ -407,3 +407,91 @@ fn errors_name_the_problem_and_the_agent_outlives_the_registry() {
     assert_eq!(after.json(), before.json());
     assert_eq!(after.index(), before.index());
 }
+
+/// The agent answers gRPC `Query.Find` and `Query.Watch` on its HTTP port from its watch
+/// cache, without a token (it serves its host); the Rust resolver works pointed at it;
+/// any other path there is still plain HTTP.
+#[test]
+fn the_agent_answers_grpc_queries_from_its_cache() {
+    use corral_proto::v1::FindRequest;
+    use corral_proto::v1::query_client::QueryClient;
+    let f = fleet();
+    let agent = agent_http(f.agent("node-a"));
+    let url = format!("http://{agent}");
+    let nodes = |list: &corral_proto::v1::Endpoints| -> Vec<(String, u32)> {
+        let mut n: Vec<(String, u32)> = list
+            .endpoints
+            .iter()
+            .map(|e| (e.node.clone(), e.weight))
+            .collect();
+        n.sort();
+        n
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut q = QueryClient::connect(url.clone()).await.expect("connect");
+        let find = |name: &str, ignore_case| FindRequest {
+            name: name.into(),
+            ignore_case,
+        };
+        let list = q.find(find(NAME, false)).await.expect("find").into_inner();
+        assert!(list.known);
+        assert_eq!(
+            nodes(&list),
+            [("node-a".into(), 5), ("node-b".into(), 10)],
+            "{list:?}"
+        );
+        for (name, ignore_case, code) in [
+            ("demo.none.Main", false, tonic::Code::NotFound),
+            ("not-a-name", false, tonic::Code::InvalidArgument),
+            (NAME, true, tonic::Code::InvalidArgument),
+        ] {
+            let err = q.find(find(name, ignore_case)).await.expect_err(name);
+            assert_eq!(err.code(), code, "{name}: {err:?}");
+            assert!(!err.message().is_empty(), "{name}");
+        }
+
+        // Watch: the list now, then node-b's instance stopping.
+        let mut stream = q
+            .watch(find(NAME, false))
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = tokio::time::timeout(20 * S, stream.message())
+            .await
+            .expect("the first list within 20 s")
+            .expect("stream")
+            .expect("a list");
+        assert_eq!(nodes(&first).len(), 2, "{first:?}");
+        let out = f
+            .registry
+            .cli(&["server", "stop", "demo.api", "--node", "node-b"]);
+        assert!(out.status.success(), "{out:?}");
+        let after = tokio::time::timeout(20 * S, async {
+            loop {
+                let list = stream.message().await.expect("stream").expect("a list");
+                if list.endpoints.len() == 1 {
+                    return list;
+                }
+            }
+        })
+        .await
+        .expect("the stop seen within 20 s");
+        assert_eq!(nodes(&after), [("node-a".into(), 5)]);
+
+        // The resolver, pointed at the agent instead of a registry, needs no token.
+        let r = Resolver::new(&url, NAME).expect("resolver");
+        let mut b = r.balancer(Policy::RoundRobin);
+        while b.endpoints().len() != 1 {
+            tokio::time::timeout(20 * S, b.changed())
+                .await
+                .expect("the list within 20 s")
+                .expect("the resolver runs");
+        }
+        assert_eq!(b.pick().map(|e| e.node).as_deref(), Some("node-a"));
+    });
+    let other = get(agent, "/v1/nothing-here", &[]).expect("get");
+    assert_eq!(other.status, 404, "{}", other.body);
+    let grpc_path = get(agent, "/corral.v1.Admin/ListNodes", &[]).expect("get");
+    assert_eq!(grpc_path.status, 404, "{}", grpc_path.body);
+}

@@ -6,6 +6,7 @@
 //!   list when no registry answers, and forgets a name nobody asked for in a while.
 //! * [`http`] — `GET /v1/endpoints/NAME` and `GET /v1/watch/NAME`, over any [`Source`]:
 //!   the agent's cache, or the registry's own discovery table.
+//! * [`grpc`] — `Query.Find` and `Query.Watch` from the cache, for gRPC clients.
 //! * [`dns`] + [`dns_udp`] + [`answer`] — the `corral.` DNS zone, served from the cache.
 //!
 //! Every list carries an index ([`Snapshot::index`]) that moves whenever the list does:
@@ -15,6 +16,7 @@ pub mod answer;
 pub mod cache;
 pub mod dns;
 pub mod dns_udp;
+pub mod grpc;
 pub mod http;
 
 use std::future::Future;

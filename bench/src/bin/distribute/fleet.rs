@@ -95,6 +95,8 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 
 pub struct AgentProc {
     pub node: String,
+    /// Its HTTP address (`IP:PORT`): health, metrics and local discovery.
+    pub http: String,
     pub data_dir: PathBuf,
     pub proc: Proc,
 }
@@ -148,6 +150,7 @@ impl Fleet {
     pub fn add_agent(&mut self, node: &str, ip: &str) -> anyhow::Result<()> {
         let data_dir = self.dir.join(node);
         std::fs::create_dir_all(&data_dir)?;
+        let http = format!("{ip}:{}", free_port()?);
         let proc = Proc::spawn(
             Command::new(&self.agent_bin)
                 .arg("run")
@@ -161,7 +164,7 @@ impl Fleet {
                 ])
                 .arg("--data-dir")
                 .arg(&data_dir)
-                .args(["--http", &format!("{ip}:0")])
+                .args(["--http", &http])
                 .args(["--dns", &format!("{ip}:0")])
                 .args(["--allow-root", "--stop-services-on-exit"]),
             &format!("agent {node}"),
@@ -169,6 +172,7 @@ impl Fleet {
         )?;
         self.agents.push(AgentProc {
             node: node.to_string(),
+            http,
             data_dir,
             proc,
         });

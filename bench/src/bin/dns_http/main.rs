@@ -267,14 +267,30 @@ async fn wake_table(args: &Args, c: &Corral, sims: &[sim::Sim]) -> anyhow::Resul
     println!("| server | waiting clients | rounds | p50 | p99 | max |");
     println!("| --- | --- | --- | --- | --- | --- |");
     let mut stopped = false;
-    for (who, addr) in [("registry", c.http), ("agent", c.agent_http)] {
+    // The ceiling: the same clients against the smallest server that parks a query and
+    // writes a ready-made answer to each on a change (see `corral_bench::ceiling`).
+    let floor = corral_bench::ceiling::HttpBlocking::start()?;
+    for (who, addr) in [
+        ("registry", c.http),
+        ("agent", c.agent_http),
+        ("ceiling (bare HTTP/1.1 server)", floor.addr),
+    ] {
         for &clients in &args.wake_clients {
             let mut waiters = wakeup::Waiters::start(addr, WAKE, clients).await?;
             let mut all = Vec::new();
             for round in 0..args.rounds {
                 stopped = !stopped;
                 let state = if stopped { "stopped" } else { "running" };
-                let change = sims[4].report("bench", "wake", state);
+                // Made when the round has timed its start (futures do nothing until then).
+                let change: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + '_>> =
+                    if addr == floor.addr {
+                        Box::pin(async {
+                            floor.change();
+                            Ok(())
+                        })
+                    } else {
+                        Box::pin(sims[4].report("bench", "wake", state))
+                    };
                 all.extend(waiters.round(round, change).await?);
             }
             all.sort();
