@@ -334,10 +334,12 @@ async fn run_session(
                             shared.sessions().touch(node, id, now_ms(), hb.load.as_ref().map(load_row));
                         }
                         Some(AgentBody::Status(status)) => {
+                            shared.metrics().reports_received.inc();
                             shared.sessions().touch(node, id, now_ms(), None);
                             record_status(&shared, node, id, status).await;
                         }
                         Some(AgentBody::Event(event)) => {
+                            shared.metrics().reports_received.inc();
                             shared.sessions().touch(node, id, now_ms(), None);
                             record_event(&shared, node, event);
                         }
