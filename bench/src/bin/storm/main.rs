@@ -72,6 +72,8 @@ struct Args {
 struct Run {
     label: String,
     windows: Vec<Window>,
+    /// Applies the registry refused as unavailable (busy) and that were made again.
+    apply_retries: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -166,16 +168,15 @@ async fn storm(args: &Args, bins: &Path, child: &Path, label: &str) -> anyhow::R
     wait_nodes_up(&mut admin, &mut h, args.nodes).await?;
     let db = Db::open(&db_url).await?;
     let first = "storm.s000".to_string();
-    let w = |name: &str| name.to_string();
     let mut windows = vec![
         measure::window(
-            &w("idle"),
+            "idle",
             args.duration.min(Duration::from_secs(10)),
             registry_pid,
             http,
             &db,
             &admin,
-            &first,
+            None,
         )
         .await?,
     ];
@@ -185,20 +186,31 @@ async fn storm(args: &Args, bins: &Path, child: &Path, label: &str) -> anyhow::R
         .map(|n| format!("{n:?}"))
         .collect::<Vec<_>>()
         .join(", ");
+    let mut apply_retries = 0;
     for s in 0..servers {
         let spec = format!(
             "app = \"storm\"\nserver = \"s{s:03}\"\nnodes = [{node_list}]\ncommand = [{child:?}, \"{ms}\"]\n",
             child = child.display().to_string(),
             ms = args.crash_after.as_millis(),
         );
-        admin
-            .apply(ApplyRequest {
-                spec_toml: spec,
-                source: format!("s{s:03}.toml"),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("apply storm.s{s:03}"))?;
+        let request = ApplyRequest {
+            spec_toml: spec,
+            source: format!("s{s:03}.toml"),
+            ..Default::default()
+        };
+        // Applies made while the storm already runs: a registry too busy to answer
+        // (Unavailable) is retried and counted, not fatal.
+        loop {
+            match admin.apply(request.clone()).await {
+                Ok(_) => break,
+                Err(e) if e.code() == tonic::Code::Unavailable && apply_retries < 100 => {
+                    apply_retries += 1;
+                    eprintln!("{label}: apply storm.s{s:03} refused ({}); retrying", e.message());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("apply storm.s{s:03}")),
+            }
+        }
     }
     let phases: &[&str] = if args.smoke {
         &["ramp"]
@@ -207,7 +219,16 @@ async fn storm(args: &Args, bins: &Path, child: &Path, label: &str) -> anyhow::R
     };
     for phase in phases {
         windows.push(
-            measure::window(phase, args.duration, registry_pid, http, &db, &admin, &first).await?,
+            measure::window(
+                phase,
+                args.duration,
+                registry_pid,
+                http,
+                &db,
+                &admin,
+                Some(&first),
+            )
+            .await?,
         );
         h.check_alive()?;
     }
@@ -232,6 +253,7 @@ async fn storm(args: &Args, bins: &Path, child: &Path, label: &str) -> anyhow::R
     Ok(Run {
         label: label.to_string(),
         windows,
+        apply_retries,
     })
 }
 
@@ -334,6 +356,12 @@ fn print_tables(args: &Args, runs: &[Run]) {
         }
     }
     for run in runs {
+        if run.apply_retries > 0 {
+            println!(
+                "\n{}: {} applies refused as unavailable during the storm, made again",
+                run.label, run.apply_retries
+            );
+        }
         for w in &run.windows {
             if !w.probe_errors.is_empty() {
                 println!(

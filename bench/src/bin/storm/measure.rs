@@ -100,16 +100,18 @@ pub struct Probes {
     pub errors: Vec<String>,
 }
 
-/// Calls `ListNodes` and `ServerStatus(server)` in a loop each, [`PROBE_GAP`] apart,
-/// until `stop`.
+/// Calls `ListNodes` and (given a server) `ServerStatus(server)` in a loop each,
+/// [`PROBE_GAP`] apart, until `stop`.
 pub fn start_probes(
     admin: AdminClient<Channel>,
-    server: String,
+    server: Option<&str>,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Mutex<Probes>>, Vec<tokio::task::JoinHandle<()>>) {
     let probes = Arc::new(Mutex::new(Probes::default()));
     let mut tasks = Vec::new();
-    for kind in [0, 1] {
+    let kinds: &[u8] = if server.is_some() { &[0, 1] } else { &[0] };
+    let server = server.unwrap_or_default().to_string();
+    for &kind in kinds {
         let (mut admin, server, stop, probes) =
             (admin.clone(), server.clone(), stop.clone(), probes.clone());
         tasks.push(tokio::spawn(async move {
@@ -153,7 +155,8 @@ pub struct Window {
     pub probe_errors: Vec<String>,
 }
 
-/// Measures the registry (`pid`) for `length`, probing the admin calls throughout.
+/// Measures the registry (`pid`) for `length`, probing the admin calls throughout
+/// (`ServerStatus` of `server`, once there is one).
 pub async fn window(
     name: &str,
     length: Duration,
@@ -161,11 +164,11 @@ pub async fn window(
     http_port: u16,
     db: &Db,
     admin: &AdminClient<Channel>,
-    server: &str,
+    server: Option<&str>,
 ) -> anyhow::Result<Window> {
     let before = db.counts(http_port).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let (probes, tasks) = start_probes(admin.clone(), server.to_string(), stop.clone());
+    let (probes, tasks) = start_probes(admin.clone(), server, stop.clone());
     let cpu0 = cpu_time(pid)?;
     let t0 = Instant::now();
     let mut rss_max = 0;
