@@ -86,3 +86,7 @@ else
   echo "test.sh: cargo-nextest is not installed; running cargo test"
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# Benchmark smoke tests: short variants of the benchmarks, not timed; each fails loudly when
+# what it measures does not happen (storm: no reports arrive, or the admin CLI fails).
+"${CARGO_TARGET_DIR:-target}/debug/storm" --smoke

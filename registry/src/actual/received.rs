@@ -26,7 +26,10 @@ pub fn received(
         .metrics()
         .reports_received
         .inc_by((events.len() + statuses.len()) as u64);
-    let rows: Vec<EventRow> = events.into_iter().filter_map(|e| event_row(node, e)).collect();
+    let rows: Vec<EventRow> = events
+        .into_iter()
+        .filter_map(|e| event_row(node, e))
+        .collect();
     if !rows.is_empty() {
         let dropped = shared.actual().events(rows);
         shared.metrics().events_dropped.inc_by(dropped);

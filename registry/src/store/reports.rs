@@ -102,7 +102,10 @@ impl Store {
 const EVENTS_PER_INSERT: usize = 100;
 
 /// Appends events in one multi-row INSERT.
-async fn insert_chunk(conn: &mut sqlx::AnyConnection, events: &[EventRow]) -> Result<(), sqlx::Error> {
+async fn insert_chunk(
+    conn: &mut sqlx::AnyConnection,
+    events: &[EventRow],
+) -> Result<(), sqlx::Error> {
     let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; events.len()].join(", ");
     let sql = format!(
         "INSERT INTO events (at_ms, app, server, node, from_state, to_state, reason, kind) VALUES {rows}"

@@ -205,7 +205,10 @@ async fn storm(args: &Args, bins: &Path, child: &Path, label: &str) -> anyhow::R
                 Ok(_) => break,
                 Err(e) if e.code() == tonic::Code::Unavailable && apply_retries < 100 => {
                     apply_retries += 1;
-                    eprintln!("{label}: apply storm.s{s:03} refused ({}); retrying", e.message());
+                    eprintln!(
+                        "{label}: apply storm.s{s:03} refused ({}); retrying",
+                        e.message()
+                    );
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => return Err(e).with_context(|| format!("apply storm.s{s:03}")),
@@ -234,10 +237,7 @@ async fn storm(args: &Args, bins: &Path, child: &Path, label: &str) -> anyhow::R
     }
     if args.smoke {
         // The real CLI, once each, as an operator would run it.
-        for cli in [
-            vec!["node", "list"],
-            vec!["server", "status", "storm.s000"],
-        ] {
+        for cli in [vec!["node", "list"], vec!["server", "status", "storm.s000"]] {
             run_checked(
                 Command::new(&setup.registry)
                     .args(&cli)
@@ -264,7 +264,11 @@ async fn wait_nodes_up(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let nodes = admin.list_nodes(ListNodesRequest {}).await?.into_inner().nodes;
+        let nodes = admin
+            .list_nodes(ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes;
         let up = nodes
             .iter()
             .filter(|n| n.state == i32::from(NodeState::Up))
@@ -323,7 +327,11 @@ fn print_tables(args: &Args, runs: &[Run]) {
         args.crash_after,
         args.duration,
         args.retention,
-        if args.mysql.is_some() { "MySQL" } else { "SQLite" },
+        if args.mysql.is_some() {
+            "MySQL"
+        } else {
+            "SQLite"
+        },
     );
     println!(
         "| build | window | registry CPU (one core) | RSS max | crashes/s | reports/s received | events/s written | events rows (max) | node list p50 / p99 (n) | server status p50 / p99 (n) |"
@@ -352,7 +360,11 @@ fn print_tables(args: &Args, runs: &[Run]) {
         println!("\n| window | registry CPU, this build / baseline |");
         println!("| --- | --- |");
         for (b, t) in base.windows.iter().zip(&this.windows) {
-            println!("| {} | {:.2} |", t.name, t.cpu_percent / b.cpu_percent.max(0.01));
+            println!(
+                "| {} | {:.2} |",
+                t.name,
+                t.cpu_percent / b.cpu_percent.max(0.01)
+            );
         }
     }
     for run in runs {
@@ -390,7 +402,11 @@ fn smoke_checks(run: &Run) -> anyhow::Result<()> {
         bail!("smoke: the registry received no reports");
     }
     if let Some(w) = run.windows.iter().find(|w| !w.probe_errors.is_empty()) {
-        bail!("smoke: admin calls failed in {}: {}", w.name, w.probe_errors[0]);
+        bail!(
+            "smoke: admin calls failed in {}: {}",
+            w.name,
+            w.probe_errors[0]
+        );
     }
     if ramp.node_list.is_empty() || ramp.server_status.is_empty() {
         bail!("smoke: no admin call answered during the storm");

@@ -50,20 +50,17 @@ impl Db {
     }
 
     pub async fn counts(&self, http_port: u16) -> anyhow::Result<Counts> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(restarts), 0) AS SIGNED) AS r FROM instances",
-        )
-        .fetch_one(&self.pool)
-        .await;
+        let row =
+            sqlx::query("SELECT CAST(COALESCE(SUM(restarts), 0) AS SIGNED) AS r FROM instances")
+                .fetch_one(&self.pool)
+                .await;
         // SQLite has no SIGNED type name in CAST: it takes it as NUMERIC.
         let restarts: i64 = match row {
             Ok(r) => r.try_get("r")?,
-            Err(_) => {
-                sqlx::query("SELECT COALESCE(SUM(restarts), 0) AS r FROM instances")
-                    .fetch_one(&self.pool)
-                    .await?
-                    .try_get("r")?
-            }
+            Err(_) => sqlx::query("SELECT COALESCE(SUM(restarts), 0) AS r FROM instances")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("r")?,
         };
         let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS m FROM events")
             .fetch_one(&self.pool)
