@@ -87,8 +87,11 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
-# Short runs of the benchmarks (smoke tests, not timed: each must run to its end; the
-# figures are meaningless at this size and on debug builds).
+# Benchmark smoke tests: short variants of the benchmarks, not timed (the figures are
+# meaningless at this size and on debug builds); each must run to its end and fails loudly
+# when what it measures does not happen (storm: no reports arrive, or the admin CLI fails).
 echo "test.sh: benchmark smoke runs"
-target/debug/discovery --registry target/debug/registry --agent target/debug/agent \
+bin="${CARGO_TARGET_DIR:-target}/debug"
+"$bin/discovery" --registry "$bin/registry" --agent "$bin/agent" \
   --concurrency 1 --duration 300ms --watchers 10 --watch-conns 0,2 --rounds 2 >/dev/null
+"$bin/storm" --smoke

@@ -8,7 +8,7 @@ use corral_proto::PROTOCOL_VERSION;
 use corral_proto::v1::agent_client::AgentClient;
 use corral_proto::v1::agent_message::Body as AgentBody;
 use corral_proto::v1::registry_message::Body as RegistryBody;
-use corral_proto::v1::{AgentMessage, Heartbeat, Hello};
+use corral_proto::v1::{AgentMessage, Heartbeat, Hello, Reports};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Uri};
@@ -25,6 +25,16 @@ const LOG_QUEUE: usize = 32;
 
 /// How long the registry has to answer a Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reports go at most once per window: what changes within it is one batch (each
+/// instance's latest status, every event), so a crash-looping fleet costs the registry a
+/// message per node per window rather than one per transition. The first change after a
+/// quiet spell goes at once.
+const REPORT_WINDOW: Duration = Duration::from_millis(100);
+
+/// Statuses and events in one `Reports` message at most: a big node's full report after
+/// a reconnect is several messages, each well under the gRPC message size limit.
+const REPORTS_PER_MESSAGE: usize = 500;
 
 /// Why a session attempt ended.
 enum Outcome {
@@ -206,10 +216,20 @@ async fn session(
     if !send_status(ctx, &tx, &mut sent_seq).await {
         return Ok(Outcome::Lost("the request stream closed".into()));
     }
+    // When the changes waiting on the board go (None: nothing waits).
+    let mut flush: Option<tokio::time::Instant> = None;
+    let mut last_sent = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(Outcome::Shutdown),
-            () = ctx.board.changed.notified() => {
+            () = ctx.board.changed.notified(), if flush.is_none() => {
+                // At once after a quiet window; else when the window since the last
+                // send ends (the board keeps gathering meanwhile).
+                flush = Some(last_sent + REPORT_WINDOW);
+            }
+            () = tokio::time::sleep_until(flush.unwrap_or_else(tokio::time::Instant::now)), if flush.is_some() => {
+                flush = None;
+                last_sent = tokio::time::Instant::now();
                 if !send_status(ctx, &tx, &mut sent_seq).await {
                     return Ok(Outcome::Lost("the request stream closed".into()));
                 }
@@ -247,33 +267,34 @@ async fn session(
     }
 }
 
-/// Sends the statuses changed since `sent_seq` and the pending events; false when the
-/// stream is gone (the events go back to the board for the next session).
+/// Sends the statuses changed since `sent_seq` and the pending events, events first, in
+/// `Reports` of at most [`REPORTS_PER_MESSAGE`]; false when the stream is gone (the events
+/// not sent go back to the board for the next session).
 async fn send_status(ctx: &Context, tx: &mpsc::Sender<AgentMessage>, sent_seq: &mut u64) -> bool {
     let (statuses, seq, events) = ctx.board.changes(*sent_seq);
-    let mut pending = events.into_iter();
-    while let Some(event) = pending.next() {
-        if tx
-            .send(AgentMessage {
-                body: Some(AgentBody::Event(event.clone())),
-            })
-            .await
-            .is_err()
-        {
-            let mut rest = vec![event];
-            rest.extend(pending);
-            ctx.board.requeue(rest);
-            return false;
+    let (mut events, mut statuses) = (events.into_iter(), statuses.into_iter());
+    loop {
+        let batch_events: Vec<_> = events.by_ref().take(REPORTS_PER_MESSAGE).collect();
+        let room = REPORTS_PER_MESSAGE - batch_events.len();
+        let batch_statuses: Vec<_> = statuses.by_ref().take(room).collect();
+        if batch_events.is_empty() && batch_statuses.is_empty() {
+            break;
         }
-    }
-    for status in statuses {
-        if tx
+        let sent = tx
             .send(AgentMessage {
-                body: Some(AgentBody::Status(status)),
+                body: Some(AgentBody::Reports(Reports {
+                    statuses: batch_statuses,
+                    events: batch_events,
+                })),
             })
-            .await
-            .is_err()
-        {
+            .await;
+        if let Err(mpsc::error::SendError(msg)) = sent {
+            let mut rest = match msg.body {
+                Some(AgentBody::Reports(r)) => r.events,
+                _ => Vec::new(),
+            };
+            rest.extend(events);
+            ctx.board.requeue(rest);
             return false;
         }
     }

@@ -10,8 +10,9 @@
 //! depends on this crate alone.
 
 /// The protocol version an agent announces in its first message. The registry refuses
-/// versions it does not speak with a message naming both.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// versions it does not speak with a message naming both. Version 3: the agent sends its
+/// reports in `Reports` batches.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 pub mod locator;
 pub mod names;

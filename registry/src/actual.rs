@@ -7,17 +7,20 @@
 //!   that differs updates the instance row; only one whose state or health differs (what
 //!   discovery depends on) also appends a change-feed row and recomputes discovery.
 //!   Install progress, say, updates the row (rollouts read it) and nothing else.
-//! * One task writes what waits: the latest report per instance, events (at most
+//! * Reports arrive in batches (an agent's `Reports`, [`received`]): each batch is
+//!   recorded under one lock and published to discovery once.
+//! * One task writes what waits, a round at a time, each round one transaction (rounds at
+//!   least 200 ms apart while reports keep coming): the latest report per instance, events (at most
 //!   [`MAX_PENDING_EVENTS`]; beyond that the oldest are dropped, counted in
 //!   `corral_registry_events_dropped_total` and logged) and the ends of sessions. It tries
 //!   nothing while the database is unreachable ([`crate::outage`]) and keeps what failed,
 //!   so nothing is lost during an outage; it writes everything when the database is back.
 
+mod received;
 mod write;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -25,7 +28,8 @@ use tracing::{info, warn};
 use crate::state::Shared;
 use crate::store::{EventRow, StatusReport, now_ms};
 
-pub use write::run;
+pub use received::received;
+pub use write::{run, trim_events};
 
 /// Events kept while the database is unreachable; beyond that the oldest are dropped.
 pub const MAX_PENDING_EVENTS: usize = 10_000;
@@ -151,37 +155,43 @@ impl Actual {
 
     /// Records a report of `node`'s session `session_id`; what it changes.
     pub fn report(&self, node: &str, session_id: i64, report: StatusReport, at_ms: i64) -> Change {
-        let key = (node.to_string(), report.app.clone(), report.server.clone());
-        let mut inner = self.lock();
-        let change = classify(inner.known.get(&key), &report);
-        if change == Change::Nothing {
-            return change;
+        let change = self.lock().report(node, session_id, report, at_ms).0;
+        if change != Change::Nothing {
+            self.wake.notify_one();
         }
-        let discovery = change == Change::Discovery
-            || inner
-                .pending
-                .statuses
-                .get(&key)
-                .is_some_and(|p| p.discovery);
-        inner.known.insert(key.clone(), report.clone());
-        inner.pending.statuses.insert(
-            key,
-            PendingStatus {
-                session_id,
-                at_ms,
-                report,
-                discovery,
-            },
-        );
-        drop(inner);
-        self.wake.notify_one();
         change
+    }
+
+    /// Records a batch of reports of `node`'s session `session_id` under one lock; what
+    /// each changes, with its state and health.
+    pub fn report_all(
+        &self,
+        node: &str,
+        session_id: i64,
+        reports: Vec<StatusReport>,
+        at_ms: i64,
+    ) -> Vec<(Change, Unwritten)> {
+        let mut inner = self.lock();
+        let changes: Vec<(Change, Unwritten)> = reports
+            .into_iter()
+            .map(|r| inner.report(node, session_id, r, at_ms))
+            .collect();
+        drop(inner);
+        if changes.iter().any(|(c, _)| *c != Change::Nothing) {
+            self.wake.notify_one();
+        }
+        changes
     }
 
     /// Queues an event; how many were dropped to make room.
     pub fn event(&self, row: EventRow) -> u64 {
+        self.events(vec![row])
+    }
+
+    /// Queues events, oldest first; how many were dropped to make room.
+    pub fn events(&self, rows: Vec<EventRow>) -> u64 {
         let mut inner = self.lock();
-        inner.pending.events.push_back(row);
+        inner.pending.events.extend(rows);
         let dropped = inner.bound_events();
         drop(inner);
         self.wake.notify_one();
@@ -279,6 +289,35 @@ impl Actual {
 }
 
 impl Inner {
+    /// Records one report; what it changes, with its state and health.
+    fn report(
+        &mut self,
+        node: &str,
+        session_id: i64,
+        report: StatusReport,
+        at_ms: i64,
+    ) -> (Change, Unwritten) {
+        let key = (node.to_string(), report.app.clone(), report.server.clone());
+        let unwritten = Unwritten::of(&key, &report);
+        let change = classify(self.known.get(&key), &report);
+        if change == Change::Nothing {
+            return (change, unwritten);
+        }
+        let discovery = change == Change::Discovery
+            || self.pending.statuses.get(&key).is_some_and(|p| p.discovery);
+        self.known.insert(key.clone(), report.clone());
+        self.pending.statuses.insert(
+            key,
+            PendingStatus {
+                session_id,
+                at_ms,
+                report,
+                discovery,
+            },
+        );
+        (change, unwritten)
+    }
+
     /// Drops the oldest events beyond the bound; how many.
     fn bound_events(&mut self) -> u64 {
         let over = self.pending.events.len().saturating_sub(MAX_PENDING_EVENTS);
@@ -309,21 +348,6 @@ pub async fn session_opened(shared: &Shared, node: &str, session_id: i64) {
     shared.actual().seed(node, session_id, rows);
 }
 
-/// A status report of `node`'s session `session_id`: recorded, and when its state or
-/// health changed, published to discovery at once (from memory, so it works while the
-/// database is unreachable).
-pub async fn reported(shared: &Shared, node: &str, session_id: i64, report: StatusReport) {
-    let (app, server) = (report.app.clone(), report.server.clone());
-    let (state, health) = (report.state.clone(), report.health.clone());
-    if shared.actual().report(node, session_id, report, now_ms()) != Change::Discovery {
-        return;
-    }
-    // Config files that list it follow through the renderer, which watches the tables.
-    shared
-        .discovery()
-        .instance_reported(node, &app, &server, &state, &health);
-}
-
 /// An event an agent reported.
 pub fn event(shared: &Shared, row: EventRow) {
     let dropped = shared.actual().event(row);
@@ -351,26 +375,6 @@ pub async fn session_ended(
     }
     info!(node, session = session_id, %reason, "node down (written when the database answers)");
     shared.actual().node_down(node, session_id, at_ms);
-}
-
-/// Keeps the event log bounded: the newest `event_retention` events stay.
-pub async fn trim_events(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            () = shared.shutdown().cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match shared
-            .store()
-            .trim_events(shared.config().event_retention as i64)
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => info!(removed = n, "trimmed old events"),
-            Err(err) => warn!(cause = %err, "could not trim events"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,8 @@ use corral_proto::v1::agent_message::Body as AgentBody;
 use corral_proto::v1::agent_server::Agent;
 use corral_proto::v1::registry_message::Body as RegistryBody;
 use corral_proto::v1::{
-    AgentMessage, DownloadChunk, DownloadRequest, EventKind, HealthStatus, InstallState,
-    InstanceEvent, InstanceState, InstanceStatus, LoadReport, RegistryMessage, Welcome,
+    AgentMessage, DownloadChunk, DownloadRequest, LoadReport, RegistryMessage, Welcome,
 };
-use corral_proto::wire::{Named, Unknown, known};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,7 +21,7 @@ use crate::join;
 use crate::logs::routes::Routed;
 use crate::sessions::Opened;
 use crate::state::Shared;
-use crate::store::{EventRow, LoadRow, StatusReport, now_ms};
+use crate::store::{LoadRow, now_ms};
 
 /// How long a new session may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -220,81 +218,6 @@ async fn send_desired(
     }
 }
 
-/// The names of a report's typed fields; an error names the field this registry cannot
-/// read (a value it does not know, or one left out).
-fn report_names(status: &InstanceStatus) -> Result<(String, String, String), Unknown> {
-    let state = known::<InstanceState>("InstanceStatus.state", status.state)?;
-    let health = known::<HealthStatus>("InstanceStatus.health", status.health)?;
-    let install = match &status.install {
-        Some(i) => known::<InstallState>("Install.state", i.state)?.name(),
-        None => "",
-    };
-    Ok((
-        state.name().to_string(),
-        health.name().to_string(),
-        install.to_string(),
-    ))
-}
-
-async fn record_status(shared: &Shared, node: &str, session_id: i64, status: InstanceStatus) {
-    let (state, health, install_state) = match report_names(&status) {
-        Ok(names) => names,
-        Err(e) => {
-            warn!(node, server = %format!("{}.{}", status.app, status.server), cause = %e, "refused a status report it cannot read");
-            return;
-        }
-    };
-    let report = StatusReport {
-        app: status.app,
-        server: status.server,
-        state,
-        pid: i64::from(status.pid),
-        restarts: i64::try_from(status.restarts).unwrap_or(i64::MAX),
-        started_at_ms: status.started_at_ms,
-        last_exit: status.last_exit,
-        last_error: status.last_error,
-        version: status.version,
-        install_version: status
-            .install
-            .as_ref()
-            .map(|i| i.version.clone())
-            .unwrap_or_default(),
-        install_state,
-        install_percent: status.install.as_ref().map_or(0, |i| i64::from(i.percent)),
-        install_error: status.install.map(|i| i.error).unwrap_or_default(),
-        health,
-        health_error: status.health_error,
-    };
-    crate::actual::reported(shared, node, session_id, report).await;
-}
-
-/// Records an event under the session's node: an agent reports for its own node only.
-fn record_event(shared: &Shared, node: &str, event: InstanceEvent) {
-    let kind = match known::<EventKind>("InstanceEvent.kind", event.kind) {
-        Ok(k) => k.name().to_string(),
-        Err(e) => {
-            warn!(node, server = %format!("{}.{}", event.app, event.server), cause = %e, "refused an event it cannot read");
-            return;
-        }
-    };
-    let row = EventRow {
-        id: 0,
-        at_ms: if event.at_ms > 0 {
-            event.at_ms
-        } else {
-            now_ms()
-        },
-        app: event.app,
-        server: event.server,
-        node: node.to_string(),
-        from: event.from,
-        to: event.to,
-        reason: event.reason,
-        kind,
-    };
-    crate::actual::event(shared, row);
-}
-
 async fn run_session(
     shared: Arc<Shared>,
     admitted: join::Admitted,
@@ -333,13 +256,17 @@ async fn run_session(
                         Some(AgentBody::Heartbeat(hb)) => {
                             shared.sessions().touch(node, id, now_ms(), hb.load.as_ref().map(load_row));
                         }
+                        Some(AgentBody::Reports(r)) => {
+                            shared.sessions().touch(node, id, now_ms(), None);
+                            crate::actual::received(&shared, node, id, r.events, r.statuses);
+                        }
                         Some(AgentBody::Status(status)) => {
                             shared.sessions().touch(node, id, now_ms(), None);
-                            record_status(&shared, node, id, status).await;
+                            crate::actual::received(&shared, node, id, vec![], vec![status]);
                         }
                         Some(AgentBody::Event(event)) => {
                             shared.sessions().touch(node, id, now_ms(), None);
-                            record_event(&shared, node, event);
+                            crate::actual::received(&shared, node, id, vec![event], vec![]);
                         }
                         Some(AgentBody::LogBatch(batch)) => {
                             shared.logs().deliver(node, batch.id, Routed::Batch(batch));

@@ -80,6 +80,9 @@ pub struct Metrics {
     pub admin_refused: Family<RefusedLabels, Counter>,
     /// Audit records dropped because the queue waiting for the database was full.
     pub audit_dropped: Counter,
+    /// Instance statuses and events received from agents (each counted once, however
+    /// they were batched).
+    pub reports_received: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,6 +169,12 @@ impl Metrics {
             "Audit records dropped while the database was unreachable (the queue waiting for it was full)",
             audit_dropped.clone(),
         );
+        let reports_received = Counter::default();
+        exposition.register(
+            "reports_received",
+            "Instance statuses and events received from agents",
+            reports_received.clone(),
+        );
         exposition.register(
             "rpc_duration_seconds",
             "Time to answer a gRPC call (to the response headers for streams), by method",
@@ -190,6 +199,7 @@ impl Metrics {
             events_dropped,
             admin_refused,
             audit_dropped,
+            reports_received,
         })
     }
 

@@ -520,11 +520,12 @@ fn external_services() {
         20 * S,
         |e| e.is_empty(),
     );
-    let i = f
-        .registry
-        .instance("fabric.chaincode", "node-a")
-        .expect("instance");
-    assert_eq!(i["health"], "unhealthy");
+    // Discovery has the report from memory at once; the instance row follows with the
+    // writer's next round (rounds are batched, at least 200 ms apart).
+    f.registry
+        .wait_instance("fabric.chaincode", "node-a", "unhealthy", 20 * S, |i| {
+            i["health"] == "unhealthy"
+        });
 }
 
 /// A process the test runs itself, killed on drop.

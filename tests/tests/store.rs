@@ -667,6 +667,7 @@ backend_tests! {
     heartbeats_bring_a_swept_node_back,
     events_retention_holds_at_every_write,
     node_reports_are_what_was_written,
+    a_round_of_reports_is_one_write,
 }
 
 /// A node swept `down` while its heartbeats could not be written is `up` again when they
@@ -781,5 +782,51 @@ fn node_reports_are_what_was_written(backend: Backend) {
         let rows = store.node_reports("node-a").await.expect("reports");
         assert_eq!(rows, [("demo".into(), "web".into(), report)]);
         assert!(store.node_reports("node-z").await.expect("none").is_empty());
+    });
+}
+
+/// A round of reports: events in multi-row inserts (more than one statement's worth) with
+/// the retention held, and statuses, each saying whether its instance is assigned there.
+fn a_round_of_reports_is_one_write(backend: Backend) {
+    use corral_registry::store::StatusReport;
+    with_store(backend, async |store| {
+        let spec = corral_registry::spec::parse(SPEC, "web.toml").expect("spec");
+        store.apply_spec(&spec, 1000).await.expect("apply");
+        let crashed = StatusReport {
+            app: "demo".into(),
+            server: "web".into(),
+            state: "backoff".into(),
+            restarts: 7,
+            last_exit: "code 1".into(),
+            last_error: "exited at start-up".into(),
+            health: "no_check".into(),
+            ..StatusReport::default()
+        };
+        let events: Vec<_> = (1..=250).map(event).collect();
+        let keep = 200;
+        let assigned = store
+            .write_reports(
+                &events,
+                &[("node-a", &crashed, 2000), ("node-z", &crashed, 2000)],
+                keep,
+            )
+            .await
+            .expect("write");
+        assert_eq!(assigned, [true, false], "node-z runs no demo.web");
+        let all = store
+            .list_events(None, None, 0, 10_000)
+            .await
+            .expect("list");
+        assert_eq!(all.len() as i64, keep);
+        assert_eq!(
+            (all[0].at_ms, all.last().map(|e| e.at_ms)),
+            (51, Some(250)),
+            "the newest stay, in order"
+        );
+        let rows = store.node_reports("node-a").await.expect("reports");
+        assert_eq!(rows, [("demo".into(), "web".into(), crashed)]);
+        // A round with statuses only writes no event.
+        let quiet = store.write_reports(&[], &[], keep).await.expect("empty");
+        assert!(quiet.is_empty());
     });
 }

@@ -58,8 +58,16 @@ impl AgentService for StandIn {
                 return;
             }
             while let Ok(Some(msg)) = inbound.message().await {
-                if let Some(AgentBody::Status(s)) = msg.body {
-                    let _ = statuses.send(s);
+                match msg.body {
+                    Some(AgentBody::Status(s)) => {
+                        let _ = statuses.send(s);
+                    }
+                    Some(AgentBody::Reports(r)) => {
+                        for s in r.statuses {
+                            let _ = statuses.send(s);
+                        }
+                    }
+                    _ => {}
                 }
             }
             drop(tx);

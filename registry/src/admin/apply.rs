@@ -60,12 +60,15 @@ async fn node_info(shared: &Shared) -> Result<NodeInfo, Status> {
 
 /// Renders every template of the staged server for every instance; rolls the change
 /// back and names every problem when one fails. The notes for the operator otherwise.
+/// `nodes` is read before the change is staged: a read from the pool while the staged
+/// transaction holds SQLite's write lock could wait for a connection that every other
+/// one, waiting for that lock, holds (as under a crash storm's writes).
 async fn check_staged(
     shared: &Shared,
     staged: Staged,
     source: &str,
+    nodes: &NodeInfo,
 ) -> Result<(Staged, Vec<String>), Status> {
-    let nodes = node_info(shared).await?;
     let live = shared.discovery().render_tables();
     let name = staged.spec.name();
     let states: HashMap<String, String> = live
@@ -75,7 +78,7 @@ async fn check_staged(
         .flatten()
         .map(|e| (e.node.clone(), e.state.clone()))
         .collect();
-    let tables = check::staged_tables(&live, &staged.spec, &staged.instances, &nodes, &states);
+    let tables = check::staged_tables(&live, &staged.spec, &staged.instances, nodes, &states);
     let secrets = if crate::secrets::references(&staged.spec).is_empty()
         && !staged
             .spec
@@ -97,7 +100,7 @@ async fn check_staged(
             }
         }
     };
-    match check::check(&staged.spec, &staged.instances, &nodes, &tables, &secrets) {
+    match check::check(&staged.spec, &staged.instances, nodes, &tables, &secrets) {
         Ok(notes) => Ok((staged, notes)),
         Err(list) => {
             staged.rollback().await;
@@ -212,6 +215,7 @@ pub(super) async fn apply_parsed(
     if !limits.is_empty() {
         return Err(problems(source, &limits));
     }
+    let known = node_info(shared).await?;
     let staged = shared
         .store()
         .stage_apply_as(&new, now_ms(), mode.action)
@@ -225,7 +229,7 @@ pub(super) async fn apply_parsed(
             undone.join("\n  ")
         )));
     }
-    let (staged, notes) = check_staged(shared, staged, source).await?;
+    let (staged, notes) = check_staged(shared, staged, source, &known).await?;
     let mut changes = spec::describe_changes(staged.old.as_ref(), &new, mode.dry_run);
     if !changes.is_empty() {
         for i in staged.instances.iter().filter(|i| i.added) {
@@ -241,7 +245,6 @@ pub(super) async fn apply_parsed(
                 }
             ));
         }
-        let known = node_info(shared).await?;
         for node in new.nodes.iter().filter(|n| !known.contains_key(*n)) {
             changes.push(format!(
                 "note: node {node} has not joined yet; its instance starts when it does"
@@ -282,6 +285,7 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
     }
     check_node_names("--to", &req.nodes)?;
     let from = (!req.from.is_empty()).then_some(req.from.as_str());
+    let nodes = node_info(shared).await?;
     let staged = shared
         .store()
         .stage_expand(app, server, &req.nodes, from)
@@ -305,8 +309,7 @@ pub async fn expand(shared: &Shared, req: ExpandRequest) -> Result<ExpandRespons
         return Err(problems(&format!("expanding {}", req.server), &limits));
     }
     let (staged, _notes) =
-        check_staged(shared, staged, &format!("expanding {}", req.server)).await?;
-    let nodes = node_info(shared).await?;
+        check_staged(shared, staged, &format!("expanding {}", req.server), &nodes).await?;
     let mut rows = Vec::new();
     for node in &req.nodes {
         let Some(i) = staged.instances.iter().find(|i| &i.node == node) else {

@@ -112,6 +112,7 @@ impl Renderer {
         let mut packages = HashMap::new();
         let mut due: Option<i64> = None;
         let mut soon = |at: i64| due = Some(due.map_or(at, |d: i64| d.min(at)));
+        let reported = shared.discovery().instances();
         let mut waiting: HashMap<(String, String), Vec<(u32, Change)>> = HashMap::new();
         let mut busy: HashMap<(String, String), usize> = HashMap::new();
         for i in &instances {
@@ -223,9 +224,14 @@ impl Renderer {
             if changed.is_empty() && target.len() == files.len() {
                 continue;
             }
-            let running = i.desired == "running"
-                && node_up
-                && matches!(i.state.as_str(), "running" | "starting");
+            // The state as last reported (discovery has it from memory at once; the row
+            // follows with the writer's next round, which batches a storm's reports).
+            let state = reported
+                .get(&format!("{}.{}", i.app, i.server))
+                .and_then(|entries| entries.iter().find(|e| e.node == i.node))
+                .map_or(i.state.as_str(), |e| e.state.as_str());
+            let running =
+                i.desired == "running" && node_up && matches!(state, "running" | "starting");
             let restarting: Vec<String> = changed
                 .iter()
                 .filter(|(_, r)| *r)

@@ -12,7 +12,7 @@
 //!
 //! A status report does not wait for that: once it is recorded, its server's names are
 //! recomputed at once from the inputs of the last recomputation with that instance's new
-//! state ([`Discovery::instance_reported`]), so a watcher hears of a crash or a recovery
+//! state ([`Discovery::instances_reported`], once per batch), so a watcher hears of a crash or a recovery
 //! without a round of database reads in between. The recomputation that follows reads
 //! the database again and confirms it; reports that arrive while it reads are applied on
 //! top of what it read, so it never publishes an older state than one already sent.
@@ -184,8 +184,7 @@ impl Discovery {
         changed
     }
 
-    /// An instance's state and health, just recorded: recomputes its server's names from
-    /// the last inputs and publishes them. Returns whether any list changed.
+    /// An instance's state and health, just recorded: see [`Discovery::instances_reported`].
     pub fn instance_reported(
         &self,
         node: &str,
@@ -194,27 +193,51 @@ impl Discovery {
         state: &str,
         health: &str,
     ) -> bool {
-        let mut model = self.model.lock().unwrap_or_else(PoisonError::into_inner);
-        let report = Reported {
+        self.instances_reported(&[crate::actual::Unwritten {
+            node: node.to_string(),
             app: app.to_string(),
             server: server.to_string(),
-            node: node.to_string(),
             state: state.to_string(),
             health: health.to_string(),
-        };
+        }])
+    }
+
+    /// Instances' states and health, just recorded together (an agent's batch): applies
+    /// them all to the last inputs, recomputes the names of the servers they changed, and
+    /// publishes once. Returns whether any list changed.
+    pub fn instances_reported(&self, reports: &[crate::actual::Unwritten]) -> bool {
+        let reports: Vec<Reported> = reports
+            .iter()
+            .map(|u| Reported {
+                app: u.app.clone(),
+                server: u.server.clone(),
+                node: u.node.clone(),
+                state: u.state.clone(),
+                health: u.health.clone(),
+            })
+            .collect();
+        let mut model = self.model.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(log) = model.reading.as_mut() {
-            log.push(report.clone());
+            log.extend(reports.iter().cloned());
         }
         let Some(inputs) = model.inputs.as_mut() else {
             return false;
         };
-        if !inputs.apply(&report) {
+        let mut servers = std::collections::BTreeSet::new();
+        for report in &reports {
+            if inputs.apply(report) {
+                servers.insert((report.app.as_str(), report.server.as_str()));
+            }
+        }
+        if servers.is_empty() {
             return false;
         }
         let mut table = Table::clone(&self.table());
-        table.extend(inputs.server_names(app, server));
         let mut instances = HashMap::clone(&self.instances());
-        instances.extend(inputs.server_instances(app, server));
+        for (app, server) in servers {
+            table.extend(inputs.server_names(app, server));
+            instances.extend(inputs.server_instances(app, server));
+        }
         self.publish_instances(instances);
         self.publish(table)
     }
@@ -451,6 +474,34 @@ mod tests {
         down.nodes.insert("n2".into(), (false, "127.0.0.3".into()));
         assert!(d.recomputed(down));
         assert_eq!(nodes(&mut rx), ["n1"]);
+    }
+
+    #[test]
+    fn a_batch_of_reports_is_one_publish() {
+        let d = Discovery::default();
+        d.reading();
+        assert!(d.recomputed(inputs()));
+        let mut rx = d.watch_name("demo.echo.Main");
+        assert_eq!(nodes(&mut rx), ["n1", "n2"]);
+        let report = |node: &str, state: &str| crate::actual::Unwritten {
+            node: node.into(),
+            app: "demo".into(),
+            server: "echo".into(),
+            state: state.into(),
+            health: String::new(),
+        };
+        // n1 crashes and comes back, n2 crashes, all in one agent's batch: the watcher
+        // wakes once, with where the batch ends.
+        assert!(d.instances_reported(&[
+            report("n1", "backoff"),
+            report("n2", "backoff"),
+            report("n1", "running"),
+        ]));
+        assert_eq!(nodes(&mut rx), ["n1"]);
+        assert!(matches!(rx.has_changed(), Ok(false)));
+        // Reports that change nothing publish nothing.
+        assert!(!d.instances_reported(&[report("n1", "running"), report("n9", "running")]));
+        assert!(matches!(rx.has_changed(), Ok(false)));
     }
 
     #[test]

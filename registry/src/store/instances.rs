@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::filter::Filter;
-use super::servers::{locked_spec, spec_from_json, spec_text, truncate, write_spec};
+use super::servers::{locked_spec, spec_from_json, spec_text, write_spec};
 use super::{Store, StoreError, query_err};
 use crate::spec::{RunState, Spec};
 
@@ -289,32 +289,10 @@ impl Store {
         r: &StatusReport,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE instances SET state = ?, pid = ?, restarts = ?, started_at_ms = ?, last_exit = ?, \
-             last_error = ?, version = ?, reported_at_ms = ?, install_version = ?, install_state = ?, \
-             install_percent = ?, install_error = ?, health = ?, health_error = ? \
-             WHERE app = ? AND server = ? AND node = ?",
-        )
-        .bind(&r.state)
-        .bind(r.pid)
-        .bind(r.restarts)
-        .bind(r.started_at_ms)
-        .bind(truncate(&r.last_exit, 255))
-        .bind(truncate(&r.last_error, 2048))
-        .bind(truncate(&r.version, 128))
-        .bind(now_ms)
-        .bind(truncate(&r.install_version, 63))
-        .bind(truncate(&r.install_state, 16))
-        .bind(r.install_percent)
-        .bind(truncate(&r.install_error, 2048))
-        .bind(truncate(&r.health, 16))
-        .bind(truncate(&r.health_error, 1024))
-        .bind(&r.app)
-        .bind(&r.server)
-        .bind(node)
-        .execute(&self.pool)
-        .await
-        .map_err(query_err("recording an instance's state"))?;
-        Ok(done.rows_affected() > 0)
+        let doing = "recording an instance's state";
+        let mut conn = self.pool.acquire().await.map_err(query_err(doing))?;
+        super::reports::update_status(&mut conn, node, r, now_ms)
+            .await
+            .map_err(query_err(doing))
     }
 }
