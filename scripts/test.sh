@@ -86,3 +86,10 @@ else
   echo "test.sh: cargo-nextest is not installed; running cargo test"
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# The distribution benchmark, short (not timed): Corral and the nginx + curl + sha256sum +
+# tar pipelines each deliver a 1 MiB package to 2 nodes, or this fails.
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
+  sed -E 's/.*"target_directory":"([^"]*)".*/\1/')
+cargo run --locked -p corral-bench --bin distribute -- --smoke \
+  --registry "$target_dir/debug/registry" --agent "$target_dir/debug/agent"

@@ -9,7 +9,8 @@ use corral_proto::v1::agent_server::Agent;
 use corral_proto::v1::registry_message::Body as RegistryBody;
 use corral_proto::v1::{
     AgentMessage, DownloadChunk, DownloadRequest, EventKind, HealthStatus, InstallState,
-    InstanceEvent, InstanceState, InstanceStatus, LoadReport, RegistryMessage, Welcome,
+    InstanceEvent, InstanceState, InstanceStatus, LoadReport, RegistryMessage, SourcesReply,
+    SourcesRequest, Welcome,
 };
 use corral_proto::wire::{Named, Unknown, known};
 use tokio::sync::mpsc;
@@ -57,6 +58,15 @@ impl Agent for AgentService {
         request: Request<DownloadRequest>,
     ) -> Result<Response<DownloadStream>, Status> {
         crate::download::download(self.shared.clone(), request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn sources(
+        &self,
+        request: Request<SourcesRequest>,
+    ) -> Result<Response<SourcesReply>, Status> {
+        crate::sources::sources(self.shared.clone(), request.into_inner())
             .await
             .map(Response::new)
     }
