@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use corral_bench::cpu_time;
 
-use crate::fleet::{Fleet, apply, log_tail};
+use crate::fleet::{Fleet, apply, log_tail, status};
 use crate::package::Package;
 
 pub struct Measured {
@@ -145,6 +145,24 @@ pub async fn run(
         &http_get(&metrics, "/metrics")?,
         "corral_registry_package_bytes_sent_total",
     ) - egress0;
+    // Then every instance runs the release (not timed), and its process is noted so that
+    // it is stopped with the fleet.
+    loop {
+        let instances = status(&mut admin, "bench.dist").await?;
+        fleet.note_services(&instances);
+        let running = instances
+            .iter()
+            .filter(|i| i.state == i32::from(corral_proto::v1::InstanceState::Running))
+            .count();
+        if running == nodes {
+            break;
+        }
+        if started.elapsed() > timeout {
+            bail!("{running} of {nodes} instances running within {timeout:?}");
+        }
+        fleet.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut peer_bytes = 0;
     for a in &fleet.agents {
         let text = http_get(&agent_http(&a.data_dir)?, "/metrics")?;

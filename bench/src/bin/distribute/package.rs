@@ -31,7 +31,6 @@ impl Kind {
 
 /// A built package.
 pub struct Package {
-    pub kind: Kind,
     pub path: PathBuf,
     pub size: u64,
     pub sha256: String,
@@ -71,7 +70,6 @@ pub fn build(kind: Kind, path: &Path, size: u64) -> anyhow::Result<Package> {
     std::fs::remove_dir_all(&stage)?;
     let _ = std::fs::remove_file(stage.with_extension("list"));
     Ok(Package {
-        kind,
         path: path.to_path_buf(),
         size: std::fs::metadata(path)?.len(),
         sha256: sha256_file(path)?,
