@@ -35,6 +35,11 @@ pub struct Distribution {
 }
 
 impl Distribution {
+    /// Keeps the chunk hashes of a package just uploaded.
+    pub fn remember(&self, sha256: &str, chunk_sha256: Vec<u8>) {
+        let _ = self.hashes_of(sha256).set(Bytes::from(chunk_sha256));
+    }
+
     fn hashes_of(&self, sha256: &str) -> Arc<OnceCell<Bytes>> {
         let mut hashes = self.hashes.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, cell)) = hashes.iter().find(|(k, _)| k == sha256) {
