@@ -99,7 +99,8 @@ impl Installer {
             .open(partial)
             .map_err(io_err(version, partial))?;
         let mut offset = file.metadata().map_err(io_err(version, partial))?.len();
-        if let Plan::Peer(reply, _) = &plan {
+        if let Plan::Peer(source) = &plan {
+            let reply = &source.0;
             // A peer sends whole chunks from a chunk boundary.
             let aligned = offset / reply.chunk_size * reply.chunk_size;
             if aligned != offset {
@@ -126,7 +127,8 @@ impl Installer {
                 self.stream(app, server, pkg, offset, report, unpacker, &writer)
                     .await
             }
-            (Ok(()), Plan::Peer(reply, peer)) => {
+            (Ok(()), Plan::Peer(source)) => {
+                let (reply, peer) = &**source;
                 self.stream_peer(version, reply, peer, offset, report, unpacker, &writer)
                     .await
             }

@@ -122,7 +122,10 @@ impl Peer for PeerService {
             ));
         }
         self.authorize(&req)?;
-        if req.chunk_size == 0 || req.offset % req.chunk_size != 0 || req.offset > req.size {
+        if req.chunk_size == 0
+            || !req.offset.is_multiple_of(req.chunk_size)
+            || req.offset > req.size
+        {
             return Err(Status::invalid_argument(format!(
                 "offset {} is not a chunk boundary of a {}-byte package in {}-byte chunks",
                 req.offset, req.size, req.chunk_size

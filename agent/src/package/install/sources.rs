@@ -25,7 +25,8 @@ const PEER_IDLE: Duration = Duration::from_secs(10);
 /// Where one download attempt gets its bytes.
 pub(super) enum Plan {
     Registry,
-    Peer(SourcesReply, PeerSource),
+    /// Boxed: a reply carries the chunk hashes.
+    Peer(Box<(SourcesReply, PeerSource)>),
 }
 
 /// Peers that failed this download, for the next question to the registry.
@@ -105,7 +106,7 @@ impl Installer {
         let whole = reply.size.div_ceil(reply.chunk_size.max(1)) * 32;
         match reply.peer.clone() {
             Some(peer) if reply.chunk_size > 0 && reply.chunk_sha256.len() as u64 == whole => {
-                Ok(Plan::Peer(reply, peer))
+                Ok(Plan::Peer(Box::new((reply, peer))))
             }
             _ => Ok(Plan::Registry),
         }
