@@ -93,8 +93,11 @@ deps_compiler() {
 # coreutils (scripts/install.sh; service commands such as sleep, env, sh -c), curl
 # (the TLS tests fetch /health with it) and dig (the DNS tests ask the agent with a real
 # resolver client), chromium and chromedriver (the dashboard tests drive a real headless
-# browser).
+# browser), nginx, sha256sum and tar (the distribution benchmark's smoke run compares
+# Corral with nginx + curl + sha256sum + tar; it runs nginx as its own process, with its
+# own config, and never starts or changes the system's).
 deps_tests() {
   deps_commands bash:bash sh:dash sleep:coreutils install:coreutils env:coreutils curl:curl \
-    dig:dnsutils chromium:chromium chromedriver:chromium-driver
+    dig:dnsutils chromium:chromium chromedriver:chromium-driver nginx:nginx \
+    sha256sum:coreutils tar:tar
 }

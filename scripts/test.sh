@@ -89,9 +89,14 @@ fi
 
 # Benchmark smoke tests: short variants of the benchmarks, not timed (the figures are
 # meaningless at this size and on debug builds); each must run to its end and fails loudly
-# when what it measures does not happen (storm: no reports arrive, or the admin CLI fails).
+# when what it measures does not happen (storm: no reports arrive, or the admin CLI fails;
+# distribute: Corral and the nginx + curl + sha256sum + tar pipelines each deliver a 1 MiB
+# package to 2 nodes).
 echo "test.sh: benchmark smoke runs"
-bin="${CARGO_TARGET_DIR:-target}/debug"
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
+  sed -E 's/.*"target_directory":"([^"]*)".*/\1/')
+bin="$target_dir/debug"
 "$bin/discovery" --registry "$bin/registry" --agent "$bin/agent" \
   --concurrency 1 --duration 300ms --watchers 10 --watch-conns 0,2 --rounds 2 >/dev/null
 "$bin/storm" --smoke
+"$bin/distribute" --smoke --registry "$bin/registry" --agent "$bin/agent"

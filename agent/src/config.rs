@@ -39,6 +39,9 @@ pub mod defaults {
     pub const DNS_TTL: Duration = Duration::from_secs(5);
     /// A name nobody asked the agent for in this long is no longer watched.
     pub const DISCOVERY_IDLE: Duration = Duration::from_secs(600);
+    /// The port peers fetch packages from on the advertise IP ("0": any free port, which
+    /// the agent tells the registry; "off": serve none).
+    pub const PEER_PORT: &str = "0";
 }
 
 /// Everything `agent run` needs, resolved and checked.
@@ -75,6 +78,9 @@ pub struct AgentConfig {
     pub discovery_idle: Duration,
     /// The name of the agent's cgroup subtree (`corral`), or `off`.
     pub cgroup: String,
+    /// The port other nodes fetch packages from, on the advertise IP (0: any free one);
+    /// None: this node serves no peer.
+    pub peer_port: Option<u16>,
 }
 
 /// The keys of the config file.
@@ -113,6 +119,8 @@ pub struct FileConfig {
     pub dns_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub discovery_idle: Option<Duration>,
+    /// "PORT" or "off"
+    pub peer_port: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +156,7 @@ pub struct Overrides {
     pub dns_ttl: Option<Duration>,
     pub discovery_idle: Option<Duration>,
     pub cgroup: Option<String>,
+    pub peer_port: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +189,8 @@ pub enum ConfigError {
         "--cgroup (cgroup, CORRAL_CGROUP) {0:?} is neither a cgroup name (letters, digits, '-', '_', '.', not starting with '.') nor \"off\""
     )]
     Cgroup(String),
+    #[error("--peer-port (peer_port, CORRAL_PEER_PORT) {0:?} is neither a port nor \"off\"")]
+    PeerPort(String),
 }
 
 /// Checks `--cgroup`: one directory name (the agent's subtree), or "off".
@@ -205,6 +216,17 @@ pub fn parse_dns(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
     text.parse()
         .map(Some)
         .map_err(|_| ConfigError::Dns(text.to_string()))
+}
+
+/// Parses `--peer-port`: a port (0: any free one), or "off".
+pub fn parse_peer_port(text: &str) -> Result<Option<u16>, ConfigError> {
+    match text {
+        "off" => Ok(None),
+        _ => text
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::PeerPort(text.to_string())),
+    }
 }
 
 /// Parses a comma-separated locator list. Entries without a scheme get `http://`.
@@ -346,6 +368,12 @@ impl AgentConfig {
                     .or(file.cgroup)
                     .unwrap_or_else(|| crate::cgroup::DEFAULT_SUBTREE.into()),
             )?,
+            peer_port: parse_peer_port(
+                over.peer_port
+                    .as_deref()
+                    .or(file.peer_port.as_deref())
+                    .unwrap_or(defaults::PEER_PORT),
+            )?,
         };
         if config.dns_ttl.subsec_nanos() != 0 || config.dns_ttl > Duration::from_secs(86400) {
             return Err(ConfigError::DnsTtl(config.dns_ttl));
@@ -431,6 +459,13 @@ mod tests {
         assert!(parse_dns("127.0.0.1:53").expect("addr").is_some());
         let err = parse_dns("localhost").expect_err("no port").to_string();
         assert!(err.contains("--dns") && err.contains("localhost"), "{err}");
+        assert_eq!(parse_peer_port("off").expect("off"), None);
+        assert_eq!(parse_peer_port("17893").expect("port"), Some(17893));
+        let err = parse_peer_port("70000").expect_err("too big").to_string();
+        assert!(
+            err.contains("--peer-port") && err.contains("70000"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("agent.toml");
         std::fs::write(

@@ -157,6 +157,7 @@ pub async fn run(
     // even when no registry answers.
     let (desired_tx, desired_rx) = watch::channel(reconcile::load_desired(&config.data_dir));
     let (channel_tx, channel_rx) = watch::channel(None);
+    let (peer_listener, peers) = package::serve::bind(&config).await;
     let runner_shared = Arc::new(instance::runner::Shared {
         node: config.node.clone(),
         node_ip: config.advertise_ip.to_string(),
@@ -173,6 +174,7 @@ pub async fn run(
             keep_releases: config.keep_releases,
             channel: channel_rx,
             locks: Default::default(),
+            peers: peers.clone(),
         },
         cgroups: cgroups.clone(),
         cgroups_error: cgroups_error.clone(),
@@ -212,7 +214,16 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let metrics = metrics::Metrics::new();
+    let mut metrics = metrics::Metrics::new();
+    metrics.register_peers(&peers.counters);
+    let peer_task = peer_listener.map(|listener| {
+        tokio::spawn(package::serve::serve(
+            listener,
+            config.data_dir.clone(),
+            peers.clone(),
+            shutdown.clone(),
+        ))
+    });
     let logs = logs::streams::LogContext {
         node: config.node.clone(),
         instances_dir,
@@ -257,6 +268,9 @@ pub async fn run(
     let _ = notifier.await;
     let _ = sweeper.await;
     if let Some(task) = dns_task {
+        let _ = task.await;
+    }
+    if let Some(task) = peer_task {
         let _ = task.await;
     }
     let http_result = http_task.await;

@@ -89,6 +89,9 @@ struct RunArgs {
     /// The name of the agent's cgroup subtree (instances run in OWN/NAME/NODE/APP.SERVER/ORDINAL), or "off" [default: corral].
     #[arg(long, env = "CORRAL_CGROUP")]
     cgroup: Option<String>,
+    /// The port other nodes fetch packages from, on the advertise IP (0: any free one), or "off" [default: 0].
+    #[arg(long, env = "CORRAL_PEER_PORT")]
+    peer_port: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -142,6 +145,7 @@ fn run(args: RunArgs) -> ExitCode {
         join_token: args.join_token,
         allow_root: args.allow_root,
         cgroup: args.cgroup,
+        peer_port: args.peer_port,
         tls: ClientTls {
             ca: args.tls_ca,
             cert: args.tls_cert,

@@ -105,6 +105,31 @@ impl Metrics {
         }
     }
 
+    /// Registers the counters of peer-assisted distribution.
+    pub fn register_peers(&mut self, c: &crate::package::install::PeerCounters) {
+        let e = &mut self.exposition;
+        e.register(
+            "peer_bytes_served",
+            "Package bytes sent to other nodes",
+            c.served.clone(),
+        );
+        e.register(
+            "peer_bytes_received",
+            "Package bytes received from other nodes",
+            c.received.clone(),
+        );
+        e.register(
+            "peer_corrupt",
+            "Peers caught sending bytes that do not match the registry's chunk hashes",
+            c.corrupt.clone(),
+        );
+        e.register(
+            "peer_failed",
+            "Peers given up on during a download (unreachable, refused, died, stalled)",
+            c.failed.clone(),
+        );
+    }
+
     /// Sets the instance gauges from the current statuses and the instances' usage (of
     /// node `node`), then encodes everything.
     pub fn encode_with(

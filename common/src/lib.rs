@@ -26,5 +26,6 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod signal;
+pub mod ticket;
 pub mod time;
 pub mod tls;

@@ -8,7 +8,8 @@ use corral_proto::v1::agent_message::Body as AgentBody;
 use corral_proto::v1::agent_server::Agent;
 use corral_proto::v1::registry_message::Body as RegistryBody;
 use corral_proto::v1::{
-    AgentMessage, DownloadChunk, DownloadRequest, LoadReport, RegistryMessage, Welcome,
+    AgentMessage, DownloadChunk, DownloadRequest, LoadReport, RegistryMessage, SourcesReply,
+    SourcesRequest, Welcome,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -55,6 +56,15 @@ impl Agent for AgentService {
         request: Request<DownloadRequest>,
     ) -> Result<Response<DownloadStream>, Status> {
         crate::download::download(self.shared.clone(), request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn sources(
+        &self,
+        request: Request<SourcesRequest>,
+    ) -> Result<Response<SourcesReply>, Status> {
+        crate::sources::sources(self.shared.clone(), request.into_inner())
             .await
             .map(Response::new)
     }

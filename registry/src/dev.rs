@@ -175,6 +175,8 @@ pub async fn run(opts: DevOptions, shutdown: CancellationToken) -> Result<(), De
         dns_ttl: agent_defaults::DNS_TTL,
         discovery_idle: agent_defaults::DISCOVERY_IDLE,
         cgroup: opts.cgroup.clone(),
+        // One node: nobody to serve packages to.
+        peer_port: None,
     };
     let registry_config = RegistryConfig {
         listen,

@@ -19,7 +19,7 @@ type Stream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<DownloadChunk, Status>> + Send>>;
 
 /// Checks who asks: a node with its identity, for a server assigned to it.
-async fn authorize(shared: &Shared, req: &DownloadRequest) -> Result<(), Status> {
+pub(crate) async fn authorize(shared: &Shared, req: &DownloadRequest) -> Result<(), Status> {
     let node = shared.store().get_node(&req.node).await?;
     let known = node.is_some_and(|n| crate::join::identity_hash(&req.identity) == n.identity_hash);
     if !known {
@@ -185,11 +185,13 @@ pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Strea
             };
             let data = data.slice(skip.min(data.len())..);
             skip = 0;
-            sent += data.len() as u64;
+            let len = data.len() as u64;
+            sent += len;
             if tx.send(Ok(DownloadChunk { data })).await.is_err() {
                 return;
             }
             shared.metrics().chunks_sent.inc();
+            shared.metrics().package_bytes_sent.inc_by(len);
             if let Some(rate) = rate {
                 // Pace to the configured rate: no faster than `rate` bytes per second.
                 let due = Duration::from_secs_f64(sent as f64 / rate as f64);

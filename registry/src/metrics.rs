@@ -69,6 +69,11 @@ pub struct Metrics {
     /// were shared with another download running at the same time).
     pub chunks_sent: Counter,
     pub chunks_read: Counter,
+    /// Package bytes sent to agents (the registry's egress for packages).
+    pub package_bytes_sent: Counter,
+    /// `Agent.Sources` answers and reports, by kind: "registry" and "peer" (the source
+    /// given), "failed" and "corrupt" (peers reported by the node that asked).
+    pub peer_sources: Family<KindLabels, Counter>,
     /// Desired states sent to agents: one when a session opens, one per change of its node.
     pub desired_sent: Counter,
     /// Recomputations of the discovery table from the database.
@@ -83,6 +88,11 @@ pub struct Metrics {
     /// Instance statuses and events received from agents (each counted once, however
     /// they were batched).
     pub reports_received: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,6 +149,18 @@ impl Metrics {
             "Package chunks read from the database for downloads (the others sent were shared between downloads running at the same time)",
             chunks_read.clone(),
         );
+        let package_bytes_sent = Counter::default();
+        let peer_sources = Family::<KindLabels, Counter>::default();
+        exposition.register(
+            "package_bytes_sent",
+            "Package bytes sent to agents",
+            package_bytes_sent.clone(),
+        );
+        exposition.register(
+            "package_sources",
+            "Sources given for package downloads (registry, peer) and peers reported by nodes (failed, corrupt)",
+            peer_sources.clone(),
+        );
         let desired_sent = Counter::default();
         let discovery_recomputes = Counter::default();
         let events_dropped = Counter::default();
@@ -194,6 +216,8 @@ impl Metrics {
             rpc_seconds,
             chunks_sent,
             chunks_read,
+            package_bytes_sent,
+            peer_sources,
             desired_sent,
             discovery_recomputes,
             events_dropped,
@@ -201,6 +225,15 @@ impl Metrics {
             audit_dropped,
             reports_received,
         })
+    }
+
+    /// The counter of `Agent.Sources` answers and reports of `kind`.
+    pub fn peer_reports(&self, kind: &str) -> Counter {
+        self.peer_sources
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .clone()
     }
 
     /// Sets the fleet-wide gauges from `counts`, then encodes everything.

@@ -41,6 +41,8 @@ pub struct Shared {
     discovery: Discovery,
     /// Package chunks read for the downloads running now.
     chunks: ChunkCache,
+    /// Who gets which package from whom, and the packages' chunk hashes.
+    distribution: crate::sources::Distribution,
     /// Whether the database answers, as last checked.
     outage: Outage,
     /// Agents' last known reports, and what waits to be written.
@@ -65,6 +67,7 @@ impl Shared {
             driven_rollouts: Mutex::default(),
             discovery: Discovery::default(),
             chunks: ChunkCache::default(),
+            distribution: Default::default(),
             outage: Outage::default(),
             actual: Actual::default(),
             bus: Bus::default(),
@@ -95,6 +98,10 @@ impl Shared {
 
     pub fn chunks(&self) -> &ChunkCache {
         &self.chunks
+    }
+
+    pub fn distribution(&self) -> &crate::sources::Distribution {
+        &self.distribution
     }
 
     pub fn outage(&self) -> &Outage {

@@ -81,6 +81,13 @@ impl AgentService for StandIn {
     ) -> Result<Response<Self::DownloadStream>, Status> {
         Err(Status::unimplemented("the stand-in has no packages"))
     }
+
+    async fn sources(
+        &self,
+        _request: Request<corral_proto::v1::SourcesRequest>,
+    ) -> Result<Response<corral_proto::v1::SourcesReply>, Status> {
+        Err(Status::unimplemented("the stand-in has no packages"))
+    }
 }
 
 /// An instance of `sleep` whose restart policy is `policy`.

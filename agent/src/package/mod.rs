@@ -4,9 +4,12 @@
 //! came from).
 //!
 //! * [`unpack`] — checked unpacking into `releases/VERSION.partial/`.
-//! * [`install`] — download (resumable, sha256-verified) into the cache, unpack, switch.
+//! * [`install`] — download (resumable, sha256-verified, from the registry or peers) into
+//!   the cache, unpack, switch; serving packages to peers.
+//! * [`serve`] — the listener peers fetch packages from.
 
 pub mod install;
+pub mod serve;
 pub mod unpack;
 
 /// The package rules' types, from [`corral_common::archive`].

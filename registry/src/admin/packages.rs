@@ -98,11 +98,14 @@ pub async fn upload(
     };
     shared.store().begin_upload(&row, STALE_UPLOAD_MS).await?;
     match receive(shared, &row, &mut stream).await {
-        Ok(entries) => {
+        Ok((entries, chunk_sha256)) => {
             shared
                 .store()
                 .finish_upload(app, server, &row.version, entries as i64)
                 .await?;
+            // Ready for the first `Agent.Sources` of a rollout, which need not read the
+            // package back.
+            shared.distribution().remember(&row.sha256, chunk_sha256);
             info!(package = %format!("{}.{} {}", app, server, row.version), bytes = row.size, entries, "package uploaded");
             Ok(package_info(
                 PackageRow {
@@ -120,12 +123,13 @@ pub async fn upload(
     }
 }
 
-/// Stores the bytes in chunks while a thread checks them as a package; the entry count.
+/// Stores the bytes in chunks while a thread checks them as a package; the entry count
+/// and the sha256 of each chunk.
 async fn receive(
     shared: &Shared,
     row: &PackageRow,
     stream: &mut Streaming<UploadChunk>,
-) -> Result<u64, Status> {
+) -> Result<(u64, Vec<u8>), Status> {
     let (tx, rx) = std_mpsc::sync_channel::<Vec<u8>>(4);
     let limits = shared.config().package_limits;
     let checker = std::thread::spawn(move || {
@@ -144,7 +148,9 @@ async fn receive(
     let mut seq = 0i64;
     let mut buf = Vec::with_capacity(CHUNK_SIZE);
     let size = row.size as u64;
-    let flush = async |buf: &mut Vec<u8>, seq: &mut i64| -> Result<(), Status> {
+    let mut chunk_sha256 = Vec::new();
+    let flush = async |buf: &mut Vec<u8>, seq: &mut i64, hashes: &mut Vec<u8>| {
+        hashes.extend_from_slice(&Sha256::digest(&buf[..]));
         shared
             .store()
             .put_chunk(&row.app, &row.server, &row.version, *seq, buf)
@@ -152,7 +158,7 @@ async fn receive(
         *seq += 1;
         let full = std::mem::replace(buf, Vec::with_capacity(CHUNK_SIZE));
         let _ = tx.send(full);
-        Ok(())
+        Ok::<(), Status>(())
     };
     while let Some(msg) = stream.message().await? {
         let Some(Body::Data(data)) = msg.body else {
@@ -173,12 +179,12 @@ async fn receive(
             buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if buf.len() == CHUNK_SIZE {
-                flush(&mut buf, &mut seq).await?;
+                flush(&mut buf, &mut seq, &mut chunk_sha256).await?;
             }
         }
     }
     if !buf.is_empty() {
-        flush(&mut buf, &mut seq).await?;
+        flush(&mut buf, &mut seq, &mut chunk_sha256).await?;
     }
     drop(tx);
     if total != size {
@@ -197,7 +203,9 @@ async fn receive(
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|_| Status::internal("the package checker panicked"))?;
-    checked.map_err(|e| Status::invalid_argument(format!("package refused: {e}")))
+    checked
+        .map(|entries| (entries, chunk_sha256))
+        .map_err(|e| Status::invalid_argument(format!("package refused: {e}")))
 }
 
 pub async fn list(

@@ -2,6 +2,9 @@
 //! arrives, on a blocking thread.
 
 use std::io::{Read, Write};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -21,8 +24,14 @@ pub(super) struct CacheWriter {
 
 impl CacheWriter {
     /// Hashes the first `offset` bytes already in `file`, then appends what it is
-    /// given, holding `held` until it ends.
-    pub(super) fn start(file: std::fs::File, offset: u64, held: Held) -> CacheWriter {
+    /// given, holding `held` until it ends; `written` follows the file's length, for the
+    /// peers this node relays the download to.
+    pub(super) fn start(
+        file: std::fs::File,
+        offset: u64,
+        held: Held,
+        written: Arc<watch::Sender<u64>>,
+    ) -> CacheWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let task = tokio::task::spawn_blocking(move || {
             let _held = held;
@@ -34,9 +43,12 @@ impl CacheWriter {
                 )));
             }
             let mut out = Writeback::new(&file, offset);
+            let mut at = offset;
             while let Some(data) = rx.blocking_recv() {
                 hasher.update(&data);
                 out.write_all(&data)?;
+                at += data.len() as u64;
+                written.send_replace(at);
             }
             file.sync_all()?;
             Ok(hex::encode(hasher.finalize()))
@@ -78,7 +90,8 @@ mod tests {
                 .expect("open")
         };
         let locks = PathLocks::default();
-        let writer = CacheWriter::start(open(), 1_000_000, locks.lock(&path).await);
+        let progress = || Arc::new(watch::channel(0).0);
+        let writer = CacheWriter::start(open(), 1_000_000, locks.lock(&path).await, progress());
         assert!(locks.is_locked(&path), "the writer holds the file's lock");
         for piece in data[1_000_000..].chunks(700_000) {
             assert!(writer.write(Bytes::copy_from_slice(piece)).await);
@@ -90,13 +103,13 @@ mod tests {
 
         // A file shorter than the offset it was started with is an error, not a hash
         // of the wrong bytes.
-        let writer = CacheWriter::start(open(), 40_000_000, locks.lock(&path).await);
+        let writer = CacheWriter::start(open(), 40_000_000, locks.lock(&path).await, progress());
         let err = writer.finish().await.expect_err("shrank");
         assert!(err.to_string().contains("shrank"), "{err}");
 
         // A file it cannot write to: the write stops being taken and finish says why.
         let read_only = std::fs::File::open(&path).expect("open");
-        let writer = CacheWriter::start(read_only, 0, locks.lock(&path).await);
+        let writer = CacheWriter::start(read_only, 0, locks.lock(&path).await, progress());
         let mut refused = false;
         for _ in 0..100 {
             if !writer.write(Bytes::from_static(b"more")).await {

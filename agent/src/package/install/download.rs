@@ -1,6 +1,8 @@
-//! The download of a package from the registry into the cache: resumed from what a
-//! `.partial` file holds, retried when the stream is cut, verified by sha256; each chunk
-//! goes to the cache writer and to the unpacker.
+//! The download of a package into the cache, from the registry or from the peer it
+//! names ([`super::sources`]): resumed from what a `.partial` file holds, retried when
+//! the stream is cut (from another source when a peer failed), verified by sha256; each
+//! chunk goes to the cache writer and to the unpacker. While it runs, the download is
+//! announced to the peer service, which relays what is written to the nodes sent here.
 
 use corral_proto::v1::InstallState;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,8 @@ use corral_proto::v1::agent_client::AgentClient;
 use corral_proto::v1::{DownloadRequest, PackageRef};
 
 use super::cache::CacheWriter;
+use super::peers::Announced;
+use super::sources::{Plan, Tried, progress};
 use super::unpacker::{Unpacker, feed_from_file};
 use super::{Held, InstallError, Installer, io_err};
 
@@ -32,13 +36,31 @@ impl Installer {
             return Ok(done);
         }
         let partial = cache.join(format!("{}.partial", pkg.sha256));
+        let have = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        let announced = self.peers.relay.announce(&pkg.sha256, have);
+        let mut tried = Tried::default();
         let mut attempts = 0;
         loop {
+            let attempt = Attempt {
+                partial: &partial,
+                cache_lock: &cache_lock,
+                announced: &announced,
+                tried: &tried,
+            };
             match self
-                .fetch(app, server, pkg, &partial, report, unpacker, &cache_lock)
+                .fetch(app, server, pkg, attempt, report, unpacker)
                 .await
             {
                 Ok(()) => break,
+                Err(InstallError::Peer { peer, corrupt, .. }) if attempts < 100 => {
+                    // Another source at once: the registry gives another peer, or serves.
+                    attempts += 1;
+                    if corrupt {
+                        tried.corrupt.push(peer);
+                    } else {
+                        tried.failed.push(peer);
+                    }
+                }
                 Err(e @ InstallError::Checksum { .. }) => {
                     let _ = std::fs::remove_file(&partial);
                     return Err(e);
@@ -58,18 +80,18 @@ impl Installer {
     }
 
     /// One download attempt, from wherever the partial file ends.
-    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         app: &str,
         server: &str,
         pkg: &PackageRef,
-        partial: &Path,
+        attempt: Attempt<'_>,
         report: &impl Fn(InstallState, u32),
         unpacker: &mut Unpacker,
-        cache_lock: &Held,
     ) -> Result<(), InstallError> {
         let version = pkg.version.as_str();
+        let partial = attempt.partial;
+        let plan = self.plan(app, server, pkg, attempt.tried).await?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -77,6 +99,15 @@ impl Installer {
             .open(partial)
             .map_err(io_err(version, partial))?;
         let mut offset = file.metadata().map_err(io_err(version, partial))?.len();
+        if let Plan::Peer(source) = &plan {
+            let reply = &source.0;
+            // A peer sends whole chunks from a chunk boundary.
+            let aligned = offset / reply.chunk_size * reply.chunk_size;
+            if aligned != offset {
+                file.set_len(aligned).map_err(io_err(version, partial))?;
+                offset = aligned;
+            }
+        }
         if offset > pkg.size {
             file.set_len(0).map_err(io_err(version, partial))?;
             offset = 0;
@@ -87,14 +118,21 @@ impl Installer {
         }
         // The unpacker gets what it has not seen of the file (all of it, after a restart
         // of the agent), while the writer hashes the file from its start.
-        let writer = CacheWriter::start(file, offset, cache_lock.clone());
+        let written = attempt.announced.progress.clone();
+        written.send_replace(offset);
+        let writer = CacheWriter::start(file, offset, attempt.cache_lock.clone(), written);
         let resumed = feed_from_file(unpacker, partial, offset).await;
-        let streamed = match resumed {
-            Ok(()) => {
+        let streamed = match (resumed, &plan) {
+            (Ok(()), Plan::Registry) => {
                 self.stream(app, server, pkg, offset, report, unpacker, &writer)
                     .await
             }
-            Err(e) => Err(io_err(version, partial)(e)),
+            (Ok(()), Plan::Peer(source)) => {
+                let (reply, peer) = &**source;
+                self.stream_peer(version, reply, peer, offset, report, unpacker, &writer)
+                    .await
+            }
+            (Err(e), _) => Err(io_err(version, partial)(e)),
         };
         // Whatever happened, the file is complete and synced before anyone opens it again.
         // A writer's error comes first: it is why a stream was cut short.
@@ -136,14 +174,9 @@ impl Installer {
             .borrow()
             .clone()
             .ok_or_else(|| failed("no registry session".into()))?;
-        let identity = crate::identity::load(&self.data_dir)
-            .ok()
-            .flatten()
-            .map(|i| i.secret)
-            .unwrap_or_default();
         let request = DownloadRequest {
             node: self.node.clone(),
-            identity,
+            identity: self.identity_secret(),
             app: app.to_string(),
             server: server.to_string(),
             version: version.to_string(),
@@ -174,17 +207,20 @@ impl Installer {
                 return Err(failed("the cache writer stopped".into()));
             }
             unpacker.feed(chunk.data).await;
-            // Progress in steps of 5 %: each report is a status message the registry
-            // writes to its database.
-            let percent = (received * 100 / pkg.size.max(1)) as u32 / 5 * 5;
-            if percent != last_percent {
-                last_percent = percent;
-                report(InstallState::Downloading, percent);
-            }
+            progress(report, received, pkg.size, &mut last_percent);
         }
         if received != pkg.size {
             return Err(failed(format!("got {received} of {} bytes", pkg.size)));
         }
         Ok(())
     }
+}
+
+/// What one download attempt works with.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    partial: &'a Path,
+    cache_lock: &'a Held,
+    announced: &'a Announced,
+    tried: &'a Tried,
 }

@@ -30,6 +30,9 @@
 //! * `download.rs` — the download into the cache, resumed and retried;
 //! * `cache.rs` — the cache writer (append, hash, sync);
 //! * `unpacker.rs` — unpacking as the bytes arrive, or from the cache file;
+//! * `sources.rs` — where a download comes from (`Agent.Sources`): the registry or a peer,
+//!   whose every chunk is checked against the registry's chunk hashes;
+//! * `peers.rs` — serving packages to peers, from the cache or while still receiving;
 //! * `locks.rs` — [`PathLocks`];
 //! * `garbage.rs` — [`collect_garbage`]: old releases and unused cache files.
 
@@ -37,6 +40,8 @@ mod cache;
 mod download;
 mod garbage;
 mod locks;
+mod peers;
+mod sources;
 mod unpacker;
 
 use corral_proto::v1::InstallState;
@@ -51,6 +56,7 @@ use super::{Limits, PackageError};
 
 pub use garbage::collect_garbage;
 pub use locks::PathLocks;
+pub use peers::{PeerCounters, PeerService, Relay};
 
 use locks::Held;
 use unpacker::{Unpacker, unpack_file};
@@ -79,6 +85,14 @@ pub enum InstallError {
     },
     #[error("package {version}: download failed: {reason}")]
     Download { version: String, reason: String },
+    #[error("package {version}: peer {peer}: {reason}")]
+    Peer {
+        version: String,
+        peer: String,
+        /// It sent bytes that do not match the registry's chunk hashes.
+        corrupt: bool,
+        reason: String,
+    },
     #[error("package {version}: {path}: {source}")]
     Io {
         version: String,
@@ -97,6 +111,17 @@ pub struct Installer {
     /// The channel of the registry session, when one is open.
     pub channel: watch::Receiver<Option<Channel>>,
     pub locks: PathLocks,
+    pub peers: Peers,
+}
+
+/// This node's part in peer-assisted distribution.
+#[derive(Clone, Default)]
+pub struct Peers {
+    /// The port this node serves packages to peers on; None: it serves none.
+    pub port: Option<u16>,
+    /// The downloads in progress, which the peer service relays.
+    pub relay: Relay,
+    pub counters: PeerCounters,
 }
 
 pub(super) fn io_err<'a>(

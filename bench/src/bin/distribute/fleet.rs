@@ -106,6 +106,8 @@ pub struct Fleet {
     pub registry: Proc,
     /// The registry's gRPC address, `http://127.0.0.1:PORT`.
     pub addr: String,
+    /// The registry's HTTP port (`/metrics`).
+    pub http: u16,
     pub dir: PathBuf,
     agent_bin: PathBuf,
     /// Pids of services the agents started (each leads its own group), killed on drop
@@ -140,6 +142,7 @@ impl Fleet {
             agents: Vec::new(),
             registry,
             addr: format!("http://127.0.0.1:{grpc}"),
+            http,
             dir: dir.to_path_buf(),
             agent_bin: agent_bin.to_path_buf(),
             services: Vec::new(),

@@ -1,0 +1,179 @@
+//! The packages the benchmark distributes, and what their stages cost alone.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use sha2::{Digest, Sha256};
+
+const SERVER_SCRIPT: &[u8] = b"#!/bin/sh\nexec sleep 1000\n";
+
+/// Which package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// `data.bin` of random bytes: gzip cannot shrink it, so inflate is cheap.
+    Incompressible,
+    /// Binaries and libraries of this host (`/usr/bin`, `/usr/lib`), the typical
+    /// release: gzip shrinks them about 3x, so inflate and writing cost more.
+    Binaries,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Incompressible => "incompressible",
+            Kind::Binaries => "binaries",
+        }
+    }
+}
+
+/// A built package.
+pub struct Package {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Builds a package of about `size` bytes compressed at `path`, with `tar czf` as the
+/// README shows (`bin/server` and the payload).
+pub fn build(kind: Kind, path: &Path, size: u64) -> anyhow::Result<Package> {
+    use std::os::unix::fs::PermissionsExt;
+    let stage = path.with_extension("stage");
+    std::fs::create_dir_all(stage.join("bin"))?;
+    let script = stage.join("bin/server");
+    std::fs::write(&script, SERVER_SCRIPT)?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let mut tar = Command::new("tar");
+    tar.arg("czf").arg(path).arg("-C").arg(&stage);
+    match kind {
+        Kind::Incompressible => {
+            let mut random = std::fs::File::open("/dev/urandom")?.take(size);
+            let mut data = std::fs::File::create(stage.join("data.bin"))?;
+            std::io::copy(&mut random, &mut data)?;
+            tar.arg(".");
+        }
+        Kind::Binaries => {
+            // Regular files of at least 16 KiB (the package's entry limit stays far),
+            // about 3x the target (gzip's usual ratio on binaries), by path.
+            let list = stage.with_extension("list");
+            let files = host_binaries(size * 3)?;
+            std::fs::write(&list, files.join("\n"))?;
+            tar.args(["bin", "--mode=u+rw,go+r,ug-s", "--owner=0", "--group=0"])
+                .args(["-C", "/", "-T"])
+                .arg(&list);
+        }
+    }
+    let status = tar.status().context("run tar czf")?;
+    ensure!(status.success(), "tar czf failed: {status}");
+    std::fs::remove_dir_all(&stage)?;
+    let _ = std::fs::remove_file(stage.with_extension("list"));
+    Ok(Package {
+        path: path.to_path_buf(),
+        size: std::fs::metadata(path)?.len(),
+        sha256: sha256_file(path)?,
+    })
+}
+
+/// Paths (relative to `/`) of regular files under /usr/bin and /usr/lib, `want` bytes.
+fn host_binaries(want: u64) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut total = 0;
+    let mut dirs = vec![PathBuf::from("/usr/bin"), PathBuf::from("/usr/lib")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for path in entries {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let name = path.to_string_lossy();
+            let plain = name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b));
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if meta.is_file() && meta.len() >= 16 << 10 && plain && total < want {
+                total += meta.len();
+                out.push(name.trim_start_matches('/').to_string());
+            }
+        }
+    }
+    ensure!(
+        total >= want / 2,
+        "only {total} bytes of binaries on this host"
+    );
+    Ok(out)
+}
+
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The CPU each stage of an install costs alone, in this process, one thread: what a
+/// node cannot do with less.
+#[derive(Clone, Copy, Default)]
+pub struct Stages {
+    pub inflate: Duration,
+    pub hash: Duration,
+    /// Writing the files: gunzip + untar, minus the inflate.
+    pub write: Duration,
+}
+
+impl Stages {
+    pub fn total(&self) -> Duration {
+        self.inflate + self.hash + self.write
+    }
+}
+
+fn cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(Duration::ZERO, |u| {
+        let t = |tv: nix::sys::time::TimeVal| {
+            Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
+        };
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+/// Measures the stages on `pkg`, unpacking into `dir` (removed after).
+pub fn stages(pkg: &Path, dir: &Path) -> anyhow::Result<Stages> {
+    let open = || -> anyhow::Result<_> {
+        Ok(std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(pkg)?,
+        ))
+    };
+    // Warm the page cache: the agents read nothing from disk either.
+    sha256_file(pkg)?;
+    let c = cpu();
+    sha256_file(pkg)?;
+    let hash = cpu() - c;
+    let c = cpu();
+    std::io::copy(
+        &mut flate2::bufread::GzDecoder::new(open()?),
+        &mut std::io::sink(),
+    )?;
+    let inflate = cpu() - c;
+    let c = cpu();
+    tar::Archive::new(flate2::bufread::GzDecoder::new(open()?)).unpack(dir)?;
+    nix::unistd::syncfs(std::fs::File::open(dir)?)?;
+    let unpack = cpu() - c;
+    std::fs::remove_dir_all(dir)?;
+    Ok(Stages {
+        inflate,
+        hash,
+        write: unpack.saturating_sub(inflate),
+    })
+}
