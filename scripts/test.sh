@@ -86,3 +86,12 @@ else
   echo "test.sh: cargo-nextest is not installed; running cargo test"
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# The short variant of the sessions benchmark (bench/src/bin/sessions): 200 simulated
+# agents on one registry, on SQLite and (when it answers) MySQL; it fails when a session
+# does not come up, or when a SIGKILLed agent's node is not marked down with its endpoint
+# gone. A smoke test, not timed: the figures it prints are not compared with anything.
+target_dir="${CARGO_TARGET_DIR:-target}"
+smoke_dbs=sqlite
+[ "${CORRAL_TEST_MYSQL_SKIP:-}" = "1" ] || smoke_dbs=sqlite,mysql
+"$target_dir/debug/sessions" --smoke --db "$smoke_dbs" --registry "$target_dir/debug/registry"
