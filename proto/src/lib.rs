@@ -13,6 +13,7 @@
 /// versions it does not speak with a message naming both.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+pub mod codec;
 pub mod locator;
 pub mod names;
 pub mod text;
