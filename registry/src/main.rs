@@ -20,12 +20,6 @@ use corral_registry::config::{RegistryConfig, ServeArgs, defaults};
 use corral_registry::dev::{self, DevOptions};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc rather than glibc's malloc: with thousands of agent sessions, each holding
-/// its connection's buffers, it keeps less of the heap resident (measured in
-/// docs/benchmarks.md, "10,000 sessions").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "registry",
