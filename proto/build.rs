@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".corral.v1.DownloadChunk.data")
         // Endpoint metadata: in key order, so every answer (JSON, templates) is stable.
         .btree_map(".corral.v1.Endpoint.meta")
+        // Smaller stream buffers than tonic's 8 KiB (src/codec.rs says why).
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

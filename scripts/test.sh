@@ -100,3 +100,9 @@ bin="$target_dir/debug"
   --concurrency 1 --duration 300ms --watchers 10 --watch-conns 0,2 --rounds 2 >/dev/null
 "$bin/storm" --smoke
 "$bin/distribute" --smoke --registry "$bin/registry" --agent "$bin/agent"
+# sessions: 200 simulated agents on one registry, on SQLite and (when it answers) MySQL;
+# it fails when a session does not come up, or when a SIGKILLed agent's node is not marked
+# down with its endpoint gone.
+smoke_dbs=sqlite
+[ "${CORRAL_TEST_MYSQL_SKIP:-}" = "1" ] || smoke_dbs=sqlite,mysql
+"$bin/sessions" --smoke --db "$smoke_dbs" --registry "$bin/registry"

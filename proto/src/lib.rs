@@ -14,6 +14,7 @@
 /// reports in `Reports` batches.
 pub const PROTOCOL_VERSION: u32 = 3;
 
+pub mod codec;
 pub mod locator;
 pub mod names;
 pub mod text;

@@ -241,7 +241,10 @@ async fn run_session(
     shared.logs().attach(node, id, tx.clone());
     let (place, at) = (shared.clone(), node.to_string());
     shared.spawn(async move { crate::logs::replicas::session_opened(&place, &at, id).await });
-    let mut end = if send_desired(&shared, node, &tx).await {
+    // The database calls a session makes now and then (the desired state, the node's
+    // down) are boxed: kept inline, their futures would size every session's task for
+    // its whole life (see docs/benchmarks.md, "10,000 sessions").
+    let mut end = if Box::pin(send_desired(&shared, node, &tx)).await {
         None
     } else {
         Some(End::Closed)
@@ -253,7 +256,7 @@ async fn run_session(
             () = opened.changed.notified() => {
                 // Instances may have been added or reset: their next reports are written.
                 shared.actual().forget(node);
-                if !send_desired(&shared, node, &tx).await {
+                if !Box::pin(send_desired(&shared, node, &tx)).await {
                     end = Some(End::Closed);
                 }
             }
@@ -297,7 +300,7 @@ async fn run_session(
     drop(tx);
     shared.metrics().sessions_open.dec();
     if shared.sessions().close(node, id) {
-        crate::actual::session_ended(&shared, node, id, &end).await;
+        Box::pin(crate::actual::session_ended(&shared, node, id, &end)).await;
     } else {
         info!(node, session = id, reason = %end, "session replaced");
     }

@@ -14,13 +14,18 @@ pub async fn run(shared: Arc<Shared>) {
     tokio::join!(flush_heartbeats(shared.clone()), sweep_stale_nodes(shared));
 }
 
-/// Writes the heartbeats of the last interval in one batch; once more at shutdown. While
+/// Writes the heartbeats of the last interval in one batch (each node's at most once per
+/// refresh period, [`crate::sessions::refresh_ms`]); once more at shutdown. While
 /// the database is unreachable they wait (a heartbeat is pending until written), and are
 /// written as soon as it is back.
 async fn flush_heartbeats(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.config().flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut availability = shared.outage().subscribe();
+    let refresh = crate::sessions::refresh_ms(
+        shared.config().heartbeat_interval,
+        shared.config().node_timeout,
+    );
     loop {
         let stop = tokio::select! {
             () = shared.shutdown().cancelled() => true,
@@ -28,7 +33,9 @@ async fn flush_heartbeats(shared: Arc<Shared>) {
             Ok(()) = availability.changed() => false,
         };
         if shared.outage().reachable() {
-            let rows = shared.sessions().pending_heartbeats();
+            let rows = shared
+                .sessions()
+                .pending_heartbeats(if stop { 0 } else { refresh });
             match shared.store().write_heartbeats(&rows).await {
                 Ok(revived) => {
                     shared.sessions().written(&rows);
