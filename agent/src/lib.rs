@@ -252,8 +252,8 @@ pub async fn run(
             http.tap_io(|tcp| drop(tcp.set_nodelay(true))),
             http::router(ctx.clone()),
         )
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .into_future(),
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+        .into_future(),
     );
     // The HTTP side is bound and the run loop starts: tell systemd (READY=1, watchdog
     // pings, STOPPING=1 once `shutdown` is cancelled).

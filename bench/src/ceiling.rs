@@ -104,7 +104,8 @@ pub struct HttpBlocking {
 }
 
 fn http_answer(index: u64) -> Arc<Vec<u8>> {
-    let body = r#"[{"node":"sim-0","host":"127.0.0.2","port":20000,"weight":1,"tags":[],"meta":{}}]"#;
+    let body =
+        r#"[{"node":"sim-0","host":"127.0.0.2","port":20000,"weight":1,"tags":[],"meta":{}}]"#;
     Arc::new(
         format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-corral-index: {index}\r\ncontent-length: {}\r\n\r\n{body}",
@@ -151,10 +152,7 @@ impl HttpBlocking {
 
     /// Moves the index: every waiting query is answered.
     pub fn change(&self) {
-        let index = self
-            .index
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1;
+        let index = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         self.changes.send_replace(http_answer(index));
     }
 }

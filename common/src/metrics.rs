@@ -5,10 +5,10 @@
 
 use std::sync::Mutex;
 
+use corral_proto::v1::InstanceUsage;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use corral_proto::v1::InstanceUsage;
 use prometheus_client::registry::{Metric, Registry};
 
 /// The `Content-Type` of what [`Exposition::encode`] writes.

@@ -427,7 +427,10 @@ fn sse_watcher(
             stream.write_all(ask.as_bytes()).await?;
             let mut lines = BufReader::new(stream).lines();
             let status = lines.next_line().await?.unwrap_or_default();
-            ensure!(status.starts_with("HTTP/1.1 200"), "watch answer: {status:?}");
+            ensure!(
+                status.starts_with("HTTP/1.1 200"),
+                "watch answer: {status:?}"
+            );
             while let Some(line) = lines.next_line().await? {
                 let Some(data) = line.strip_prefix("data:") else {
                     continue;
@@ -666,7 +669,8 @@ async fn run(args: &Args, dir: &Path, etcd_bin: &Path) -> anyhow::Result<()> {
             // Registry only: the simulated agent reports the change.
             let (mut tasks, mut rx) =
                 open_watchers(w, corral_watcher(addr.clone(), SIM, corral_shared.clone())).await?;
-            let reg_only = rounds(w, args.rounds, reg_pid, &mut rx, &mut tasks, sim_flip(&sim)).await?;
+            let reg_only =
+                rounds(w, args.rounds, reg_pid, &mut rx, &mut tasks, sim_flip(&sim)).await?;
             tasks.shutdown().await;
             drop(rx);
             print_watch(w, conns, "Corral, registry only", &reg_only);
@@ -754,14 +758,26 @@ async fn run(args: &Args, dir: &Path, etcd_bin: &Path) -> anyhow::Result<()> {
             // with a connection each (the row the goal's first case is held against).
             if conns == 0 {
                 let (mut tasks, mut rx) = open_watchers(w, raw_watcher(floor.addr)).await?;
-                let stats = rounds(w, args.rounds, std::process::id(), &mut rx, &mut tasks, |target| {
-                    floor.change(u8::try_from(target).unwrap_or(u8::MAX));
-                    std::future::ready(Ok(()))
-                })
+                let stats = rounds(
+                    w,
+                    args.rounds,
+                    std::process::id(),
+                    &mut rx,
+                    &mut tasks,
+                    |target| {
+                        floor.change(u8::try_from(target).unwrap_or(u8::MAX));
+                        std::future::ready(Ok(()))
+                    },
+                )
                 .await?;
                 tasks.shutdown().await;
                 drop(rx);
-                print_watch(w, conns, "ceiling: bare TCP fan-out (in the bench process)", &stats);
+                print_watch(
+                    w,
+                    conns,
+                    "ceiling: bare TCP fan-out (in the bench process)",
+                    &stats,
+                );
             }
 
             // etcd: put / delete of the key.

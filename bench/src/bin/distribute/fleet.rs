@@ -95,7 +95,9 @@ pub fn log_tail(path: &Path, n: usize) -> String {
 
 pub struct AgentProc {
     pub node: String,
-    /// Its HTTP address (`IP:PORT`): health, metrics and local discovery.
+    /// Its HTTP address (`IP:PORT`): health, metrics and local discovery (the discovery
+    /// benchmark's watchers of the agent use it; this one does not).
+    #[allow(dead_code)]
     pub http: String,
     pub data_dir: PathBuf,
     pub proc: Proc,
