@@ -246,14 +246,20 @@ fn a_flapping_config_is_held() {
         }
     });
     assert_eq!(held["restarts"], 3, "{held}");
-    let events = f.registry.events("demo.watcher");
-    assert!(
-        events.iter().any(|e| e["to"] == "config_flapping"
-            && e["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("flaky.txt"))),
-        "{events:?}"
-    );
+    // The event row follows the hold by up to one writer round of the registry.
+    wait_until("the config_flapping event", 20 * S, || {
+        let events = f.registry.events("demo.watcher");
+        if events.iter().any(|e| {
+            e["to"] == "config_flapping"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("flaky.txt"))
+        }) {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
+    });
     // Held: the watcher is not restarted again while the flaky server keeps flapping.
     let flaky = |f: &Fleet| {
         f.registry.instance("demo.flaky", "node-a").expect("flaky")["restarts"]
