@@ -38,6 +38,7 @@ pub mod identity;
 pub mod instance;
 pub mod logs;
 pub mod metrics;
+pub mod pace;
 pub mod package;
 pub mod reconcile;
 pub mod session;

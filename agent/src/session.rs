@@ -26,11 +26,15 @@ const LOG_QUEUE: usize = 32;
 /// How long the registry has to answer a Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reports go at most once per window: what changes within it is one batch (each
-/// instance's latest status, every event), so a crash-looping fleet costs the registry a
-/// message per node per window rather than one per transition. The first change after a
-/// quiet spell goes at once.
+/// Reports are paced by [`crate::pace::Pace`]: up to `REPORT_BURST` batches go at once
+/// after a quiet spell, then one per `REPORT_WINDOW`, each carrying everything that
+/// changed meanwhile (each instance's latest status, every event); so a crash-looping
+/// fleet costs the registry a message per node per window rather than one per
+/// transition. A batch waits `REPORT_GATHER` for the changes right behind the first (a
+/// start's `starting` and `running` go in one message).
 const REPORT_WINDOW: Duration = Duration::from_millis(100);
+const REPORT_BURST: u32 = 4;
+const REPORT_GATHER: Duration = Duration::from_millis(2);
 
 /// Statuses and events in one `Reports` message at most: a big node's full report after
 /// a reconnect is several messages, each well under the gRPC message size limit.
@@ -218,18 +222,21 @@ async fn session(
     }
     // When the changes waiting on the board go (None: nothing waits).
     let mut flush: Option<tokio::time::Instant> = None;
-    let mut last_sent = tokio::time::Instant::now();
+    let mut pace = crate::pace::Pace::new(
+        REPORT_BURST,
+        REPORT_WINDOW,
+        REPORT_GATHER,
+        tokio::time::Instant::now(),
+    );
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(Outcome::Shutdown),
             () = ctx.board.changed.notified(), if flush.is_none() => {
-                // At once after a quiet window; else when the window since the last
-                // send ends (the board keeps gathering meanwhile).
-                flush = Some(last_sent + REPORT_WINDOW);
+                flush = Some(pace.due(tokio::time::Instant::now()));
             }
             () = tokio::time::sleep_until(flush.unwrap_or_else(tokio::time::Instant::now)), if flush.is_some() => {
                 flush = None;
-                last_sent = tokio::time::Instant::now();
+                pace.spent(tokio::time::Instant::now());
                 if !send_status(ctx, &tx, &mut sent_seq).await {
                     return Ok(Outcome::Lost("the request stream closed".into()));
                 }
