@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::state::Shared;
-use crate::store::StoreError;
+use crate::store::{PackageRow, StoreError};
 
 type Stream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<DownloadChunk, Status>> + Send>>;
@@ -129,8 +129,13 @@ impl ChunkCache {
     }
 }
 
-pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Stream, Status> {
-    authorize(&shared, &req).await?;
+/// The package `req` asks for, once its node is authorized and its version checked, with
+/// its name for messages (`app.server version`).
+pub async fn authorized_package(
+    shared: &Shared,
+    req: &DownloadRequest,
+) -> Result<(String, PackageRow), Status> {
+    authorize(shared, req).await?;
     crate::spec::check_version(&req.version).map_err(Status::invalid_argument)?;
     let name = format!("{}.{} {}", req.app, req.server, req.version);
     let pkg = shared
@@ -138,6 +143,11 @@ pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Strea
         .get_package(&req.app, &req.server, &req.version)
         .await?
         .ok_or_else(|| StoreError::PackageNotFound(name.clone()))?;
+    Ok((name, pkg))
+}
+
+pub async fn download(shared: Arc<Shared>, req: DownloadRequest) -> Result<Stream, Status> {
+    let (name, pkg) = authorized_package(&shared, &req).await?;
     let size = u64::try_from(pkg.size).unwrap_or(0);
     if req.offset > size {
         return Err(Status::out_of_range(format!(

@@ -19,7 +19,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::state::Shared;
-use crate::store::{PackageRow, StoreError};
+use crate::store::PackageRow;
 use crate::swarm::{Ask, Source, Swarms};
 
 /// How long a ticket is good for: a transfer must start within it (it may last longer).
@@ -93,14 +93,7 @@ pub async fn sources(shared: Arc<Shared>, req: SourcesRequest) -> Result<Sources
         version: req.version.clone(),
         offset: 0,
     };
-    crate::download::authorize(&shared, &as_download).await?;
-    crate::spec::check_version(&req.version).map_err(Status::invalid_argument)?;
-    let name = format!("{}.{} {}", req.app, req.server, req.version);
-    let pkg = shared
-        .store()
-        .get_package(&req.app, &req.server, &req.version)
-        .await?
-        .ok_or_else(|| StoreError::PackageNotFound(name.clone()))?;
+    let (name, pkg) = crate::download::authorized_package(&shared, &as_download).await?;
     for peer in &req.corrupt {
         warn!(node = %req.node, peer = %quoted(peer), package = %name, "a peer sent corrupt bytes; it is skipped");
         shared.metrics().peer_reports("corrupt").inc();
