@@ -3,11 +3,16 @@
 //! threadgroup semaphore: no migration, so no wait for an RCU grace period, which a write
 //! to `cgroup.procs` costs (several milliseconds per restart).
 //!
-//! clone3 has no glibc wrapper. It is called with fork semantics (no CLONE_VM: with the
-//! raw system call a child sharing the agent's memory would return on a stack of its
-//! own) and CLONE_VFORK, so this thread waits until the child has exec'd or exited. The
-//! child does [`child`](super::child)'s steps on its copy of the agent's memory and
-//! reports a failure (step and errno) through a close-on-exec pipe.
+//! clone3 has no glibc wrapper. On x86_64 it is called as glibc's posix_spawn calls
+//! clone: `CLONE_VM | CLONE_VFORK` with a stack of the child's own, so the agent's page
+//! tables are not copied and its pages are not made copy-on-write for the child's few
+//! microseconds (which cost a fault on each page the agent writes next). The raw system
+//! call returns in the child on that new stack, so a few instructions of assembly
+//! ([`clone3_vm`]) call the child's entry there. Elsewhere it is called with fork
+//! semantics (no CLONE_VM; the child continues on its copy of this thread's stack). Either
+//! way CLONE_VFORK holds this thread until the child has exec'd or exited; the child does
+//! [`child`](super::child)'s steps and reports a failure (step and errno) through a
+//! close-on-exec pipe.
 //!
 //! A kernel without clone3 or without CLONE_INTO_CGROUP (ENOSYS, E2BIG, EINVAL; seccomp
 //! filters of container runtimes answer ENOSYS) is detected at the first start, logged
@@ -67,33 +72,12 @@ pub(super) fn spawn_in_cgroup(
 ) -> std::io::Result<Option<u32>> {
     let prepared = Prepared::new(program, plan, stdout, stderr, &[], user)?;
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let report = write_end.as_raw_fd();
-    let args = CloneArgs {
-        flags: (libc::CLONE_VFORK as u64) | CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
-        ..CloneArgs::default()
+    let child_args = ChildArgs {
+        prepared: &prepared,
+        report: write_end.as_raw_fd(),
     };
     let old = child::block_all();
-    // SAFETY: clone3 with fork semantics: the child continues below on a copy of this
-    // thread's memory and stack, with every signal blocked, and leaves only by exec or
-    // _exit, making only async-signal-safe system calls on data prepared above.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid == 0 {
-        // SAFETY: in the child (see above); `prepared` and `report` are its copies.
-        unsafe {
-            let (step, errno) = prepared.run();
-            let msg = [step, errno];
-            libc::write(report, msg.as_ptr().cast(), std::mem::size_of_val(&msg));
-            libc::_exit(127);
-        }
-    }
+    let pid = start(&child_args, cgroup.as_raw_fd());
     let clone_errno = std::io::Error::last_os_error();
     child::restore(&old);
     drop(write_end);
@@ -144,6 +128,138 @@ pub(super) fn spawn_in_cgroup(
         return Err(child::failure(msg[0], msg[1], plan));
     }
     Ok(Some(pid as u32))
+}
+
+/// What the child needs: the prepared steps and where to report a failure.
+struct ChildArgs<'a> {
+    prepared: &'a Prepared,
+    report: libc::c_int,
+}
+
+/// The child's entry: runs the steps and execs; if a step fails, reports it and exits.
+///
+/// # Safety
+/// Only in a child made by [`start`], with every signal blocked; `arg` points to a
+/// [`ChildArgs`] that the parent keeps alive (CLONE_VFORK holds it until the exec or exit).
+#[allow(unsafe_code)]
+unsafe extern "C" fn child_main(arg: *mut libc::c_void) -> ! {
+    // SAFETY: see above; only async-signal-safe system calls on prepared data.
+    unsafe {
+        let args = &*arg.cast::<ChildArgs>();
+        let (step, errno) = args.prepared.run();
+        let msg = [step, errno];
+        libc::write(
+            args.report,
+            msg.as_ptr().cast(),
+            std::mem::size_of_val(&msg),
+        );
+        libc::_exit(127)
+    }
+}
+
+/// The child's stack (x86_64): it runs a few system calls, no Rust code that allocates.
+#[cfg(target_arch = "x86_64")]
+const STACK: usize = 64 * 1024;
+
+/// Makes the child in the cgroup whose directory is `cgroup`: its pid, or -1 with errno.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn start(child: &ChildArgs, cgroup: libc::c_int) -> libc::c_long {
+    let mut stack = vec![0u8; STACK];
+    let base = stack.as_mut_ptr() as u64;
+    // The ABI wants the stack pointer 16-byte aligned at a call.
+    let top = (base + STACK as u64) & !15;
+    let args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: base,
+        stack_size: top - base,
+        cgroup: cgroup as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: the child shares this memory and runs `child_main` on `stack`, which lives
+    // until the child has exec'd or exited (CLONE_VFORK holds this thread until then).
+    unsafe {
+        clone3_vm(
+            &args,
+            child_main,
+            std::ptr::from_ref(child).cast_mut().cast(),
+        )
+    }
+}
+
+/// `clone3` whose child starts on `args.stack` and calls `entry(arg)`, which never
+/// returns; the parent gets the pid, or -1 with errno set.
+///
+/// # Safety
+/// `args` names a stack for the child, alive until it execs or exits; `entry` must only
+/// make async-signal-safe calls.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+unsafe fn clone3_vm(
+    args: &CloneArgs,
+    entry: unsafe extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> libc::c_long {
+    let ret: libc::c_long;
+    // SAFETY: the system call's registers per the x86_64 Linux ABI (rcx and r11
+    // clobbered). The child returns from `syscall` with its stack pointer at the top of
+    // the new stack and the parent's other registers: it clears the frame pointer and
+    // calls `entry(arg)` (r12, r13), which never returns (ud2 if it did).
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") std::ptr::from_ref(args),
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        // SAFETY: errno of this thread.
+        unsafe { *libc::__errno_location() = (-ret) as libc::c_int };
+        return -1;
+    }
+    ret
+}
+
+/// Makes the child in the cgroup whose directory is `cgroup` with fork semantics (a copy
+/// of this thread's memory): its pid, or -1 with errno.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(unsafe_code)]
+fn start(child: &ChildArgs, cgroup: libc::c_int) -> libc::c_long {
+    let args = CloneArgs {
+        flags: (libc::CLONE_VFORK as u64) | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with fork semantics: the child continues here on a copy of this
+    // thread's memory and stack, with every signal blocked, and leaves only by exec or
+    // _exit (`child_main`).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        // SAFETY: in the child (see above).
+        unsafe { child_main(std::ptr::from_ref(child).cast_mut().cast()) }
+    }
+    pid
 }
 
 /// Tests: take the `cgroup.procs` path as on a kernel without CLONE_INTO_CGROUP.
