@@ -294,6 +294,31 @@ impl Registry {
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
 
+    /// `package upload` of `bytes` (written to a file first) as `version` of `server`.
+    pub fn upload(&self, server: &str, version: &str, bytes: &[u8]) -> Output {
+        let name = format!("pkg-{}-{version}.tgz", server.replace('/', "_"));
+        let path = crate::packages::write(&self.dir, &name, bytes);
+        self.cli(&[
+            "package",
+            "upload",
+            path.to_str().expect("utf8"),
+            "--server",
+            server,
+            "--version",
+            version,
+        ])
+    }
+
+    /// [`Registry::upload`], failing the test with the CLI's error unless it succeeded.
+    pub fn must_upload(&self, server: &str, version: &str, bytes: &[u8]) {
+        let out = self.upload(server, version, bytes);
+        assert!(
+            out.status.success(),
+            "upload {server} {version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Applies a spec given as TOML text; panics if the registry refuses it.
     pub fn apply(&self, toml: &str) -> Output {
         let path = self

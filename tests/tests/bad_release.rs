@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use corral_tests::packages::{Entry, release, sha256, tar_gz, write};
+use corral_tests::packages::{Entry, release, sha256, tar_gz};
 use corral_tests::{Agent, Backend, Registry, TestDb, alive, wait_until};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -19,7 +19,8 @@ struct Fleet {
     /// More nodes: node-b, ...
     others: Vec<Agent>,
     db: TestDb,
-    dir: tempfile::TempDir,
+    /// Holds the registry's and agents' files until the fleet is dropped.
+    _dir: tempfile::TempDir,
 }
 
 fn fleet(registry_args: &[&str]) -> Fleet {
@@ -45,26 +46,12 @@ fn fleet_of(nodes: usize, registry_args: &[&str]) -> Fleet {
         agent,
         others: agents,
         db,
-        dir,
+        _dir: dir,
     }
 }
 
 fn upload(f: &Fleet, version: &str, bytes: &[u8]) {
-    let path = write(f.dir.path(), &format!("pkg-{version}.tgz"), bytes);
-    let out = f.registry.cli(&[
-        "package",
-        "upload",
-        path.to_str().expect("utf8"),
-        "--server",
-        "demo.app",
-        "--version",
-        version,
-    ]);
-    assert!(
-        out.status.success(),
-        "upload {version}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    f.registry.must_upload("demo.app", version, bytes);
 }
 
 /// Garbles the last chunk of a stored package behind the registry's back, as a disk or

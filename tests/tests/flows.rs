@@ -450,28 +450,11 @@ fn wukongim_cluster_behind_a_load_balancer() {
 /// on every host by a rolling `patch`.
 #[test]
 fn tars_new_host_joins_is_revived_and_patched() {
-    use corral_tests::packages::{release, write};
+    use corral_tests::packages::release;
     let mut f = Fleet::start(2);
     let pkg = |version: &str| {
-        let path = write(
-            f.dir.path(),
-            &format!("core-{version}.tgz"),
-            &release(version, false),
-        );
-        let out = f.registry.cli(&[
-            "package",
-            "upload",
-            path.to_str().expect("utf8"),
-            "--server",
-            "tars.core",
-            "--version",
-            version,
-        ]);
-        assert!(
-            out.status.success(),
-            "upload {version}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        f.registry
+            .must_upload("tars.core", version, &release(version, false))
     };
     pkg("1.0.0");
     f.registry.apply(

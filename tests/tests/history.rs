@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use corral_registry::store::{Action, Store};
 use corral_tests::fleet::{Fleet, instances};
-use corral_tests::packages::{release, write};
+use corral_tests::packages::release;
 use corral_tests::{Backend, TestDb, backend_tests, bin};
 
 const S: Duration = Duration::from_secs(1);
@@ -38,23 +38,7 @@ fn spec(name: &str, nodes: &[&str], package: &str, greeting: &str) -> String {
 
 fn upload(f: &Fleet, server: &str, versions: &[&str]) {
     for v in versions {
-        let path = write(
-            f.dir.path(),
-            &format!("{server}-{v}.tgz"),
-            &release(v, false),
-        );
-        ok(
-            f,
-            &[
-                "package",
-                "upload",
-                path.to_str().expect("utf8"),
-                "--server",
-                server,
-                "--version",
-                v,
-            ],
-        );
+        f.registry.must_upload(server, v, &release(v, false));
     }
 }
 

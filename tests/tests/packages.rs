@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use corral_tests::packages::{Entry, release, sha256, tar_gz, write};
+use corral_tests::packages::{Entry, release, sha256, tar_gz};
 use corral_tests::{Agent, Backend, Registry, TestDb, bin, wait_until};
 use serde_json::Value;
 
@@ -16,7 +16,8 @@ struct Fleet {
     registry: Registry,
     agents: Vec<Agent>,
     db: TestDb,
-    dir: tempfile::TempDir,
+    /// Holds the registry's and agents' files until the fleet is dropped.
+    _dir: tempfile::TempDir,
 }
 
 fn fleet(nodes: &[(&str, &str)], registry_args: &[&str]) -> Fleet {
@@ -34,7 +35,7 @@ fn fleet(nodes: &[(&str, &str)], registry_args: &[&str]) -> Fleet {
         registry,
         agents,
         db,
-        dir,
+        _dir: dir,
     }
 }
 
@@ -47,25 +48,11 @@ fn upload(f: &Fleet, version: &str, bytes: &[u8]) -> std::process::Output {
 }
 
 fn upload_to(f: &Fleet, server: &str, version: &str, bytes: &[u8]) -> std::process::Output {
-    let path = write(f.dir.path(), &format!("pkg-{server}-{version}.tgz"), bytes);
-    f.registry.cli(&[
-        "package",
-        "upload",
-        path.to_str().expect("utf8"),
-        "--server",
-        server,
-        "--version",
-        version,
-    ])
+    f.registry.upload(server, version, bytes)
 }
 
 fn must_upload(f: &Fleet, version: &str, bytes: &[u8]) {
-    let out = upload(f, version, bytes);
-    assert!(
-        out.status.success(),
-        "upload {version}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    f.registry.must_upload("demo.app", version, bytes);
 }
 
 fn app_spec(nodes: &[&str], version: &str) -> String {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use corral_tests::lookup::agent_http;
-use corral_tests::packages::{Entry, sha256, tar_gz, write};
+use corral_tests::packages::{Entry, sha256, tar_gz};
 use corral_tests::{Agent, Backend, Registry, TestDb, http_get, wait_until};
 
 const S: Duration = Duration::from_secs(1);
@@ -70,21 +70,7 @@ impl Fleet {
     }
 
     fn upload(&self, version: &str, bytes: &[u8]) {
-        let path = write(self.dir.path(), &format!("pkg-{version}.tgz"), bytes);
-        let out = self.registry.cli(&[
-            "package",
-            "upload",
-            path.to_str().expect("utf8"),
-            "--server",
-            "demo.app",
-            "--version",
-            version,
-        ]);
-        assert!(
-            out.status.success(),
-            "upload: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.registry.must_upload("demo.app", version, bytes);
     }
 
     fn deploy(&self, nodes: &[&str], version: &str) {
