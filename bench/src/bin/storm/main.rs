@@ -164,7 +164,8 @@ async fn storm(args: &Args, bins: &Path, child: &Path, label: &str) -> anyhow::R
             node,
         )?;
     }
-    let mut admin = AdminClient::new(Channel::from_shared(addr.clone())?.connect().await?);
+    let channel = Channel::from_shared(addr.clone())?.connect().await?;
+    let mut admin = AdminClient::new(channel.clone());
     wait_nodes_up(&mut admin, &mut h, args.nodes).await?;
     let db = Db::open(&db_url).await?;
     let first = "storm.s000".to_string();
@@ -175,7 +176,7 @@ async fn storm(args: &Args, bins: &Path, child: &Path, label: &str) -> anyhow::R
             registry_pid,
             http,
             &db,
-            &admin,
+            &channel,
             None,
         )
         .await?,
@@ -228,7 +229,7 @@ async fn storm(args: &Args, bins: &Path, child: &Path, label: &str) -> anyhow::R
                 registry_pid,
                 http,
                 &db,
-                &admin,
+                &channel,
                 Some(&first),
             )
             .await?,
@@ -334,13 +335,13 @@ fn print_tables(args: &Args, runs: &[Run]) {
         },
     );
     println!(
-        "| build | window | registry CPU (one core) | RSS max | crashes/s | reports/s received | events/s written | events rows (max) | node list p50 / p99 (n) | server status p50 / p99 (n) |"
+        "| build | window | registry CPU (one core) | RSS max | crashes/s | reports/s received | events/s written | events rows (max) | node list p50 / p99 (n) | server status p50 / p99 (n) | health check p50 / p99 (n) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for run in runs {
         for w in &run.windows {
             println!(
-                "| {} | {} ({:.0} s) | {:.1} % | {:.1} MiB | {:.1} | {} | {:.1} | {} | {} | {} |",
+                "| {} | {} ({:.0} s) | {:.1} % | {:.1} MiB | {:.1} | {} | {:.1} | {} | {} | {} | {} |",
                 run.label,
                 w.name,
                 w.secs,
@@ -353,6 +354,7 @@ fn print_tables(args: &Args, runs: &[Run]) {
                 w.event_rows_max,
                 latency(&w.node_list),
                 latency(&w.server_status),
+                latency(&w.health),
             );
         }
     }

@@ -12,6 +12,8 @@ use corral_proto::v1::{ListNodesRequest, ServerStatusRequest};
 use sqlx::Row;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 /// How long each probe waits between two calls of the same kind.
 const PROBE_GAP: Duration = Duration::from_millis(100);
@@ -94,39 +96,51 @@ async fn scrape(port: u16, name: &str) -> Option<f64> {
 pub struct Probes {
     pub node_list: Vec<Duration>,
     pub server_status: Vec<Duration>,
+    /// The gRPC health check: the same server and connection, no state read, so the
+    /// floor under the other two on this machine at that moment.
+    pub health: Vec<Duration>,
     pub errors: Vec<String>,
 }
 
-/// Calls `ListNodes` and (given a server) `ServerStatus(server)` in a loop each,
-/// [`PROBE_GAP`] apart, until `stop`.
+/// Calls `ListNodes`, the health check and (given a server) `ServerStatus(server)` in a
+/// loop each, [`PROBE_GAP`] apart, until `stop`.
 pub fn start_probes(
-    admin: AdminClient<Channel>,
+    channel: Channel,
     server: Option<&str>,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Mutex<Probes>>, Vec<tokio::task::JoinHandle<()>>) {
     let probes = Arc::new(Mutex::new(Probes::default()));
     let mut tasks = Vec::new();
-    let kinds: &[u8] = if server.is_some() { &[0, 1] } else { &[0] };
+    let kinds: &[u8] = if server.is_some() { &[0, 1, 2] } else { &[0, 2] };
     let server = server.unwrap_or_default().to_string();
     for &kind in kinds {
-        let (mut admin, server, stop, probes) =
-            (admin.clone(), server.clone(), stop.clone(), probes.clone());
+        let mut admin = AdminClient::new(channel.clone());
+        let mut health = HealthClient::new(channel.clone());
+        let (server, stop, probes) = (server.clone(), stop.clone(), probes.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let result = if kind == 0 {
-                    admin.list_nodes(ListNodesRequest {}).await.map(|_| ())
-                } else {
-                    let req = ServerStatusRequest {
-                        server: server.clone(),
-                    };
-                    admin.server_status(req).await.map(|_| ())
+                let result = match kind {
+                    0 => admin.list_nodes(ListNodesRequest {}).await.map(|_| ()),
+                    1 => {
+                        let req = ServerStatusRequest {
+                            server: server.clone(),
+                        };
+                        admin.server_status(req).await.map(|_| ())
+                    }
+                    _ => {
+                        let req = HealthCheckRequest {
+                            service: String::new(),
+                        };
+                        health.check(req).await.map(|_| ())
+                    }
                 };
                 let took = t.elapsed();
                 let mut p = probes.lock().await;
                 match result {
                     Ok(()) if kind == 0 => p.node_list.push(took),
-                    Ok(()) => p.server_status.push(took),
+                    Ok(()) if kind == 1 => p.server_status.push(took),
+                    Ok(()) => p.health.push(took),
                     Err(e) => p.errors.push(e.message().to_string()),
                 }
                 drop(p);
@@ -149,6 +163,7 @@ pub struct Window {
     pub event_rows_max: i64,
     pub node_list: Vec<Duration>,
     pub server_status: Vec<Duration>,
+    pub health: Vec<Duration>,
     pub probe_errors: Vec<String>,
 }
 
@@ -160,12 +175,12 @@ pub async fn window(
     pid: u32,
     http_port: u16,
     db: &Db,
-    admin: &AdminClient<Channel>,
+    channel: &Channel,
     server: Option<&str>,
 ) -> anyhow::Result<Window> {
     let before = db.counts(http_port).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let (probes, tasks) = start_probes(admin.clone(), server, stop.clone());
+    let (probes, tasks) = start_probes(channel.clone(), server, stop.clone());
     let cpu0 = cpu_time(pid)?;
     let t0 = Instant::now();
     let mut rss_max = 0;
@@ -185,6 +200,7 @@ pub async fn window(
     let mut p = std::mem::take(&mut *probes.lock().await);
     p.node_list.sort();
     p.server_status.sort();
+    p.health.sort();
     Ok(Window {
         name: name.to_string(),
         secs,
@@ -199,6 +215,7 @@ pub async fn window(
         event_rows_max: event_rows_max.max(after.event_rows),
         node_list: p.node_list,
         server_status: p.server_status,
+        health: p.health,
         probe_errors: p.errors,
     })
 }
