@@ -26,6 +26,15 @@ const LOG_QUEUE: usize = 32;
 /// How long the registry has to answer a Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The connection is pinged after this long without a frame from the registry.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered before the session is given up. Not 5 s: a
+/// registry busy for a few seconds (a whole fleet rejoining after its restart) answers
+/// late, and agents that dropped healthy sessions then would all join again, making it
+/// busier still. A registry process that ends closes the connection, which is seen at
+/// once; only a host that vanished without a word takes the interval plus this.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Reports are paced by [`crate::pace::Pace`]: up to `REPORT_BURST` batches go at once
 /// after a quiet spell, then one per `REPORT_WINDOW`, each carrying everything that
 /// changed meanwhile (each instance's latest status, every event); so a crash-looping
@@ -152,8 +161,8 @@ async fn session(
     let channel = match endpoint
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .connect()
         .await

@@ -20,6 +20,16 @@ use crate::query_service::QueryService;
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
 
+/// A connection that sent nothing for this long is pinged (a joined agent heartbeats
+/// more often, so this reaches joins still waiting for their Welcome, and other calls).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may go unanswered before the connection is closed. Longer than the
+/// default node timeout, so that a busy peer (or a busy registry: hyper looks at the
+/// ping's timer before it reads the socket, where the answer may wait) never loses a
+/// connection the heartbeats would keep (at 5 s, the likely cause of the joins cut with
+/// "broken pipe" while 10,000 agents joined over MySQL at load 20+: docs/benchmarks.md).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -124,8 +134,8 @@ pub async fn run(
         .ok();
     let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
     let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(tls) = &shared.config().tls {
         let config = crate::tls::server_config(&tls.cert, &tls.key, tls.client_ca.as_deref())?;
         builder = builder.tls_config(config)?;
