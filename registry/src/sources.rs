@@ -54,7 +54,11 @@ impl Distribution {
     }
 }
 
-/// The sha256 of each chunk of `pkg`, concatenated, read once per package.
+/// The sha256 of each chunk of `pkg`, concatenated, read once per package. Read back
+/// from the database, the chunks must also hash to the package's sha256: agents check a
+/// download by these hashes alone, so they stand for the package's. When they do not
+/// (a chunk damaged in the database), there are none: the registry serves the package and
+/// the agent checks the sha256 of the whole, which fails.
 async fn chunk_hashes(shared: &Shared, pkg: &PackageRow) -> Result<Bytes, Status> {
     let cell = shared.distribution().hashes_of(&pkg.sha256);
     let hashes = cell
@@ -62,6 +66,7 @@ async fn chunk_hashes(shared: &Shared, pkg: &PackageRow) -> Result<Bytes, Status
             let chunk = pkg.chunk_size.max(1);
             let count = (pkg.size + chunk - 1) / chunk;
             let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0) * 32);
+            let mut whole = Sha256::new();
             for seq in 0..count {
                 let data = shared
                     .store()
@@ -73,10 +78,23 @@ async fn chunk_hashes(shared: &Shared, pkg: &PackageRow) -> Result<Bytes, Status
                             pkg.app, pkg.server, pkg.version
                         ))
                     })?;
-                let digest = tokio::task::spawn_blocking(move || Sha256::digest(&data))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                let (digest, hasher) = tokio::task::spawn_blocking(move || {
+                    whole.update(&data);
+                    (Sha256::digest(&data), whole)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+                whole = hasher;
                 out.extend_from_slice(&digest);
+            }
+            let got = hex::encode(whole.finalize());
+            if got != pkg.sha256 {
+                warn!(
+                    package = %format!("{}.{} {}", pkg.app, pkg.server, pkg.version),
+                    expected = %pkg.sha256, %got,
+                    "the package's chunks do not hash to its sha256: no chunk hashes are given for it"
+                );
+                out.clear();
             }
             Ok::<_, Status>(Bytes::from(out))
         })

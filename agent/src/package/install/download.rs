@@ -11,7 +11,7 @@ use std::time::Duration;
 use corral_proto::v1::agent_client::AgentClient;
 use corral_proto::v1::{DownloadRequest, PackageRef};
 
-use super::cache::CacheWriter;
+use super::cache::{CacheWriter, Check, Verdict};
 use super::peers::Announced;
 use super::sources::{Plan, Tried, progress};
 use super::unpacker::{Unpacker, feed_from_file};
@@ -99,10 +99,9 @@ impl Installer {
             .open(partial)
             .map_err(io_err(version, partial))?;
         let mut offset = file.metadata().map_err(io_err(version, partial))?.len();
-        if let Plan::Peer(source) = &plan {
-            let reply = &source.0;
+        if let Plan::Peer(chunks, _) = &plan {
             // A peer sends whole chunks from a chunk boundary.
-            let aligned = offset / reply.chunk_size * reply.chunk_size;
+            let aligned = offset / chunks.chunk * chunks.chunk;
             if aligned != offset {
                 file.set_len(aligned).map_err(io_err(version, partial))?;
                 offset = aligned;
@@ -120,32 +119,38 @@ impl Installer {
         // of the agent), while the writer hashes the file from its start.
         let written = attempt.announced.progress.clone();
         written.send_replace(offset);
-        let writer = CacheWriter::start(file, offset, attempt.cache_lock.clone(), written);
+        let check = Check::new(plan.chunks());
+        let writer = CacheWriter::start(file, offset, attempt.cache_lock.clone(), written, check);
         let resumed = feed_from_file(unpacker, partial, offset).await;
         let streamed = match (resumed, &plan) {
-            (Ok(()), Plan::Registry) => {
+            (Ok(()), Plan::Registry(_)) => {
                 self.stream(app, server, pkg, offset, report, unpacker, &writer)
                     .await
             }
-            (Ok(()), Plan::Peer(source)) => {
-                let (reply, peer) = &**source;
-                self.stream_peer(version, reply, peer, offset, report, unpacker, &writer)
+            (Ok(()), Plan::Peer(chunks, peer)) => {
+                self.stream_peer(pkg, chunks, peer, offset, report, unpacker, &writer)
                     .await
             }
             (Err(e), _) => Err(io_err(version, partial)(e)),
         };
         // Whatever happened, the file is complete and synced before anyone opens it again.
-        // A writer's error comes first: it is why a stream was cut short.
-        let got = writer.finish().await.map_err(io_err(version, partial))?;
-        streamed?;
-        if got != pkg.sha256 {
-            return Err(InstallError::Checksum {
-                version: version.to_string(),
-                expected: pkg.sha256.clone(),
-                got,
-            });
+        // A writer's error comes first: it is why a stream was cut short; so does a chunk
+        // that does not match (the stream was cut because the writer stopped on it).
+        let verdict = writer.finish().await.map_err(io_err(version, partial))?;
+        let mismatch = |got: String| InstallError::Checksum {
+            version: version.to_string(),
+            expected: pkg.sha256.clone(),
+            got,
+        };
+        if let Verdict::Mismatch(why) = verdict {
+            return Err(mismatch(why));
         }
-        Ok(())
+        streamed?;
+        match verdict {
+            Verdict::Whole(got) if got != pkg.sha256 => Err(mismatch(got)),
+            Verdict::Mismatch(why) | Verdict::Short(why) => Err(mismatch(why)),
+            Verdict::Whole(_) | Verdict::Chunks => Ok(()),
+        }
     }
 
     /// Streams the package from `offset` to its end into the cache writer and the

@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use corral_proto::v1::agent_client::AgentClient;
 use corral_proto::v1::peer_client::PeerClient;
-use corral_proto::v1::{
-    InstallState, PackageRef, PeerFetch, PeerSource, SourcesReply, SourcesRequest,
-};
+use corral_proto::v1::{InstallState, PackageRef, PeerFetch, PeerSource, SourcesRequest};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::cache::CacheWriter;
+use super::cache::{CacheWriter, Chunks};
 use super::unpacker::Unpacker;
 use super::{InstallError, Installer};
 
@@ -22,11 +20,21 @@ const PEER_CONNECT: Duration = Duration::from_secs(2);
 /// source, so this is generous).
 const PEER_IDLE: Duration = Duration::from_secs(10);
 
-/// Where one download attempt gets its bytes.
+/// Where one download attempt gets its bytes, and the registry's chunk hashes to check
+/// them by (None: a registry without `Agent.Sources`, or without the hashes of this
+/// package; the sha256 of the whole is checked).
 pub(super) enum Plan {
-    Registry,
-    /// Boxed: a reply carries the chunk hashes.
-    Peer(Box<(SourcesReply, PeerSource)>),
+    Registry(Option<Chunks>),
+    Peer(Chunks, Box<PeerSource>),
+}
+
+impl Plan {
+    pub(super) fn chunks(&self) -> Option<Chunks> {
+        match self {
+            Plan::Registry(chunks) => chunks.clone(),
+            Plan::Peer(chunks, _) => Some(chunks.clone()),
+        }
+    }
 }
 
 /// Peers that failed this download, for the next question to the registry.
@@ -90,7 +98,7 @@ impl Installer {
         };
         let reply = match AgentClient::new(channel).sources(request).await {
             Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(Plan::Registry),
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(Plan::Registry(None)),
             Err(s) => return Err(failed(s.message().to_string())),
         };
         if reply.sha256 != pkg.sha256 || reply.size != pkg.size {
@@ -104,11 +112,15 @@ impl Installer {
             });
         }
         let whole = reply.size.div_ceil(reply.chunk_size.max(1)) * 32;
-        match reply.peer.clone() {
-            Some(peer) if reply.chunk_size > 0 && reply.chunk_sha256.len() as u64 == whole => {
-                Ok(Plan::Peer(Box::new((reply, peer))))
-            }
-            _ => Ok(Plan::Registry),
+        let chunks =
+            (reply.chunk_size > 0 && reply.chunk_sha256.len() as u64 == whole).then(|| Chunks {
+                size: reply.size,
+                chunk: reply.chunk_size,
+                sha256: reply.chunk_sha256.into(),
+            });
+        match (chunks, reply.peer) {
+            (Some(chunks), Some(peer)) => Ok(Plan::Peer(chunks, Box::new(peer))),
+            (chunks, _) => Ok(Plan::Registry(chunks)),
         }
     }
 
@@ -117,14 +129,15 @@ impl Installer {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn stream_peer(
         &self,
-        version: &str,
-        reply: &SourcesReply,
+        pkg: &PackageRef,
+        chunks: &Chunks,
         peer: &PeerSource,
         offset: u64,
         report: &impl Fn(InstallState, u32),
         unpacker: &mut Unpacker,
         writer: &CacheWriter,
     ) -> Result<(), InstallError> {
+        let version = pkg.version.as_str();
         let quoted = corral_proto::text::quoted(&peer.node);
         let err = |corrupt: bool, reason: String| {
             let counter = if corrupt {
@@ -145,7 +158,7 @@ impl Installer {
                 reason,
             }
         };
-        let (size, chunk) = (reply.size, reply.chunk_size);
+        let (size, chunk) = (chunks.size, chunks.chunk);
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", peer.address))
             .map_err(|e| err(false, format!("address {}: {e}", peer.address)))?
             .connect_timeout(PEER_CONNECT)
@@ -159,7 +172,7 @@ impl Installer {
             .saturating_add(1 << 16);
         let mut client = PeerClient::new(channel).max_decoding_message_size(limit);
         let request = PeerFetch {
-            sha256: reply.sha256.clone(),
+            sha256: pkg.sha256.clone(),
             size,
             chunk_size: chunk,
             offset,
@@ -188,21 +201,21 @@ impl Installer {
                 }
             };
             let want = chunk.min(size - at);
-            let seq = usize::try_from(at / chunk).unwrap_or(usize::MAX);
+            let seq = at / chunk;
             if data.len() as u64 != want {
                 return Err(err(
                     true,
                     format!("{} bytes at byte {at}, not a chunk of {want}", data.len()),
                 ));
             }
-            let expected = reply.chunk_sha256.get(seq * 32..seq * 32 + 32);
-            if expected != Some(&Sha256::digest(&data)[..]) {
+            // Checked here, to know whom to blame; the cache writer does not hash it again.
+            if chunks.expected(seq) != Some(&Sha256::digest(&data)[..]) {
                 return Err(err(
                     true,
                     format!("chunk {seq} does not match the registry's sha256"),
                 ));
             }
-            if !writer.write(data.clone()).await {
+            if !writer.write_checked(data.clone()).await {
                 return Err(InstallError::Download {
                     version: version.to_string(),
                     reason: "the cache writer stopped".into(),

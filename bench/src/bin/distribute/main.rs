@@ -81,9 +81,11 @@ fn s(d: Duration) -> String {
 
 fn print(rows: &[Row], cores: u32) {
     println!(
-        "| package | nodes | Corral | pipelines | ratio | CPU per node: Corral / pipelines | stages alone (inflate + sha256 + write) | Corral CPU / stages | registry CPU / nginx CPU | registry egress | from peers | ceiling |"
+        "| package | nodes | Corral | pipelines | ratio | CPU per node: Corral / pipelines | stages alone (inflate + sha256 + write) | Corral CPU / stages | + package file write | Corral CPU / (stages + file) | registry CPU / nginx CPU | registry egress | from peers | ceiling |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for r in rows {
         let n = r.nodes as u32;
         let per_node = r.corral.agents_cpu / n;
@@ -91,7 +93,7 @@ fn print(rows: &[Row], cores: u32) {
         // The least wall time N x the stages allow on these cores.
         let floor = stages * n / cores.max(1);
         println!(
-            "| {} {:.0} MiB | {} | {} | {} | {:.2}x | {} / {} | {} ({} + {} + {}) | {:.2}x | {} / {} | {:.2}x the package | {:.0} % | {:.2}x ({}) |",
+            "| {} {:.0} MiB | {} | {} | {} | {:.2}x | {} / {} | {} ({} + {} + {}) | {:.2}x | {} | {:.2}x | {} / {} | {:.2}x the package | {:.0} % | {:.2}x ({}) |",
             r.kind.name(),
             mib(r.size),
             r.nodes,
@@ -105,6 +107,8 @@ fn print(rows: &[Row], cores: u32) {
             s(r.stages.hash),
             s(r.stages.write),
             per_node.as_secs_f64() / stages.as_secs_f64().max(1e-9),
+            s(r.stages.package_file),
+            per_node.as_secs_f64() / (stages + r.stages.package_file).as_secs_f64().max(1e-9),
             s(r.corral.registry_cpu),
             s(r.pipes.server_cpu),
             r.corral.egress as f64 / r.size.max(1) as f64,

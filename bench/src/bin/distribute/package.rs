@@ -129,6 +129,10 @@ pub struct Stages {
     pub hash: Duration,
     /// Writing the files: gunzip + untar, minus the inflate.
     pub write: Duration,
+    /// Not a stage of the goal, but work an agent does beside them: writing the package
+    /// itself to a file and fsyncing it (its cache, which resumes and peers read; the
+    /// pipelines' `curl -o` does it too).
+    pub package_file: Duration,
 }
 
 impl Stages {
@@ -171,9 +175,19 @@ pub fn stages(pkg: &Path, dir: &Path) -> anyhow::Result<Stages> {
     nix::unistd::syncfs(std::fs::File::open(dir)?)?;
     let unpack = cpu() - c;
     std::fs::remove_dir_all(dir)?;
+    let copy = dir.with_extension("copy");
+    let c = cpu();
+    {
+        let mut out = std::fs::File::create(&copy)?;
+        std::io::copy(&mut open()?, &mut out)?;
+        out.sync_all()?;
+    }
+    let package_file = cpu() - c;
+    std::fs::remove_file(&copy)?;
     Ok(Stages {
         inflate,
         hash,
         write: unpack.saturating_sub(inflate),
+        package_file,
     })
 }
