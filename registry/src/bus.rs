@@ -22,6 +22,11 @@ pub enum Change {
     /// Something discovery depends on changed (an instance's state or health, a node up
     /// or down): discovery is recomputed.
     Discovery,
+    /// Agents' reports that change discovery were written. This replica's discovery has
+    /// them already (applied from memory when they arrived), so it does not recompute;
+    /// the other replicas, which read them from the database, recompute as for
+    /// [`Change::Discovery`] (the feed carries it as that).
+    Reported,
 }
 
 /// Where a change was made: here (it is recorded in the change feed for the other

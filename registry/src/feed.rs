@@ -54,7 +54,7 @@ pub async fn record(shared: std::sync::Arc<Shared>) {
                     ..
                 }) => nodes.extend(n.iter().cloned()),
                 Ok(Published {
-                    change: Change::Discovery,
+                    change: Change::Discovery | Change::Reported,
                     ..
                 }) => discovery = true,
                 // Fell behind: the other replicas must recompute and resend everything.

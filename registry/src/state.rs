@@ -190,6 +190,12 @@ impl Shared {
         self.bus.publish(Change::Discovery, Origin::Here);
     }
 
+    /// Reports that change discovery were written: the other replicas recompute; this
+    /// one applied them from memory when they arrived ([`Change::Reported`]).
+    pub fn reports_written(&self) {
+        self.bus.publish(Change::Reported, Origin::Here);
+    }
+
     /// A change made on another replica, read from the change feed.
     pub fn changed_elsewhere(&self, change: Change) {
         self.bus.publish(change, Origin::Elsewhere);
@@ -234,6 +240,13 @@ pub async fn dispatch(shared: Arc<Shared>) {
                 change: Change::Discovery,
                 ..
             }) => shared.discovery.poke(),
+            // Applied here when received; recomputing from the database after every
+            // writer round would only read back what memory has (5 times a second
+            // under a crash storm: most of the registry's work then).
+            Ok(Published {
+                change: Change::Reported,
+                ..
+            }) => {}
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 warn!(missed, "fell behind the event bus; resending everything");
                 if let Err(e) = shared.refresh_discovery().await {

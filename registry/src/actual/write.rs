@@ -51,6 +51,9 @@ async fn write_pending(shared: &Shared) -> bool {
     let mut failed = Pending::default();
     let mut error: Option<StoreError> = None;
     let mut wrote = false;
+    // A node down written late changes what discovery reads from the database; the
+    // statuses written were applied to discovery from memory when they arrived.
+    let mut downs_written = false;
     let mut discovery = false;
 
     for down in std::mem::take(&mut todo.downs) {
@@ -67,7 +70,7 @@ async fn write_pending(shared: &Shared) -> bool {
                 wrote = true;
                 if changed {
                     info!(node = %down.node, "node down, written now that the database answers");
-                    discovery = true;
+                    downs_written = true;
                 }
             }
             Err(err) => {
@@ -122,8 +125,10 @@ async fn write_pending(shared: &Shared) -> bool {
             }
         }
     }
-    if discovery {
+    if downs_written {
         shared.discovery_changed();
+    } else if discovery {
+        shared.reports_written();
     }
     let dropped = shared.actual().put_back(failed);
     shared.metrics().events_dropped.inc_by(dropped);

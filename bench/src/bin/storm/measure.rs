@@ -111,7 +111,11 @@ pub fn start_probes(
 ) -> (Arc<Mutex<Probes>>, Vec<tokio::task::JoinHandle<()>>) {
     let probes = Arc::new(Mutex::new(Probes::default()));
     let mut tasks = Vec::new();
-    let kinds: &[u8] = if server.is_some() { &[0, 1, 2] } else { &[0, 2] };
+    let kinds: &[u8] = if server.is_some() {
+        &[0, 1, 2]
+    } else {
+        &[0, 2]
+    };
     let server = server.unwrap_or_default().to_string();
     for &kind in kinds {
         let mut admin = AdminClient::new(channel.clone());
