@@ -57,12 +57,17 @@ pub async fn status(
     req: ServerStatusRequest,
 ) -> Result<ServerStatusResponse, Status> {
     let (app, server) = split_server(&req.server)?;
-    if shared.store().get_server(app, server).await?.is_none() {
+    let instances = shared.store().instances_of(app, server).await?;
+    // A server with instances exists; only one without needs the servers table.
+    if instances.is_empty() && shared.store().get_server(app, server).await?.is_none() {
         return Err(StoreError::ServerNotFound(req.server).into());
     }
     let nodes = shared.store().list_nodes().await?;
+    let on: std::collections::HashSet<&str> = instances.iter().map(|i| i.node.as_str()).collect();
+    // The usage of the nodes this server runs on (each node's holds all its instances).
     let usage: HashMap<String, Vec<corral_proto::v1::InstanceUsage>> = nodes
         .iter()
+        .filter(|n| on.contains(n.name.as_str()))
         .filter_map(|n| {
             Some((
                 n.name.clone(),
@@ -74,7 +79,6 @@ pub async fn status(
         .into_iter()
         .map(|n| (n.name, number::<NodeState>(n.state.as_str())))
         .collect();
-    let instances = shared.store().instances_of(app, server).await?;
     Ok(ServerStatusResponse {
         server: req.server.clone(),
         instances: instances

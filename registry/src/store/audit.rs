@@ -59,7 +59,7 @@ impl Store {
         .bind(truncate(&a.target, 512))
         .bind(truncate(&a.outcome, 16))
         .bind(truncate(&a.error, 2048))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(query_err("recording an audit record"))?;
         Ok(())
@@ -104,7 +104,7 @@ impl Store {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let done = sqlx::query("DELETE FROM audit WHERE id <= ?")
             .bind(max.saturating_sub(keep))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("trimming the audit log"))?;
         Ok(done.rows_affected())

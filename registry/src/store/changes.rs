@@ -79,7 +79,7 @@ impl Store {
     pub async fn trim_changes(&self, before_ms: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM changes WHERE at_ms < ?")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("trimming changes"))?;
         Ok(done.rows_affected())

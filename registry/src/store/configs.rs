@@ -179,7 +179,7 @@ impl Store {
         .bind(app)
         .bind(server)
         .bind(node)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(query_err("holding a config"))?;
         Ok(())

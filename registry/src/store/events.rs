@@ -49,7 +49,7 @@ impl Store {
         .bind(truncate(&e.to, 32))
         .bind(truncate(&e.reason, 2048))
         .bind(truncate(&e.kind, 16))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(query_err("recording an event"))?;
         Ok(())
@@ -98,7 +98,7 @@ impl Store {
         let Some(max) = max else { return Ok(0) };
         let done = sqlx::query("DELETE FROM events WHERE id <= ?")
             .bind(max - keep)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("trimming events"))?;
         Ok(done.rows_affected())

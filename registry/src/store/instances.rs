@@ -290,7 +290,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let doing = "recording an instance's state";
-        let mut conn = self.pool.acquire().await.map_err(query_err(doing))?;
+        let mut conn = self.writer.acquire().await.map_err(query_err(doing))?;
         super::reports::update_status(&mut conn, node, r, now_ms)
             .await
             .map_err(query_err(doing))

@@ -22,7 +22,7 @@ impl Store {
         .bind(name)
         .bind(owner)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(err())?;
         if renewed.rows_affected() > 0 {
@@ -34,7 +34,7 @@ impl Store {
             .bind(name)
             .bind(owner)
             .bind(until_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
         {
             Ok(_) => Ok(true),
@@ -48,7 +48,7 @@ impl Store {
         sqlx::query("DELETE FROM leases WHERE name = ? AND owner = ?")
             .bind(name)
             .bind(owner)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("releasing a lease"))?;
         Ok(())

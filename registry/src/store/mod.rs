@@ -152,7 +152,13 @@ impl Backend {
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Reads. On SQLite, connections that never wait for the write lock.
     pool: AnyPool,
+    /// Writes: on an SQLite file a pool of one connection, so writers queue in the pool,
+    /// in order, instead of each holding a connection while SQLite's busy handler sleeps
+    /// and retries the lock (which left readers without a connection under a stream of
+    /// writes); on MySQL and `:memory:` the same pool as reads.
+    writer: AnyPool,
     backend: Backend,
     /// What the pool connects to, for a connection of the health check's own.
     connect_url: Secret,
@@ -203,6 +209,50 @@ pub(crate) fn sqlite_path(url: &str) -> Option<&str> {
     (!path.is_empty()).then_some(path)
 }
 
+/// A pool of at most `max` connections to the database; on an SQLite file each checks
+/// that the file is still the one opened, and can be written.
+fn pool_options(max: u32, backend: Backend, file: &Option<Arc<health::DbFile>>) -> AnyPoolOptions {
+    let (on_acquire, on_connect) = (file.clone(), file.clone());
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        // A ping before each use is a round trip to the connection's thread on SQLite,
+        // as long as the query itself under load; a file cannot drop a connection (the
+        // pool still pings each one as it is released). A MySQL server can: kept there.
+        .test_before_acquire(backend == Backend::MySql)
+        // A connection to a file that is no longer at its path would write where
+        // nobody reads: it is closed, and a new one opens only the file opened first.
+        // So is one left inside a transaction: a COMMIT that failed on a disk error
+        // (SQLite rolls back itself, so the ROLLBACK after fails too) leaves the driver
+        // counting a transaction, and every BEGIN on that connection fails after; with
+        // one writer connection, every write would.
+        .before_acquire(move |conn, _| {
+            let same = on_acquire.as_ref().is_none_or(|f| f.same().is_ok());
+            let stuck = conn.is_in_transaction();
+            if stuck {
+                tracing::warn!("a database connection left inside a transaction is closed");
+            }
+            Box::pin(async move { Ok(same && !stuck) })
+        })
+        .after_connect(move |conn, _| {
+            let file = on_connect.clone();
+            Box::pin(async move {
+                if let Some(file) = file {
+                    // A connection opened while the file cannot be written stays
+                    // read-only for good: none is opened then.
+                    file.same()
+                        .and_then(|()| file.writable())
+                        .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))?;
+                }
+                if backend == Backend::Sqlite {
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                }
+                Ok(())
+            })
+        })
+}
+
 impl Store {
     /// Opens (creating an SQLite file and its directory if needed) and migrates.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
@@ -239,7 +289,7 @@ impl Store {
             return Err(StoreError::UnsupportedUrl { url: shown });
         };
         let max = match backend {
-            // One writer at a time is all SQLite allows; a few readers beside it.
+            // Readers; the one writer has a pool of its own (below).
             Backend::Sqlite => 4,
             Backend::MySql => 16,
         };
@@ -254,39 +304,23 @@ impl Store {
             // SQLite would open it read-only without a word, and fail at the first write.
             file.writable()?;
         }
-        let (on_acquire, on_connect) = (file.clone(), file.clone());
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .acquire_timeout(Duration::from_secs(10))
-            // A connection to a file that is no longer at its path would write where
-            // nobody reads: it is closed, and a new one opens only the file opened first.
-            .before_acquire(move |_, _| {
-                let usable = on_acquire.as_ref().is_none_or(|f| f.same().is_ok());
-                Box::pin(async move { Ok(usable) })
-            })
-            .after_connect(move |conn, _| {
-                let file = on_connect.clone();
-                Box::pin(async move {
-                    if let Some(file) = file {
-                        // A connection opened while the file cannot be written stays
-                        // read-only for good: none is opened then.
-                        file.same()
-                            .and_then(|()| file.writable())
-                            .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))?;
-                    }
-                    if backend == Backend::Sqlite {
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    }
-                    Ok(())
-                })
-            })
+        let pool = pool_options(max, backend, &file)
             .connect(&connect_url)
             .await
             .map_err(open_err)?;
+        // Every connection to `:memory:` is a database of its own: one pool there.
+        let writer = if file.is_some() {
+            pool_options(1, backend, &file)
+                .connect(&connect_url)
+                .await
+                .map_err(open_err)?
+        } else {
+            pool.clone()
+        };
         if backend == Backend::Sqlite {
             // WAL lets readers go on while a write commits; it is a property of the file.
-            pool.execute("PRAGMA journal_mode = WAL")
+            writer
+                .execute("PRAGMA journal_mode = WAL")
                 .await
                 .map_err(open_err)?;
         }
@@ -295,7 +329,7 @@ impl Store {
             Backend::MySql => &MYSQL_MIGRATIONS,
         };
         migrator
-            .run(&pool)
+            .run(&writer)
             .await
             .map_err(|source| StoreError::Migrate {
                 url: shown.clone(),
@@ -303,6 +337,7 @@ impl Store {
             })?;
         Ok(Store {
             pool,
+            writer,
             backend,
             connect_url: Secret(connect_url.into()),
             file,
@@ -317,8 +352,8 @@ impl Store {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::MySql => self.pool.begin().await,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::MySql => self.writer.begin().await,
         }
     }
 
@@ -347,6 +382,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }

@@ -191,7 +191,7 @@ impl Store {
         .bind(&join.data_dir)
         .bind(i64::from(join.cgroups))
         .bind(&join.cgroups_note)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match result {
             Ok(_) => Ok(()),
@@ -228,7 +228,7 @@ impl Store {
         .bind(&join.cgroups_note)
         .bind(&join.name)
         .bind(&join.identity_hash)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(query_err("marking a node up"))?;
         if done.rows_affected() == 0 {
@@ -252,7 +252,7 @@ impl Store {
         .bind(last_seen_ms)
         .bind(name)
         .bind(session_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(query_err("marking a node down"))?;
         Ok(done.rows_affected() > 0)
@@ -335,7 +335,7 @@ impl Store {
             )
             .bind(&name)
             .bind(cutoff_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("marking a stale node down"))?;
             if done.rows_affected() > 0 {
@@ -349,7 +349,7 @@ impl Store {
     pub async fn remove_node(&self, name: &str) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM nodes WHERE name = ? AND state <> 'up'")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("removing a node"))?;
         if done.rows_affected() > 0 {

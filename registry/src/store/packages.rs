@@ -65,7 +65,7 @@ impl Store {
         .bind(&p.note)
         .bind(p.chunk_size)
         .bind(p.created_at_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match result {
             Ok(_) => Ok(()),
@@ -110,7 +110,7 @@ impl Store {
         .bind(version)
         .bind(seq)
         .bind(data)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(query_err("storing a package chunk"))?;
         Ok(())
@@ -129,7 +129,7 @@ impl Store {
             .bind(app)
             .bind(server)
             .bind(version)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("finishing an upload"))?;
         Ok(())

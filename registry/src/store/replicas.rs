@@ -65,7 +65,7 @@ impl Store {
             .bind(node)
             .bind(session_id)
             .bind(replica)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("recording where a session is open"))?;
         Ok(())

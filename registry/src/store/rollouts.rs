@@ -237,7 +237,7 @@ impl Store {
         .bind(i.healthy_since_ms)
         .bind(id)
         .bind(&i.node)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(query_err("updating a rollout"))?;
         Ok(())
@@ -255,7 +255,7 @@ impl Store {
             .bind(super::servers::truncate(error, 2048))
             .bind(now_ms)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("updating a rollout"))?;
         Ok(())
@@ -279,7 +279,7 @@ impl Store {
         .bind(id)
         .bind(owner)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(query_err("leasing a rollout"))?;
         Ok(done.rows_affected() > 0)
@@ -333,7 +333,7 @@ impl Store {
         sqlx::query("UPDATE instances SET prefetch_version = '' WHERE app = ? AND server = ?")
             .bind(app)
             .bind(server)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(query_err("clearing downloads ahead"))?;
         Ok(())

@@ -240,7 +240,7 @@ impl Store {
         if found.is_none() {
             return Ok(None);
         }
-        delete_value(&self.pool, (app, server, name), scope)
+        delete_value(&self.writer, (app, server, name), scope)
             .await
             .map_err(query_err("removing a secret"))?;
         Ok(found)
@@ -311,7 +311,7 @@ impl Store {
                 let sealed = self.seal(CHECK_AAD, CHECK_PLAIN)?;
                 let _ = sqlx::query("INSERT INTO secret_key_check (id, sealed) VALUES (1, ?)")
                     .bind(sealed)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await;
                 continue;
             };
