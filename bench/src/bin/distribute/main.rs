@@ -17,8 +17,10 @@
 //! and tar from getrusage of children), the servers' CPU (registry; nginx), the
 //! registry's egress (its `package_bytes_sent` counter) in packages, and the stages of an
 //! install measured alone in this process (inflate, sha256, write) beside Corral's CPU
-//! per node. The ceiling: N x those stages spread over the cores, against the pipelines'
-//! wall time.
+//! per node; then with what a node does besides them: writing the package file, and
+//! moving the bytes over plain loopback TCP (receiving the package once, sending the
+//! share of a package that nodes served their peers). The ceiling: N x those stages
+//! spread over the cores, against the pipelines' wall time.
 //!
 //! `--smoke`: a 1 MiB package to 2 agents, both sides; fails loudly if either fails.
 
@@ -81,10 +83,10 @@ fn s(d: Duration) -> String {
 
 fn print(rows: &[Row], cores: u32) {
     println!(
-        "| package | nodes | Corral | pipelines | ratio | CPU per node: Corral / pipelines | stages alone (inflate + sha256 + write) | Corral CPU / stages | + package file write | Corral CPU / (stages + file) | registry CPU / nginx CPU | registry egress | from peers | ceiling |"
+        "| package | nodes | Corral | pipelines | ratio | CPU per node: Corral / pipelines | stages alone (inflate + sha256 + write) | Corral CPU / stages | + package file write | Corral CPU / (stages + file) | + TCP receive, + sends to peers | Corral CPU / (stages + file + transport) | registry CPU / nginx CPU | registry egress | from peers | ceiling |"
     );
     println!(
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for r in rows {
         let n = r.nodes as u32;
@@ -92,8 +94,14 @@ fn print(rows: &[Row], cores: u32) {
         let stages = r.stages.total();
         // The least wall time N x the stages allow on these cores.
         let floor = stages * n / cores.max(1);
+        // Every node receives the package once; the bytes nodes got from peers were sent
+        // by nodes, so each node sends that share of a package on average.
+        let peer_share = r.corral.peer_bytes as f64 / (r.size * u64::from(n)).max(1) as f64;
+        let sends = r.stages.send.mul_f64(peer_share);
+        let transport = r.stages.receive + sends;
+        let all = stages + r.stages.package_file + transport;
         println!(
-            "| {} {:.0} MiB | {} | {} | {} | {:.2}x | {} / {} | {} ({} + {} + {}) | {:.2}x | {} | {:.2}x | {} / {} | {:.2}x the package | {:.0} % | {:.2}x ({}) |",
+            "| {} {:.0} MiB | {} | {} | {} | {:.2}x | {} / {} | {} ({} + {} + {}) | {:.2}x | {} | {:.2}x | {} + {} | {:.2}x | {} / {} | {:.2}x the package | {:.0} % | {:.2}x ({}) |",
             r.kind.name(),
             mib(r.size),
             r.nodes,
@@ -109,10 +117,13 @@ fn print(rows: &[Row], cores: u32) {
             per_node.as_secs_f64() / stages.as_secs_f64().max(1e-9),
             s(r.stages.package_file),
             per_node.as_secs_f64() / (stages + r.stages.package_file).as_secs_f64().max(1e-9),
+            s(r.stages.receive),
+            s(sends),
+            per_node.as_secs_f64() / all.as_secs_f64().max(1e-9),
             s(r.corral.registry_cpu),
             s(r.pipes.server_cpu),
             r.corral.egress as f64 / r.size.max(1) as f64,
-            100.0 * r.corral.peer_bytes as f64 / (r.size * u64::from(n)).max(1) as f64,
+            100.0 * peer_share,
             r.pipes.wall.as_secs_f64() / floor.as_secs_f64().max(1e-9),
             s(floor),
         );

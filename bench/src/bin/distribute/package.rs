@@ -133,6 +133,12 @@ pub struct Stages {
     /// itself to a file and fsyncing it (its cache, which resumes and peers read; the
     /// pipelines' `curl -o` does it too).
     pub package_file: Duration,
+    /// Not a stage of the goal either: receiving the package over a plain loopback TCP
+    /// connection (1 MiB reads, the receiving thread's CPU), what any transport pays.
+    pub receive: Duration,
+    /// Sending it over the same connection (the sending thread's CPU): what a node that
+    /// serves its peers pays per package it sends.
+    pub send: Duration,
 }
 
 impl Stages {
@@ -184,10 +190,55 @@ pub fn stages(pkg: &Path, dir: &Path) -> anyhow::Result<Stages> {
     }
     let package_file = cpu() - c;
     std::fs::remove_file(&copy)?;
+    let (receive, send) = transport(pkg)?;
     Ok(Stages {
         inflate,
         hash,
         write: unpack.saturating_sub(inflate),
         package_file,
+        receive,
+        send,
     })
+}
+
+/// The CPU of sending `pkg` (from the page cache, 1 MiB writes) and of receiving it
+/// (1 MiB reads into one buffer) over a loopback TCP connection, each its own thread.
+fn transport(pkg: &Path) -> anyhow::Result<(Duration, Duration)> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let path = pkg.to_path_buf();
+    let sender = std::thread::spawn(move || -> anyhow::Result<Duration> {
+        let mut out = std::net::TcpStream::connect(addr)?;
+        let mut file = std::fs::File::open(&path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let c = cpu();
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])?;
+        }
+        Ok(cpu() - c)
+    });
+    let (mut conn, _) = listener.accept()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut got, c) = (0u64, cpu());
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    let receive = cpu() - c;
+    let send = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sending thread panicked"))??;
+    anyhow::ensure!(
+        got == std::fs::metadata(pkg)?.len(),
+        "received {got} bytes of the package"
+    );
+    Ok((receive, send))
 }
