@@ -401,6 +401,42 @@ mod tests {
         assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
     }
 
+    /// While a transaction holds SQLite's write lock and more writers wait for it, a read
+    /// still gets a connection at once: writers wait in their own pool, not on the
+    /// readers' connections (with one shared pool of 4, the waiting writers took them
+    /// all and the read waited for the busy timeout, 10 s).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_do_not_wait_behind_writers_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let mut held = store.begin_write().await.expect("the write lock");
+        sqlx::query("INSERT INTO leases (name, owner, until_ms) VALUES ('held', 'test', 0)")
+            .execute(&mut *held)
+            .await
+            .expect("write in the transaction");
+        let writers: Vec<_> = (0..6)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.lease(&format!("w{i}"), "w", 0, 1).await })
+            })
+            .collect();
+        // Let every writer reach its wait before the read.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let read = tokio::time::timeout(Duration::from_secs(5), store.list_nodes()).await;
+        assert!(
+            matches!(read, Ok(Ok(ref nodes)) if nodes.is_empty()),
+            "the read waited behind the writers: {read:?}"
+        );
+        held.commit().await.expect("commit");
+        for w in writers {
+            assert!(
+                w.await.expect("join").expect("lease"),
+                "each writer wrote after"
+            );
+        }
+    }
+
     #[test]
     fn sqlite_paths() {
         assert_eq!(
