@@ -665,9 +665,84 @@ fn health_causes_and_event_kinds(backend: Backend) {
 
 backend_tests! {
     heartbeats_bring_a_swept_node_back,
+    a_large_flush_of_heartbeats_writes_each_node,
     events_retention_holds_at_every_write,
     node_reports_are_what_was_written,
     a_round_of_reports_is_one_write,
+}
+
+/// A flush of more heartbeats than one statement carries (SQLite writes them 500 to a
+/// statement): every node's row gets its own values, the down ones come back, and a
+/// stale session's beat changes nothing.
+fn a_large_flush_of_heartbeats_writes_each_node(backend: Backend) {
+    with_store(backend, async |store| {
+        const NODES: i64 = 1_203;
+        for i in 0..NODES {
+            store
+                .insert_node(&join(&format!("n{i:04}"), "h", i, 1000))
+                .await
+                .expect("insert");
+        }
+        // Every 100th node swept down meanwhile.
+        let alive: Vec<String> = (0..NODES)
+            .filter(|i| i % 100 != 0)
+            .map(|i| format!("n{i:04}"))
+            .collect();
+        assert_eq!(
+            store
+                .sweep_stale_nodes(5000, &alive)
+                .await
+                .expect("sweep")
+                .len(),
+            13
+        );
+        let rows: Vec<HeartbeatRow> = (0..NODES)
+            .map(|i| HeartbeatRow {
+                name: format!("n{i:04}"),
+                // Node 7's session is not this one: its beat is stale.
+                session_id: if i == 7 { 99 } else { i },
+                last_seen_ms: 10_000 + i,
+                load: Some(LoadRow {
+                    cpu_percent: i as f64,
+                    load1: 0.5,
+                    load5: 0.25,
+                    load15: 0.125,
+                    memory_used_bytes: i,
+                    disk_free_bytes: 2 * i,
+                    instance_usage: format!(r#"[{{"app":"a","server":"s{i}"}}]"#),
+                }),
+            })
+            .collect();
+        let mut revived = store.write_heartbeats(&rows).await.expect("heartbeats");
+        revived.sort();
+        let want: Vec<String> = (0..NODES)
+            .filter(|i| i % 100 == 0)
+            .map(|i| format!("n{i:04}"))
+            .collect();
+        assert_eq!(revived, want);
+        for node in store.list_nodes().await.expect("nodes") {
+            let i: i64 = node.name[1..].parse().expect("number");
+            if i == 7 {
+                assert_eq!((node.last_seen_ms, &node.load), (1000, &None), "{node:?}");
+                continue;
+            }
+            assert_eq!(node.state, NodeState::Up, "{node:?}");
+            assert_eq!(node.last_seen_ms, 10_000 + i, "{node:?}");
+            let load = node.load.expect("load");
+            assert_eq!(
+                (
+                    load.cpu_percent,
+                    load.memory_used_bytes,
+                    load.disk_free_bytes
+                ),
+                (i as f64, i, 2 * i)
+            );
+            assert_eq!(
+                load.instance_usage,
+                format!(r#"[{{"app":"a","server":"s{i}"}}]"#)
+            );
+        }
+    });
 }
 
 /// A node swept `down` while its heartbeats could not be written is `up` again when they

@@ -3,7 +3,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, query_err};
+use super::{Backend, Store, StoreError, query_err};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeState {
@@ -95,6 +95,10 @@ pub struct HeartbeatRow {
     pub last_seen_ms: i64,
     pub load: Option<LoadRow>,
 }
+
+/// Heartbeats written by one statement on SQLite (11 parameters each, well under
+/// SQLite's limit of 32,766).
+const HEARTBEATS_PER_STATEMENT: usize = 500;
 
 const NODE_COLUMNS: &str = "name, identity_hash, state, address, agent_version, hostname, os, \
      kernel, cpu_cores, memory_bytes, disk_bytes, cpu_percent, load1, load5, load15, \
@@ -279,6 +283,46 @@ impl Store {
                 .collect::<Result<_, _>>()
                 .map_err(query_err(doing))?;
         let mut revived = Vec::new();
+        if self.backend == Backend::Sqlite {
+            // A few statements for the whole flush: on SQLite each statement is a round
+            // trip to the connection's thread (2,500 a second at 10,000 nodes otherwise).
+            for chunk in rows.chunks(HEARTBEATS_PER_STATEMENT) {
+                let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+                let sql = format!(
+                    "UPDATE nodes SET state = 'up', last_seen_ms = v.column3, \
+                     cpu_percent = v.column4, load1 = v.column5, load5 = v.column6, \
+                     load15 = v.column7, memory_used_bytes = v.column8, \
+                     disk_free_bytes = v.column9, has_load = v.column10, \
+                     instance_usage = v.column11 FROM (VALUES {values}) AS v \
+                     WHERE nodes.name = v.column1 AND nodes.session_id = v.column2 \
+                     AND nodes.last_seen_ms < v.column3 RETURNING name"
+                );
+                let mut query = sqlx::query(&sql);
+                for row in chunk {
+                    let load = row.load.clone().unwrap_or_default();
+                    query = query
+                        .bind(&row.name)
+                        .bind(row.session_id)
+                        .bind(row.last_seen_ms)
+                        .bind(load.cpu_percent)
+                        .bind(load.load1)
+                        .bind(load.load5)
+                        .bind(load.load15)
+                        .bind(load.memory_used_bytes)
+                        .bind(load.disk_free_bytes)
+                        .bind(i64::from(row.load.is_some()))
+                        .bind(load.instance_usage);
+                }
+                for updated in query.fetch_all(&mut *tx).await.map_err(query_err(doing))? {
+                    let name: String = updated.try_get("name").map_err(query_err(doing))?;
+                    if down.contains(&name) {
+                        revived.push(name);
+                    }
+                }
+            }
+            tx.commit().await.map_err(query_err(doing))?;
+            return Ok(revived);
+        }
         for row in rows {
             let load = row.load.clone().unwrap_or_default();
             let done = sqlx::query(
