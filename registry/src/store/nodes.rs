@@ -96,6 +96,24 @@ pub struct HeartbeatRow {
     pub load: Option<LoadRow>,
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds a heartbeat's load columns, in the order both heartbeat statements name them:
+/// `cpu_percent, load1, load5, load15, memory_used_bytes, disk_free_bytes, has_load,
+/// instance_usage` (zeros and `has_load = 0` without a load report).
+fn bind_load<'q>(query: AnyQuery<'q>, row: &HeartbeatRow) -> AnyQuery<'q> {
+    let load = row.load.clone().unwrap_or_default();
+    query
+        .bind(load.cpu_percent)
+        .bind(load.load1)
+        .bind(load.load5)
+        .bind(load.load15)
+        .bind(load.memory_used_bytes)
+        .bind(load.disk_free_bytes)
+        .bind(i64::from(row.load.is_some()))
+        .bind(load.instance_usage)
+}
+
 /// Heartbeats written by one statement on SQLite (11 parameters each, well under
 /// SQLite's limit of 32,766).
 const HEARTBEATS_PER_STATEMENT: usize = 500;
@@ -299,19 +317,13 @@ impl Store {
                 );
                 let mut query = sqlx::query(&sql);
                 for row in chunk {
-                    let load = row.load.clone().unwrap_or_default();
-                    query = query
-                        .bind(&row.name)
-                        .bind(row.session_id)
-                        .bind(row.last_seen_ms)
-                        .bind(load.cpu_percent)
-                        .bind(load.load1)
-                        .bind(load.load5)
-                        .bind(load.load15)
-                        .bind(load.memory_used_bytes)
-                        .bind(load.disk_free_bytes)
-                        .bind(i64::from(row.load.is_some()))
-                        .bind(load.instance_usage);
+                    query = bind_load(
+                        query
+                            .bind(&row.name)
+                            .bind(row.session_id)
+                            .bind(row.last_seen_ms),
+                        row,
+                    );
                 }
                 for updated in query.fetch_all(&mut *tx).await.map_err(query_err(doing))? {
                     let name: String = updated.try_get("name").map_err(query_err(doing))?;
@@ -324,27 +336,19 @@ impl Store {
             return Ok(revived);
         }
         for row in rows {
-            let load = row.load.clone().unwrap_or_default();
-            let done = sqlx::query(
+            let query = sqlx::query(
                 "UPDATE nodes SET state = 'up', last_seen_ms = ?, cpu_percent = ?, load1 = ?, \
                  load5 = ?, load15 = ?, memory_used_bytes = ?, disk_free_bytes = ?, has_load = ?, \
                  instance_usage = ? WHERE name = ? AND session_id = ? AND last_seen_ms < ?",
             )
-            .bind(row.last_seen_ms)
-            .bind(load.cpu_percent)
-            .bind(load.load1)
-            .bind(load.load5)
-            .bind(load.load15)
-            .bind(load.memory_used_bytes)
-            .bind(load.disk_free_bytes)
-            .bind(i64::from(row.load.is_some()))
-            .bind(&load.instance_usage)
-            .bind(&row.name)
-            .bind(row.session_id)
-            .bind(row.last_seen_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err(doing))?;
+            .bind(row.last_seen_ms);
+            let done = bind_load(query, row)
+                .bind(&row.name)
+                .bind(row.session_id)
+                .bind(row.last_seen_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err(doing))?;
             if done.rows_affected() > 0 && down.contains(&row.name) {
                 revived.push(row.name.clone());
             }
