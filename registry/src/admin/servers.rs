@@ -5,7 +5,7 @@ use corral_proto::v1::{
     HealthStatus, InstallState, InstanceState, NodeState, RunState, ServerAction,
 };
 use corral_proto::wire::{known, number};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use corral_proto::v1::{
     ControlServerRequest, ControlServerResponse, Install, InstanceInfo, ListServersRequest,
@@ -63,8 +63,9 @@ pub async fn status(
         return Err(StoreError::ServerNotFound(req.server).into());
     }
     let nodes = shared.store().list_nodes().await?;
-    let on: std::collections::HashSet<&str> = instances.iter().map(|i| i.node.as_str()).collect();
-    // The usage of the nodes this server runs on (each node's holds all its instances).
+    // Usage is parsed only for the nodes this server runs on (each node's usage lists
+    // every instance on it).
+    let on: HashSet<&str> = instances.iter().map(|i| i.node.as_str()).collect();
     let usage: HashMap<String, Vec<corral_proto::v1::InstanceUsage>> = nodes
         .iter()
         .filter(|n| on.contains(n.name.as_str()))

@@ -291,7 +291,7 @@ impl Store {
             return Err(StoreError::UnsupportedUrl { url: shown });
         };
         let max = match backend {
-            // Readers; the one writer has a pool of its own (below).
+            // On SQLite the readers' pool; writes have a pool of one of their own (below).
             Backend::Sqlite => 4,
             Backend::MySql => 16,
         };
