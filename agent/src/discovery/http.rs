@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -134,29 +135,34 @@ fn denied<S>(api: &Api<S>, headers: &HeaderMap, extensions: &Extensions) -> Opti
         .map(|why| error(StatusCode::UNAUTHORIZED, why))
 }
 
-async fn endpoints<S: Source>(
+/// `GET /v1/endpoints/NAME`. The request is read (token, parameters) and dropped before
+/// anything is awaited, so a parked query holds only its name and parameters, and the
+/// wake-up of a thousand of them frees nothing but what their answers used.
+fn endpoints<S: Source>(
     State(api): State<Arc<Api<S>>>,
     Path(name): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    extensions: Extensions,
-) -> Response {
-    if let Some(answer) = denied(&api, &headers, &extensions) {
-        return answer;
-    }
-    let params = match parse_query(query.as_deref()) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    request: Request,
+) -> impl Future<Output = Response> + Send {
+    let admitted = match denied(&api, request.headers(), request.extensions()) {
+        Some(answer) => Err(answer),
+        None => parse_query(request.uri().query()).map_err(|e| error(StatusCode::BAD_REQUEST, e)),
     };
-    let mut rx = match api.source.subscribe(&name).await {
-        Ok(rx) => rx,
-        Err(e) => return lookup_error(&e),
-    };
-    let mut now = rx.borrow_and_update().clone();
-    if params.index == Some(now.index) {
-        now = wait_for_change(&mut rx, now, params.wait).await;
+    drop(request);
+    async move {
+        let params = match admitted {
+            Ok(params) => params,
+            Err(answer) => return answer,
+        };
+        let mut rx = match api.source.subscribe(&name).await {
+            Ok(rx) => rx,
+            Err(e) => return lookup_error(&e),
+        };
+        let mut now = rx.borrow_and_update().clone();
+        if params.index == Some(now.index) {
+            now = wait_for_change(&mut rx, now, params.wait).await;
+        }
+        answer(&name, &now)
     }
-    answer(&name, &now)
 }
 
 /// Waits until the list's index moves or `wait` passes; the snapshot then.
@@ -196,14 +202,15 @@ fn answer(name: &str, snap: &Snapshot) -> Response {
             )));
         }
     };
-    let mut response = (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        snap.json(),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&snap.index.to_string()) {
-        response.headers_mut().insert(INDEX_HEADER, v);
-    }
+    // From the parts the snapshot made once for every client it answers.
+    let made = snap.answer();
+    let mut response = Response::new(Body::from(made.json.clone()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(HeaderName::from_static(INDEX_HEADER), made.index.clone());
     response
 }
 

@@ -33,9 +33,16 @@ pub struct Snapshot {
     /// be, so an index stays ahead of those a previous run of the process handed out.
     pub index: u64,
     pub state: State,
-    /// The list as JSON, made once per change for every client that asks (a thousand
-    /// blocking queries woken by one change share one serialization).
-    json: Arc<OnceLock<bytes::Bytes>>,
+    /// The list as JSON and the index as a header value, made once per change for every
+    /// client that asks (a thousand blocking queries woken by one change share them).
+    answer: Arc<OnceLock<Answer>>,
+}
+
+/// A list's answer over HTTP, made once: the body and the `X-Corral-Index` value.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub json: bytes::Bytes,
+    pub index: axum::http::HeaderValue,
 }
 
 impl PartialEq for Snapshot {
@@ -59,7 +66,7 @@ impl Snapshot {
         Snapshot {
             index: next_index(),
             state,
-            json: Arc::default(),
+            answer: Arc::default(),
         }
     }
 
@@ -70,24 +77,30 @@ impl Snapshot {
         }
         self.state = state;
         self.index = next_index().max(self.index + 1);
-        self.json = Arc::default();
+        self.answer = Arc::default();
         true
     }
 
     /// The endpoints as a JSON list (empty unless known), made on first use.
     pub fn json(&self) -> bytes::Bytes {
-        self.json
-            .get_or_init(|| {
-                let text = match &self.state {
-                    State::Known(eps) => {
-                        serde_json::Value::Array(eps.iter().map(http::endpoint_json).collect())
-                            .to_string()
-                    }
-                    _ => "[]".to_string(),
-                };
-                bytes::Bytes::from(text)
-            })
-            .clone()
+        self.answer().json.clone()
+    }
+
+    /// The HTTP answer's parts, made on first use.
+    pub fn answer(&self) -> &Answer {
+        self.answer.get_or_init(|| {
+            let text = match &self.state {
+                State::Known(eps) => {
+                    serde_json::Value::Array(eps.iter().map(http::endpoint_json).collect())
+                        .to_string()
+                }
+                _ => "[]".to_string(),
+            };
+            Answer {
+                json: bytes::Bytes::from(text),
+                index: axum::http::HeaderValue::from(self.index),
+            }
+        })
     }
 }
 
