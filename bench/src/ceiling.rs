@@ -9,6 +9,9 @@
 //! - [`HttpBlocking`]: HTTP/1.1 blocking queries (`?index=I` waits for a change) answered
 //!   with a fixed JSON list and `X-Corral-Index`: the floor under `GET /v1/endpoints`
 //!   with 1,000 waiting clients, read by the very clients that read Corral's.
+//! - [`HyperBlocking`]: the same answers from hyper's HTTP/1.1 server with nothing around
+//!   it (no router, no extractors; the answer's parts made once per change): the floor
+//!   for any server built on hyper, as the registry's and the agent's HTTP sides are.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +19,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+/// The name of every thread of the ceiling servers' runtimes (for their CPU time).
+pub const THREAD_NAME: &str = "ceiling";
 
 /// Runs `serve(listener)` on a two-worker runtime of its own, on its own thread, for the
 /// rest of the process; the listener's address.
@@ -29,15 +35,18 @@ where
     let addr = std_listener.local_addr()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(THREAD_NAME)
         .enable_all()
         .build()?;
-    std::thread::spawn(move || {
-        rt.block_on(async move {
-            if let Ok(listener) = TcpListener::from_std(std_listener) {
-                serve(listener).await;
-            }
-        });
-    });
+    std::thread::Builder::new()
+        .name(THREAD_NAME.into())
+        .spawn(move || {
+            rt.block_on(async move {
+                if let Ok(listener) = TcpListener::from_std(std_listener) {
+                    serve(listener).await;
+                }
+            });
+        })?;
     Ok(addr)
 }
 
@@ -154,5 +163,73 @@ impl HttpBlocking {
     pub fn change(&self) {
         let index = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         self.changes.send_replace(http_answer(index));
+    }
+}
+
+/// The same blocking queries served by hyper's HTTP/1.1 server alone (no router, no
+/// extractors): what hyper's own request and answer paths cost beside [`HttpBlocking`].
+pub struct HyperBlocking {
+    pub addr: SocketAddr,
+    changes: watch::Sender<HyperAnswer>,
+    index: std::sync::atomic::AtomicU64,
+}
+
+/// An answer's parts, made once per change: the index header and the body.
+type HyperAnswer = (hyper::header::HeaderValue, bytes::Bytes);
+
+const BODY: &str =
+    r#"[{"node":"sim-0","host":"127.0.0.2","port":20000,"weight":1,"tags":[],"meta":{}}]"#;
+
+fn hyper_answer(index: u64) -> HyperAnswer {
+    (index.into(), bytes::Bytes::from_static(BODY.as_bytes()))
+}
+
+impl HyperBlocking {
+    pub fn start() -> anyhow::Result<HyperBlocking> {
+        use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+        let (changes, rx) = watch::channel(hyper_answer(1));
+        let addr = spawn(move |listener| async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if stream.set_nodelay(true).is_err() {
+                    continue;
+                }
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let blocking = req.uri().query().is_some_and(|q| q.contains("index="));
+                        drop(req);
+                        let mut rx = rx.clone();
+                        async move {
+                            if blocking {
+                                rx.borrow_and_update();
+                                let _ = rx.changed().await;
+                            }
+                            let (index, body) = rx.borrow_and_update().clone();
+                            let mut answer = hyper::Response::new(http_body_util::Full::new(body));
+                            let headers = answer.headers_mut();
+                            headers
+                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                            headers.insert(HeaderName::from_static("x-corral-index"), index);
+                            Ok::<_, std::convert::Infallible>(answer)
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        })?;
+        Ok(HyperBlocking {
+            addr,
+            changes,
+            index: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// Moves the index: every waiting query is answered.
+    pub fn change(&self) {
+        let index = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.changes.send_replace(hyper_answer(index));
     }
 }

@@ -25,6 +25,33 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 1000 / hz))
 }
 
+/// CPU time of a process's threads so far, to the nanosecond (`/proc/PID/task/*/schedstat`,
+/// where `cpu_time` counts clock ticks): every thread, or those whose name starts with
+/// `prefix`. Threads that ended before the call are not counted, so compare two calls
+/// around a stretch in which the threads that matter live.
+pub fn threads_cpu(pid: u32, prefix: Option<&str>) -> anyhow::Result<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        if let Some(prefix) = prefix {
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if !comm.starts_with(prefix) {
+                continue;
+            }
+        }
+        // The thread may have ended since the directory was listed.
+        let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else {
+            continue;
+        };
+        total += stat
+            .split_whitespace()
+            .next()
+            .unwrap_or("0")
+            .parse::<u64>()?;
+    }
+    Ok(Duration::from_nanos(total))
+}
+
 /// A `/proc/PID/status` field in bytes (e.g. `VmRSS`, `VmHWM`).
 pub fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

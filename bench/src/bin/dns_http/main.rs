@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use corral_bench::procs::{Group, ensure_installed, on_path, run_checked, wait_for_port};
-use corral_bench::{cpu_time, free_port, percentile, raise_nofile};
+use corral_bench::{cpu_time, free_port, percentile, raise_nofile, threads_cpu};
 
 #[derive(Parser)]
 struct Args {
@@ -94,7 +94,7 @@ fn wait_list(addr: SocketAddr, name: &str, n: usize) -> anyhow::Result<()> {
 }
 
 struct Corral {
-    _registry: Group,
+    registry: Group,
     agent: Group,
     grpc: String,
     http: SocketAddr,
@@ -148,7 +148,7 @@ fn start_corral(args: &Args, dir: &Path) -> anyhow::Result<Corral> {
         )?;
     }
     Ok(Corral {
-        _registry: registry,
+        registry,
         agent,
         grpc: addr,
         http: SocketAddr::from(([127, 0, 0, 1], http)),
@@ -262,44 +262,81 @@ async fn dns_table(args: &Args, servers: Servers) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads a server's CPU time so far.
+type CpuOf = Box<dyn Fn() -> anyhow::Result<Duration>>;
+
 async fn wake_table(args: &Args, c: &Corral, sims: &[sim::Sim]) -> anyhow::Result<()> {
     println!("\n### HTTP blocking-query wake-up: change sent -> answer read\n");
-    println!("| server | waiting clients | rounds | p50 | p99 | max |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| server | waiting clients | rounds | p50 | p99 | max | server CPU per answer | clients' CPU per answer |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut stopped = false;
     // The ceiling: the same clients against the smallest server that parks a query and
     // writes a ready-made answer to each on a change (see `corral_bench::ceiling`).
     let floor = corral_bench::ceiling::HttpBlocking::start()?;
-    for (who, addr) in [
-        ("registry", c.http),
-        ("agent", c.agent_http),
-        ("ceiling (bare HTTP/1.1 server)", floor.addr),
-    ] {
+    let hyper_only = corral_bench::ceiling::HyperBlocking::start()?;
+    let (registry, agent, me) = (c.registry.pid(), c.agent.pid(), std::process::id());
+    let servers: [(&str, SocketAddr, CpuOf); 4] = [
+        (
+            "registry",
+            c.http,
+            Box::new(move || threads_cpu(registry, None)),
+        ),
+        (
+            "agent",
+            c.agent_http,
+            Box::new(move || threads_cpu(agent, None)),
+        ),
+        (
+            "ceiling (bare HTTP/1.1 server)",
+            floor.addr,
+            Box::new(move || threads_cpu(me, Some(corral_bench::ceiling::THREAD_NAME))),
+        ),
+        (
+            "hyper alone (no router)",
+            hyper_only.addr,
+            Box::new(move || threads_cpu(me, Some(corral_bench::ceiling::THREAD_NAME))),
+        ),
+    ];
+    for (who, addr, server_cpu) in &servers {
         for &clients in &args.wake_clients {
-            let mut waiters = wakeup::Waiters::start(addr, WAKE, clients).await?;
-            let mut all = Vec::new();
+            let mut waiters = wakeup::Waiters::start(*addr, WAKE, clients).await?;
+            let (mut all, mut server, mut client) = (Vec::new(), Duration::ZERO, Duration::ZERO);
             for round in 0..args.rounds {
                 stopped = !stopped;
                 let state = if stopped { "stopped" } else { "running" };
                 // Made when the round has timed its start (futures do nothing until then).
                 let change: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + '_>> =
-                    if addr == floor.addr {
+                    if *addr == floor.addr {
                         Box::pin(async {
                             floor.change();
+                            Ok(())
+                        })
+                    } else if *addr == hyper_only.addr {
+                        Box::pin(async {
+                            hyper_only.change();
                             Ok(())
                         })
                     } else {
                         Box::pin(sims[4].report("bench", "wake", state))
                     };
-                all.extend(waiters.round(round, change).await?);
+                let r = waiters.round(round, change, server_cpu.as_ref()).await?;
+                all.extend(r.latencies);
+                server += r.server_cpu;
+                client += r.client_cpu;
             }
             all.sort();
+            let per_answer =
+                |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6 / all.len().max(1) as f64);
             println!(
-                "| {who} | {clients} | {} | {} | {} | {} |",
+                "| {who} | {clients} | {} | {} | {} | {} | {} | {} |",
                 args.rounds,
                 ms(percentile(&all, 50.0)),
                 ms(percentile(&all, 99.0)),
-                ms(all.last().copied().unwrap_or_default())
+                ms(all.last().copied().unwrap_or_default()),
+                per_answer(server),
+                per_answer(client)
             );
         }
     }
