@@ -112,6 +112,56 @@ fn dns_answers_from_the_agent() {
     assert!(empty.contains("ANSWER: 0,"), "{empty}");
     let (status, _) = status_and_flags(&dig(dns, &["example.com.", "A"]));
     assert_eq!(status, "REFUSED");
+
+    a_burst_gets_every_answer(dns);
+}
+
+/// A question in wire form: `id`, RD set, one question of type A, class IN.
+fn question(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(u8::try_from(label.len()).expect("a short label"));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// 100 questions sent at once, before any answer is read, are read by the agent several
+/// per system call and answered together: each gets its own answer (its id, its name's
+/// code and records), none is lost or answered twice.
+fn a_burst_gets_every_answer(dns: std::net::SocketAddr) {
+    // (name, response code, answer records)
+    let names = [
+        ("main.api.demo.corral.", 0u8, 2u16),
+        ("nope.api.demo.corral.", 3, 0),
+        ("example.com.", 5, 0),
+    ];
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.set_read_timeout(Some(20 * S)).expect("timeout");
+    let ids: Vec<u16> = (1..=100).collect();
+    for &id in &ids {
+        let (name, _, _) = names[usize::from(id) % 3];
+        socket.send_to(&question(id, name), dns).expect("send");
+    }
+    let mut seen = BTreeSet::new();
+    let mut buf = [0u8; 1500];
+    while seen.len() < ids.len() {
+        let (n, _) = socket
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("answers to {} of 100 questions: {e}", seen.len()));
+        assert!(n >= 12, "a short answer: {:?}", &buf[..n]);
+        let id = u16::from_be_bytes([buf[0], buf[1]]);
+        let (name, code, count) = names[usize::from(id) % 3];
+        assert!(seen.insert(id), "question {id} answered twice");
+        assert_eq!(buf[3] & 0x0f, code, "the code of {name} (question {id})");
+        assert_eq!(
+            u16::from_be_bytes([buf[6], buf[7]]),
+            count,
+            "the answer records of {name} (question {id})"
+        );
+    }
 }
 
 /// 40 endpoints do not fit in 512 bytes: over UDP the answer is cut with the TC bit set,

@@ -4,7 +4,9 @@
 //! parse of its header and question, a map lookup and a copy, with the question's id,
 //! RD bit and spelling put into the copy. A question this path does not take (several
 //! questions, EDNS options it cannot skip, a name asked for the first time) goes to the
-//! full handler ([`super::dns::Dns`]) in a task of its own.
+//! full handler ([`super::dns::Dns`]) in a task of its own. The socket is read and
+//! written in batches ([`batch`]): every question waiting in one system call, and their
+//! answers in one more.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -249,30 +251,38 @@ impl Udp {
     }
 }
 
-/// Answers UDP questions on `socket` until it fails; `udp` is shared by the loops.
+/// Answers UDP questions on `socket` for ever; `udp` is shared by the loops. Questions
+/// are read and answered in batches ([`batch`]): every question waiting is read at once,
+/// and the answers of the fast path go out together.
 pub async fn serve(udp: Arc<Udp>, socket: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; 4096];
+    let mut io = batch::Batch::default();
+    let mut answers = Vec::with_capacity(batch::BATCH);
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
+        let n = match io.receive(&socket).await {
+            Ok(n) => n,
             Err(e) => {
                 debug!(cause = %e, "DNS: UDP receive failed");
                 continue;
             }
         };
-        let query = &buf[..n];
-        match udp.fast(query) {
-            Some(answer) => {
-                if let Err(e) = socket.send_to(&answer, from).await {
-                    debug!(cause = %e, to = %from, "DNS: UDP send failed");
+        for i in 0..n {
+            let Some((query, from)) = io.question(i) else {
+                continue;
+            };
+            match udp.fast(query) {
+                Some(answer) => answers.push((answer, from)),
+                None => {
+                    let Some(from) = batch::std_addr(&from) else {
+                        continue;
+                    };
+                    let raw = query.to_vec();
+                    let (udp, socket) = (udp.clone(), socket.clone());
+                    tokio::spawn(async move { full(&udp.dns, raw, from, socket).await });
                 }
             }
-            None => {
-                let raw = query.to_vec();
-                let (udp, socket) = (udp.clone(), socket.clone());
-                tokio::spawn(async move { full(&udp.dns, raw, from, socket).await });
-            }
         }
+        batch::send(&socket, &answers).await;
+        answers.clear();
     }
 }
 
@@ -318,5 +328,6 @@ impl ResponseHandler for Reply {
     }
 }
 
+mod batch;
 #[cfg(test)]
 mod tests;
