@@ -16,7 +16,10 @@
 //! `--addn-hosts` with the same three addresses and TTL. Wake-up: each client holds
 //! `GET /v1/endpoints/bench.wake.Main?index=N&wait=120s`; a simulated node reports its
 //! instance stopped (or running again), timed right before the report is sent, and each
-//! client's answer is timed when it has been read whole.
+//! client's answer is timed when it has been read whole. The same clients then wait on
+//! two floors in this process: a bare server that writes a ready-made answer, and
+//! hyper's HTTP/1.1 server alone (`corral_bench::ceiling`). Each row shows the server's
+//! and the clients' CPU per answer over the rounds.
 
 mod dnsload;
 mod sim;
