@@ -16,8 +16,8 @@ use tracing::debug;
 
 /// Questions read, and answers sent, per system call at most.
 pub const BATCH: usize = 32;
-/// Bytes of a datagram read at most (as hickory's own UDP loop); a longer one is cut, the
-/// parser then refuses it and the full handler answers FORMERR.
+/// Bytes of a datagram read at most, as hickory's own UDP loop reads (questions are far
+/// smaller); the rest of a longer one is dropped by the kernel, as it was before batching.
 const DATAGRAM_MAX: usize = 4096;
 
 /// The buffers of one loop, made once. (The message headers are made per call: they
