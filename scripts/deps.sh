@@ -95,9 +95,10 @@ deps_compiler() {
 # resolver client), chromium and chromedriver (the dashboard tests drive a real headless
 # browser), nginx, sha256sum and tar (the distribution benchmark's smoke run compares
 # Corral with nginx + curl + sha256sum + tar; it runs nginx as its own process, with its
-# own config, and never starts or changes the system's).
+# own config, and never starts or changes the system's), dnsmasq (the DNS benchmark's
+# smoke run asks it beside the agent; dnsmasq-base is the program without a service).
 deps_tests() {
   deps_commands bash:bash sh:dash sleep:coreutils install:coreutils env:coreutils curl:curl \
     dig:dnsutils chromium:chromium chromedriver:chromium-driver nginx:nginx \
-    sha256sum:coreutils tar:tar
+    sha256sum:coreutils tar:tar dnsmasq:dnsmasq-base
 }

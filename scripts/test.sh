@@ -99,6 +99,10 @@ bin="$target_dir/debug"
 "$bin/discovery" --registry "$bin/registry" --agent "$bin/agent" \
   --concurrency 1 --duration 300ms --watchers 10 --watch-conns 0,2 --rounds 2 >/dev/null
 "$bin/storm" --smoke
+# dns_http: the agent's DNS beside dnsmasq, then blocking queries woken on the registry, an
+# agent and the two floors; it fails on a wrong DNS answer or a client not woken in time.
+"$bin/dns_http" --registry "$bin/registry" --agent "$bin/agent" \
+  --dns-clients 2 --duration 300ms --wake-clients 20 --rounds 2 >/dev/null
 "$bin/distribute" --smoke --registry "$bin/registry" --agent "$bin/agent"
 # sessions: 200 simulated agents on one registry, on SQLite and (when it answers) MySQL;
 # it fails when a session does not come up, or when a SIGKILLed agent's node is not marked
