@@ -112,13 +112,15 @@ pub struct HttpBlocking {
     index: std::sync::atomic::AtomicU64,
 }
 
+/// The list every floor answers with.
+const BODY: &str =
+    r#"[{"node":"sim-0","host":"127.0.0.2","port":20000,"weight":1,"tags":[],"meta":{}}]"#;
+
 fn http_answer(index: u64) -> Arc<Vec<u8>> {
-    let body =
-        r#"[{"node":"sim-0","host":"127.0.0.2","port":20000,"weight":1,"tags":[],"meta":{}}]"#;
     Arc::new(
         format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-corral-index: {index}\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-corral-index: {index}\r\ncontent-length: {}\r\n\r\n{BODY}",
+            BODY.len()
         )
         .into_bytes(),
     )
@@ -176,9 +178,6 @@ pub struct HyperBlocking {
 
 /// An answer's parts, made once per change: the index header and the body.
 type HyperAnswer = (hyper::header::HeaderValue, bytes::Bytes);
-
-const BODY: &str =
-    r#"[{"node":"sim-0","host":"127.0.0.2","port":20000,"weight":1,"tags":[],"meta":{}}]"#;
 
 fn hyper_answer(index: u64) -> HyperAnswer {
     (index.into(), bytes::Bytes::from_static(BODY.as_bytes()))

@@ -267,6 +267,8 @@ async fn dns_table(args: &Args, servers: Servers) -> anyhow::Result<()> {
 
 /// Reads a server's CPU time so far.
 type CpuOf = Box<dyn Fn() -> anyhow::Result<Duration>>;
+/// Makes a change on a floor in this process (None: Corral, where a node reports it).
+type FloorChange<'a> = Option<&'a dyn Fn()>;
 
 async fn wake_table(args: &Args, c: &Corral, sims: &[sim::Sim]) -> anyhow::Result<()> {
     println!("\n### HTTP blocking-query wake-up: change sent -> answer read\n");
@@ -280,29 +282,36 @@ async fn wake_table(args: &Args, c: &Corral, sims: &[sim::Sim]) -> anyhow::Resul
     let floor = corral_bench::ceiling::HttpBlocking::start()?;
     let hyper_only = corral_bench::ceiling::HyperBlocking::start()?;
     let (registry, agent, me) = (c.registry.pid(), c.agent.pid(), std::process::id());
-    let servers: [(&str, SocketAddr, CpuOf); 4] = [
+    let (floor_change, hyper_change) = (|| floor.change(), || hyper_only.change());
+    // Each server, how its CPU time is read, and how a change is made: a simulated node's
+    // report for Corral, a call for the floors in this process.
+    let servers: [(&str, SocketAddr, CpuOf, FloorChange); 4] = [
         (
             "registry",
             c.http,
             Box::new(move || threads_cpu(registry, None)),
+            None,
         ),
         (
             "agent",
             c.agent_http,
             Box::new(move || threads_cpu(agent, None)),
+            None,
         ),
         (
             "ceiling (bare HTTP/1.1 server)",
             floor.addr,
             Box::new(move || threads_cpu(me, Some(corral_bench::ceiling::THREAD_NAME))),
+            Some(&floor_change),
         ),
         (
             "hyper alone (no router)",
             hyper_only.addr,
             Box::new(move || threads_cpu(me, Some(corral_bench::ceiling::THREAD_NAME))),
+            Some(&hyper_change),
         ),
     ];
-    for (who, addr, server_cpu) in &servers {
+    for (who, addr, server_cpu, floor_change) in &servers {
         for &clients in &args.wake_clients {
             let mut waiters = wakeup::Waiters::start(*addr, WAKE, clients).await?;
             let (mut all, mut server, mut client) = (Vec::new(), Duration::ZERO, Duration::ZERO);
@@ -311,18 +320,12 @@ async fn wake_table(args: &Args, c: &Corral, sims: &[sim::Sim]) -> anyhow::Resul
                 let state = if stopped { "stopped" } else { "running" };
                 // Made when the round has timed its start (futures do nothing until then).
                 let change: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + '_>> =
-                    if *addr == floor.addr {
-                        Box::pin(async {
-                            floor.change();
+                    match floor_change {
+                        Some(change) => Box::pin(async move {
+                            change();
                             Ok(())
-                        })
-                    } else if *addr == hyper_only.addr {
-                        Box::pin(async {
-                            hyper_only.change();
-                            Ok(())
-                        })
-                    } else {
-                        Box::pin(sims[4].report("bench", "wake", state))
+                        }),
+                        None => Box::pin(sims[4].report("bench", "wake", state)),
                     };
                 let r = waiters.round(round, change, server_cpu.as_ref()).await?;
                 all.extend(r.latencies);
