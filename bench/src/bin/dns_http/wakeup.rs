@@ -109,7 +109,6 @@ struct Board {
 /// The clients, started and each holding a blocking query.
 pub struct Waiters {
     board: Arc<Board>,
-    clients: usize,
     /// Bumped when every answer of a round is in: the clients ask again.
     next_round: watch::Sender<usize>,
 }
@@ -160,11 +159,7 @@ impl Waiters {
                 });
             })?;
         ready.await.context("the clients' thread ended")??;
-        Ok(Waiters {
-            board,
-            clients,
-            next_round,
-        })
+        Ok(Waiters { board, next_round })
     }
 
     /// One round: waits until every client has asked, lets the queries arrive, makes the
@@ -181,7 +176,8 @@ impl Waiters {
     {
         let client_cpu = || corral_bench::threads_cpu(std::process::id(), Some(THREAD_NAME));
         let board = &self.board;
-        let want = self.clients * (round + 1);
+        let clients = board.at.len();
+        let want = clients * (round + 1);
         let deadline = Instant::now() + Duration::from_secs(30);
         while board.sent.load(Ordering::SeqCst) < want {
             if Instant::now() > deadline {
@@ -206,7 +202,7 @@ impl Waiters {
             bail!(
                 "{} of {} waiting clients were woken within 10 s{}",
                 board.answered.load(Ordering::SeqCst),
-                self.clients,
+                clients,
                 self.failure()
             );
         }
